@@ -1,0 +1,1 @@
+"""One module per CLI subcommand: ``configure_parser(parser)`` and ``main(args) -> dict``."""

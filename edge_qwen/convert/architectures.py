@@ -1,0 +1,154 @@
+"""What edge-qwen converts, as data: Hugging Face architecture -> GGUF architecture and its quirks.
+
+A Qwen3 entry states only how it differs from Qwen2 (q/k norm, explicit head_dim); MoE entries say
+how llama.cpp routes experts, so a checkpoint whose config disagrees is refused instead of silently
+producing a model that computes something else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ..errors import CheckpointError, UnsupportedArchitectureError
+
+T = gguf.MODEL_TENSOR
+
+
+@dataclass(frozen=True)
+class Architecture:
+    hf_name: str
+    gguf_arch: gguf.MODEL_ARCH
+    moe: bool = False
+    # llama.cpp renormalizes the top-k router weights for this architecture (fixed in its graph).
+    llama_norm_topk: bool | None = None
+    # Tensors kept in F32 whatever the output type (llama.cpp's converter does the same).
+    f32_tensors: frozenset[gguf.MODEL_TENSOR] = frozenset()
+
+    @property
+    def gguf_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    a.hf_name: a
+    for a in (
+        Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2),
+        Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3),
+        Architecture("Qwen3MoeForCausalLM", gguf.MODEL_ARCH.QWEN3MOE, moe=True, llama_norm_topk=True,
+                     f32_tensors=frozenset({T.FFN_GATE_INP})),
+        Architecture("Qwen2MoeForCausalLM", gguf.MODEL_ARCH.QWEN2MOE, moe=True, llama_norm_topk=False,
+                     f32_tensors=frozenset({T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP})),
+    )
+}
+
+
+@dataclass(frozen=True)
+class HParams:
+    """The hyper-parameters of a checkpoint, read once from config.json and checked."""
+
+    arch: Architecture
+    raw: dict[str, Any]
+    n_vocab: int
+    n_embd: int
+    n_layer: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_ctx: int
+    rope_theta: float
+    rms_eps: float
+    tied: bool
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int = 0
+    n_ff_shexp: int = 0
+
+
+def load_hparams(folder: Path) -> HParams:
+    """Read and validate ``config.json``.
+
+    Raises:
+        CheckpointError: config.json missing or lacking a required key.
+        UnsupportedArchitectureError: not one of :data:`ARCHITECTURES`.
+    """
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder}: no config.json; point edge-qwen at a Hugging Face checkpoint folder "
+            "(config.json, *.safetensors, tokenizer.json) or a hub repo id like Qwen/Qwen2.5-0.5B-Instruct"
+        )
+    cfg = json.loads(path.read_text())
+    names = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
+    arch = ARCHITECTURES.get(names[0])
+    if arch is None:
+        raise UnsupportedArchitectureError(names[0], list(ARCHITECTURES))
+
+    def need(key: str) -> Any:
+        if key not in cfg:
+            raise CheckpointError(f"{path}: {arch.hf_name} config lacks {key!r}; the checkpoint is incomplete")
+        return cfg[key]
+
+    n_head = int(need("num_attention_heads"))
+    n_embd = int(need("hidden_size"))
+    hp = HParams(
+        arch=arch, raw=cfg,
+        n_vocab=int(need("vocab_size")), n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
+        n_ff=int(need("intermediate_size")), n_head=n_head,
+        n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
+        head_dim=int(cfg.get("head_dim") or n_embd // n_head),
+        n_ctx=int(need("max_position_embeddings")),
+        rope_theta=float(cfg.get("rope_theta", 10000.0)), rms_eps=float(need("rms_norm_eps")),
+        tied=bool(cfg.get("tie_word_embeddings", False)),
+        n_expert=int(cfg.get("num_experts") or 0), n_expert_used=int(cfg.get("num_experts_per_tok") or 0),
+        n_ff_exp=int(cfg.get("moe_intermediate_size") or 0),
+        n_ff_shexp=int(cfg.get("shared_expert_intermediate_size") or 0),
+    )
+    if arch.moe:
+        _check_moe(path, hp)
+    return hp
+
+
+def _check_moe(path: Path, hp: HParams) -> None:
+    cfg = hp.raw
+    if not (hp.n_expert and hp.n_expert_used and hp.n_ff_exp):
+        raise CheckpointError(f"{path}: MoE config needs num_experts, num_experts_per_tok, moe_intermediate_size")
+    default_norm = hp.arch.gguf_arch == gguf.MODEL_ARCH.QWEN3MOE
+    norm = bool(cfg.get("norm_topk_prob", default_norm))
+    if norm != hp.arch.llama_norm_topk:
+        raise CheckpointError(
+            f"{path}: norm_topk_prob={norm}, but llama.cpp's {hp.arch.gguf_name} always uses "
+            f"{hp.arch.llama_norm_topk}; the converted model would compute different outputs"
+        )
+    if cfg.get("mlp_only_layers") or int(cfg.get("decoder_sparse_step", 1)) != 1:
+        raise CheckpointError(
+            f"{path}: mixes dense and MoE layers (mlp_only_layers / decoder_sparse_step), "
+            "which llama.cpp's Qwen MoE graph does not support"
+        )
+
+
+def expected_shape(tensor: gguf.MODEL_TENSOR, hp: HParams, bias: bool) -> tuple[int, ...] | None:
+    """The Hugging Face (row-major) shape ``config.json`` implies, or None if not checked."""
+    q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+    shapes: dict[gguf.MODEL_TENSOR, tuple[int, ...]] = {
+        T.TOKEN_EMBD: (hp.n_vocab, hp.n_embd), T.OUTPUT: (hp.n_vocab, hp.n_embd),
+        T.OUTPUT_NORM: (hp.n_embd,), T.ATTN_NORM: (hp.n_embd,), T.FFN_NORM: (hp.n_embd,),
+        T.ATTN_Q: (q, hp.n_embd), T.ATTN_K: (kv, hp.n_embd), T.ATTN_V: (kv, hp.n_embd),
+        T.ATTN_OUT: (hp.n_embd, q), T.ATTN_Q_NORM: (hp.head_dim,), T.ATTN_K_NORM: (hp.head_dim,),
+        T.FFN_GATE: (hp.n_ff, hp.n_embd), T.FFN_UP: (hp.n_ff, hp.n_embd), T.FFN_DOWN: (hp.n_embd, hp.n_ff),
+        T.FFN_GATE_INP: (hp.n_expert, hp.n_embd),
+        T.FFN_GATE_EXP: (hp.n_expert, hp.n_ff_exp, hp.n_embd),
+        T.FFN_UP_EXP: (hp.n_expert, hp.n_ff_exp, hp.n_embd),
+        T.FFN_DOWN_EXP: (hp.n_expert, hp.n_embd, hp.n_ff_exp),
+        T.FFN_GATE_SHEXP: (hp.n_ff_shexp, hp.n_embd), T.FFN_UP_SHEXP: (hp.n_ff_shexp, hp.n_embd),
+        T.FFN_DOWN_SHEXP: (hp.n_embd, hp.n_ff_shexp), T.FFN_GATE_INP_SHEXP: (1, hp.n_embd),
+    }
+    shape = shapes.get(tensor)
+    if shape is None:
+        return None
+    return shape[:1] if bias else shape

@@ -1,0 +1,119 @@
+"""``convert``: Hugging Face Qwen checkpoint -> GGUF (F32/F16/BF16) -> quantized files + quality report."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .._atomic import atomic_path
+from .architectures import HParams, load_hparams
+from .metadata import Source, add_general, add_hparams
+from .safetensors import open_checkpoint
+from .source import resolve_source
+from .tensors import OUTTYPES, PlannedTensor, describe, parameter_count, plan_tensors
+from .tokenizer import Vocab, load_vocab
+
+
+@dataclass
+class ConvertResult:
+    """What ``convert`` produced: the unquantized GGUF and every output's manifest."""
+
+    gguf: Path
+    source: Source
+    architecture: str
+    n_params: int
+    outputs: list[dict[str, Any]] = field(default_factory=list)  # manifests, unquantized first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"gguf": str(self.gguf), "source": self.source.as_dict(), "architecture": self.architecture,
+                "n_params": self.n_params, "outputs": self.outputs}
+
+
+def convert(
+    src: str | Path,
+    outdir: str | Path,
+    *,
+    quants: Sequence[str] = (),
+    outtype: str = "f16",
+    revision: str | None = None,
+    ctx: int | None = None,
+    evaluate: bool = True,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> ConvertResult:
+    """Convert a checkpoint folder or hub repo id to GGUF, then quantize and evaluate.
+
+    Args:
+        src: local checkpoint folder, or a hub repo id (downloaded through huggingface_hub).
+        outdir: where outputs and their ``.json`` manifests go (created if needed).
+        quants: quant types to produce from the unquantized file (e.g. ``["q4_k_m", "q8_0"]``).
+        outtype: ``f16`` (default), ``bf16`` or ``f32`` for the unquantized file.
+        revision: hub revision to pin (branch, tag or commit).
+        ctx: target context; above the native one, YaRN rope scaling is written.
+        evaluate: compute the quality report of each quantized output against the unquantized one.
+        threads: threads for quantization and evaluation (default: llama.cpp's choice).
+        quiet: no progress bars.
+
+    Returns:
+        A :class:`ConvertResult`; manifests are also written beside every output.
+
+    Raises:
+        CheckpointError (and subclasses): missing/inconsistent config, weights or tokenizer.
+        DownloadError: hub unreachable and not cached.
+        QuantizeError: llama.cpp's quantizer failed.
+    """
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    started = time.perf_counter()
+    source = resolve_source(src, revision)
+    hp = load_hparams(source.folder)
+    vocab = load_vocab(source.folder, hp.n_vocab)
+    planned = plan_tensors(open_checkpoint(source.folder), hp, outtype)
+    out = Path(outdir) / f"{source.name.lower()}-{outtype}.gguf"
+    extra = write_gguf(out, hp, vocab, planned, source, outtype, ctx=ctx, progress=not quiet)
+    result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
+
+    from ..quantize import quantize, write_manifest
+
+    result.outputs.append(write_manifest(
+        out, quant_type=outtype.upper(), source=source.as_dict(), elapsed_s=time.perf_counter() - started,
+        tensor_types=describe(planned), **extra))
+    quantized = [quantize(out, q, out_dir=out.parent, threads=threads, quiet=quiet) for q in quants]
+    quality: dict[str, dict[str, Any]] = {}
+    if evaluate and quantized:
+        from ..quality import evaluate_quality
+
+        for q in evaluate_quality(out, [r.path for r in quantized], threads=threads):
+            quality[str(q.path)] = q.as_dict()
+    for r in quantized:
+        result.outputs.append(write_manifest(
+            r.path, quant_type=r.quant_type, source=source.as_dict(), reference=str(out),
+            elapsed_s=r.elapsed_s, quality=quality.get(str(r.path))))
+    return result
+
+
+def write_gguf(path: Path, hp: HParams, vocab: Vocab, planned: list[PlannedTensor], source: Source,
+               outtype: str, *, ctx: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Write the GGUF atomically: header, metadata and tokenizer, then tensors streamed one by one."""
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, hp.arch.gguf_name)
+        try:
+            for tensor in planned:
+                writer.add_tensor(tensor.name, tensor, raw_dtype=tensor.ggml_type)  # type: ignore[arg-type]
+            n_ctx = add_hparams(writer, hp, ctx)
+            meta = add_general(writer, source, parameter_count(planned))
+            writer.add_type(gguf.GGUFType.MODEL)
+            writer.add_file_type(OUTTYPES[outtype][1])
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            vocab.add_to(writer)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
+    return {"context_length": n_ctx, "name": meta.name, "size_label": meta.size_label}

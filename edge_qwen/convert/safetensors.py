@@ -1,0 +1,172 @@
+"""Read safetensors files without torch, validating the header before trusting it.
+
+Tensors are never loaded whole: :meth:`TensorRef.iter_rows` yields row blocks read with
+``os.pread`` into small buffers, so converting a multi-GB checkpoint keeps resident memory to a
+few tens of MB (memory-mapping would leave every touched page counted in the process RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CheckpointError, SafetensorsError
+
+# safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as raw uint16.
+DTYPES: dict[str, tuple[np.dtype, int]] = {
+    "BF16": (np.dtype("<u2"), 2),
+    "F16": (np.dtype("<f2"), 2),
+    "F32": (np.dtype("<f4"), 4),
+}
+MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
+CHUNK_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """Where one tensor's bytes live; nothing is read until asked."""
+
+    name: str
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in ``file``
+    nbytes: int
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+    def iter_rows(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[np.ndarray]:
+        """Yield consecutive row blocks as float32 arrays of shape (rows, *shape[1:])."""
+        storage, itemsize = DTYPES[self.dtype]
+        row_elems = int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+        row_bytes = max(row_elems * itemsize, 1)
+        rows_per_chunk = max(1, chunk_bytes // row_bytes)
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            for start in range(0, self.n_rows, rows_per_chunk):
+                rows = min(rows_per_chunk, self.n_rows - start)
+                raw = os.pread(fd, rows * row_bytes, self.offset + start * row_bytes)
+                if len(raw) != rows * row_bytes:
+                    raise SafetensorsError(
+                        f"{self.file}: tensor {self.name!r} is cut short; the file is truncated. "
+                        "Download it again."
+                    )
+                block = np.frombuffer(raw, dtype=storage).reshape((rows, *self.shape[1:]))
+                yield to_float32(block, self.dtype)
+        finally:
+            os.close(fd)
+
+    def read(self) -> np.ndarray:
+        """The whole tensor as float32 (only for small tensors and tests)."""
+        blocks = list(self.iter_rows(chunk_bytes=max(self.nbytes, 1)))
+        return np.concatenate(blocks).reshape(self.shape) if blocks else np.zeros(self.shape, np.float32)
+
+
+def to_float32(block: np.ndarray, dtype: str) -> np.ndarray:
+    """Exact widening of BF16/F16/F32 storage to float32."""
+    if dtype == "BF16":
+        return (block.astype(np.uint32) << 16).view(np.float32)
+    return block.astype(np.float32, copy=False)
+
+
+def read_header(path: Path) -> dict[str, TensorRef]:
+    """Parse and validate one safetensors file's header.
+
+    Raises:
+        SafetensorsError: bad header length, invalid JSON, unknown dtype, offsets outside the
+            file, sizes that do not match shape × dtype, or overlapping tensors.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise SafetensorsError(f"{path}: only {size} bytes, not a safetensors file; download it again")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+            raise SafetensorsError(
+                f"{path}: header claims {header_len} bytes but the file has {size}; "
+                "the file is truncated or not safetensors. Download it again."
+            )
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SafetensorsError(f"{path}: header is not valid JSON ({exc}); download it again") from exc
+    data_start, data_len = 8 + header_len, size - 8 - header_len
+    refs = {name: _tensor_ref(path, name, info, data_start, data_len)
+            for name, info in header.items() if name != "__metadata__"}
+    _check_no_overlap(path, refs.values())
+    return refs
+
+
+def _tensor_ref(path: Path, name: str, info: dict, data_start: int, data_len: int) -> TensorRef:
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in DTYPES:
+        raise SafetensorsError(
+            f"{path}: tensor {name!r} has dtype {dtype!r}; edge-qwen reads {', '.join(DTYPES)} checkpoints"
+        )
+    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2):
+        raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry; download it again")
+    begin, end = int(offsets[0]), int(offsets[1])
+    expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+    if not 0 <= begin <= end:
+        raise SafetensorsError(f"{path}: tensor {name!r} has invalid offsets {offsets}")
+    if end > data_len:
+        raise SafetensorsError(
+            f"{path}: tensor {name!r} ends at byte {end} of the data section but the file holds "
+            f"{data_len}; the file is truncated. Download it again."
+        )
+    if end - begin != expected:
+        raise SafetensorsError(
+            f"{path}: tensor {name!r} spans {end - begin} bytes but shape {shape} × {dtype} needs {expected}"
+        )
+    return TensorRef(name, path, dtype, tuple(int(d) for d in shape), data_start + begin, end - begin)
+
+
+def _check_no_overlap(path: Path, refs) -> None:
+    previous: TensorRef | None = None
+    for ref in sorted(refs, key=lambda r: r.offset):
+        if previous is not None and ref.offset < previous.offset + previous.nbytes:
+            raise SafetensorsError(f"{path}: tensors {previous.name!r} and {ref.name!r} overlap; file is corrupt")
+        previous = ref
+
+
+def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
+    """All tensors of a checkpoint: ``model.safetensors`` or the shards named by its index.
+
+    Raises:
+        CheckpointError: no weights, a shard named by the index is missing, or the index names
+            a tensor its shard does not contain.
+    """
+    index_file = folder / "model.safetensors.index.json"
+    if index_file.is_file():
+        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        refs: dict[str, TensorRef] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).is_file():
+                raise CheckpointError(
+                    f"{folder}: shard {shard} named in model.safetensors.index.json is missing; "
+                    "download the complete checkpoint"
+                )
+            refs.update(read_header(folder / shard))
+        missing = sorted(set(weight_map) - set(refs))
+        if missing:
+            raise CheckpointError(f"{folder}: index lists tensors no shard holds, e.g. {missing[:3]}")
+        return refs
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(
+            f"{folder}: no *.safetensors weights found; edge-qwen converts safetensors checkpoints "
+            "(convert .bin/.pt checkpoints to safetensors first)"
+        )
+    refs = {}
+    for file in files:
+        refs.update(read_header(file))
+    return refs

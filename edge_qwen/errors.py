@@ -1,0 +1,102 @@
+"""Every exception edge-qwen raises on purpose, in one place.
+
+Each class inherits from a built-in (``ValueError``, ``OSError``, ``RuntimeError`` …) so callers
+can catch broadly, and each message names the problem *and* the way out. The CLI prints
+``error: <message>`` and exits with status 2 for any :class:`EdgeQwenError`.
+"""
+
+from __future__ import annotations
+
+
+class EdgeQwenError(Exception):
+    """Base class of all edge-qwen errors."""
+
+
+# --- conversion -------------------------------------------------------------------------------
+
+
+class CheckpointError(EdgeQwenError, ValueError):
+    """The Hugging Face checkpoint folder is incomplete or inconsistent."""
+
+
+class UnsupportedArchitectureError(CheckpointError):
+    """config.json names an architecture edge-qwen cannot convert."""
+
+    def __init__(self, architecture: str, supported: list[str]) -> None:
+        self.architecture = architecture
+        self.supported = supported
+        super().__init__(
+            f"unsupported architecture {architecture!r}; edge-qwen converts {', '.join(supported)}. "
+            "Use a Qwen2/Qwen2.5/Qwen3 (dense or MoE) checkpoint, or an official GGUF of this model."
+        )
+
+
+class SafetensorsError(CheckpointError):
+    """A safetensors file is truncated, corrupt, or disagrees with its header."""
+
+
+class ShapeMismatchError(CheckpointError):
+    """A tensor's shape does not match what config.json implies."""
+
+
+class TokenizerError(CheckpointError):
+    """tokenizer.json / tokenizer_config.json are missing or inconsistent with config.json."""
+
+
+class DownloadError(EdgeQwenError, OSError):
+    """A hub download failed or is impossible offline."""
+
+
+# --- GGUF files, quantization, evaluation ------------------------------------------------------
+
+
+class GGUFFileError(EdgeQwenError, ValueError):
+    """A GGUF file cannot be read (not GGUF, truncated, or missing required metadata)."""
+
+
+class QuantizeError(EdgeQwenError, RuntimeError):
+    """llama.cpp's quantizer refused or failed."""
+
+
+class RequantizeRefusedError(QuantizeError):
+    """The input is already quantized and re-quantizing was not explicitly allowed."""
+
+
+# --- runtime ------------------------------------------------------------------------------------
+
+
+class ModelLoadError(EdgeQwenError, RuntimeError):
+    """llama.cpp could not load the model or create its context."""
+
+
+class ContextOverflowError(EdgeQwenError, ValueError):
+    """The prompt does not fit in the context window."""
+
+    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.n_ctx = n_ctx
+        super().__init__(
+            f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}; "
+            "load the model with a larger n_ctx, shorten the prompt, or pass truncate=True "
+            "to keep the system prompt and the latest turns"
+        )
+
+
+class ModelClosedError(EdgeQwenError, RuntimeError):
+    """The model was closed; load it again to generate."""
+
+
+class QueueTimeoutError(EdgeQwenError, TimeoutError):
+    """A request waited longer than its queue timeout for the model."""
+
+
+class ConfigError(EdgeQwenError, ValueError):
+    """Settings that cannot work together (e.g. quantized V cache without flash attention)."""
+
+
+class ChatTemplateError(EdgeQwenError, ValueError):
+    """The chat template cannot be compiled, or refused these messages (its raise_exception)."""
+
+
+class GenerationError(EdgeQwenError, RuntimeError):
+    """llama.cpp failed while evaluating tokens (llama_decode returned a fatal error)."""

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real Qwen artifacts (fetched once, cached outside the repo) and an
+isolated, offline Hugging Face cache for every test."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import fetch_assets  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _offline_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the network or the user's real HF cache."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF (ASSETS item 1), sha256-verified."""
+    return fetch_assets.fetch_gguf(log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> Path:
+    """Folder with the real Qwen3 tokenizer.json and tokenizer_config.json (ASSETS item 2)."""
+    return fetch_assets.fetch_tokenizer(log=lambda msg: None)
