@@ -34,7 +34,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     ).as_dict()
     if not args.json:
         for out in result["outputs"]:
-            q = out.get("quality") or {}
-            extra = f"  top-1 {q['top1_pct']:.1f}%  KL {q['mean_kl']:.4f}" if q else ""
-            print(f"{out['quant_type']:>7}  {out['size'] / 2**20:9.1f} MiB  {out['path']}{extra}")
+            print(f"{out['quant_type']:>7}  {out['size'] / 2**20:9.1f} MiB  {out['path']}")
+        rated = [out["quality"] for out in result["outputs"] if out.get("quality")]
+        if rated:
+            from ..quality import QualityResult, format_table
+
+            print("\nquality vs " + result["gguf"])
+            print(format_table([QualityResult(**q) for q in rated]))
     return result

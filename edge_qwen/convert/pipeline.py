@@ -78,7 +78,7 @@ def convert(
     extra = write_gguf(out, hp, vocab, planned, source, outtype, ctx=ctx, progress=not quiet)
     result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
 
-    from ..quantize import quantize, write_manifest
+    from ..quantize import quantize, read_manifest, update_manifest, write_manifest
 
     result.outputs.append(write_manifest(
         out, quant_type=outtype.upper(), source=source.as_dict(), elapsed_s=time.perf_counter() - started,
@@ -89,11 +89,10 @@ def convert(
         from ..quality import evaluate_quality
 
         for q in evaluate_quality(out, [r.path for r in quantized], threads=threads):
-            quality[str(q.path)] = q.as_dict()
+            quality[q.path] = q.as_dict()
     for r in quantized:
-        result.outputs.append(write_manifest(
-            r.path, quant_type=r.quant_type, source=source.as_dict(), reference=str(out),
-            elapsed_s=r.elapsed_s, quality=quality.get(str(r.path))))
+        update_manifest(r.path, source=source.as_dict(), reference=str(out), quality=quality.get(str(r.path)))
+        result.outputs.append(read_manifest(r.path))
     return result
 
 
