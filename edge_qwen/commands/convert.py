@@ -1,4 +1,5 @@
-"""``edge-qwen convert SRC -o OUTDIR [-q q4_k_m,q8_0] [--outtype f16|bf16|f32] [--revision REV] [--ctx N] [--no-eval]``
+"""``edge-qwen convert SRC -o OUTDIR [-q q4_k_m,q8_0] [--outtype f16|bf16|f32] [--revision REV]``
+``[--ctx N] [--no-eval]``
 
 JSON keys (``--json``): ``gguf`` (unquantized output path), ``source`` {path, repo_id, revision},
 ``architecture``, ``n_params``, ``outputs`` (one manifest per file, unquantized first: path, size,
@@ -20,7 +21,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quants", default="", help="comma-separated quant types, e.g. q4_k_m,q8_0")
     parser.add_argument("--outtype", default="f16", choices=sorted(OUTTYPES), help="unquantized output type")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
-    parser.add_argument("--ctx", type=int, help="target context; above the native one writes YaRN rope scaling")
+    parser.add_argument(
+        "--ctx", type=int, help="target context; above the native one writes YaRN rope scaling"
+    )
     parser.add_argument("--no-eval", action="store_true", help="skip the quality report")
     parser.add_argument("--threads", type=int, help="threads for quantization and evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -29,8 +32,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     quants = [q.strip() for q in args.quants.split(",") if q.strip()]
     result = convert(
-        args.src, args.outdir, quants=quants, outtype=args.outtype, revision=args.revision, ctx=args.ctx,
-        evaluate=not args.no_eval, threads=args.threads, quiet=args.quiet or args.json,
+        args.src,
+        args.outdir,
+        quants=quants,
+        outtype=args.outtype,
+        revision=args.revision,
+        ctx=args.ctx,
+        evaluate=not args.no_eval,
+        threads=args.threads,
+        quiet=args.quiet or args.json,
     ).as_dict()
     if not args.json:
         for out in result["outputs"]:

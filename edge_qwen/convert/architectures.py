@@ -39,10 +39,20 @@ ARCHITECTURES: dict[str, Architecture] = {
     for a in (
         Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2),
         Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3),
-        Architecture("Qwen3MoeForCausalLM", gguf.MODEL_ARCH.QWEN3MOE, moe=True, llama_norm_topk=True,
-                     f32_tensors=frozenset({T.FFN_GATE_INP})),
-        Architecture("Qwen2MoeForCausalLM", gguf.MODEL_ARCH.QWEN2MOE, moe=True, llama_norm_topk=False,
-                     f32_tensors=frozenset({T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP})),
+        Architecture(
+            "Qwen3MoeForCausalLM",
+            gguf.MODEL_ARCH.QWEN3MOE,
+            moe=True,
+            llama_norm_topk=True,
+            f32_tensors=frozenset({T.FFN_GATE_INP}),
+        ),
+        Architecture(
+            "Qwen2MoeForCausalLM",
+            gguf.MODEL_ARCH.QWEN2MOE,
+            moe=True,
+            llama_norm_topk=False,
+            f32_tensors=frozenset({T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP}),
+        ),
     )
 }
 
@@ -91,21 +101,29 @@ def load_hparams(folder: Path) -> HParams:
 
     def need(key: str) -> Any:
         if key not in cfg:
-            raise CheckpointError(f"{path}: {arch.hf_name} config lacks {key!r}; the checkpoint is incomplete")
+            raise CheckpointError(
+                f"{path}: {arch.hf_name} config lacks {key!r}; the checkpoint is incomplete"
+            )
         return cfg[key]
 
     n_head = int(need("num_attention_heads"))
     n_embd = int(need("hidden_size"))
     hp = HParams(
-        arch=arch, raw=cfg,
-        n_vocab=int(need("vocab_size")), n_embd=n_embd, n_layer=int(need("num_hidden_layers")),
-        n_ff=int(need("intermediate_size")), n_head=n_head,
+        arch=arch,
+        raw=cfg,
+        n_vocab=int(need("vocab_size")),
+        n_embd=n_embd,
+        n_layer=int(need("num_hidden_layers")),
+        n_ff=int(need("intermediate_size")),
+        n_head=n_head,
         n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
         head_dim=int(cfg.get("head_dim") or n_embd // n_head),
         n_ctx=int(need("max_position_embeddings")),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)), rms_eps=float(need("rms_norm_eps")),
+        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rms_eps=float(need("rms_norm_eps")),
         tied=bool(cfg.get("tie_word_embeddings", False)),
-        n_expert=int(cfg.get("num_experts") or 0), n_expert_used=int(cfg.get("num_experts_per_tok") or 0),
+        n_expert=int(cfg.get("num_experts") or 0),
+        n_expert_used=int(cfg.get("num_experts_per_tok") or 0),
         n_ff_exp=int(cfg.get("moe_intermediate_size") or 0),
         n_ff_shexp=int(cfg.get("shared_expert_intermediate_size") or 0),
     )
@@ -117,9 +135,11 @@ def load_hparams(folder: Path) -> HParams:
 def _check_moe(path: Path, hp: HParams) -> None:
     cfg = hp.raw
     if not (hp.n_expert and hp.n_expert_used and hp.n_ff_exp):
-        raise CheckpointError(f"{path}: MoE config needs num_experts, num_experts_per_tok, moe_intermediate_size")
-    default_norm = hp.arch.gguf_arch == gguf.MODEL_ARCH.QWEN3MOE
-    norm = bool(cfg.get("norm_topk_prob", default_norm))
+        raise CheckpointError(
+            f"{path}: MoE config needs num_experts, num_experts_per_tok, moe_intermediate_size"
+        )
+    # transformers' default when the key is absent is False for both Qwen MoE configs.
+    norm = bool(cfg.get("norm_topk_prob", False))
     if norm != hp.arch.llama_norm_topk:
         raise CheckpointError(
             f"{path}: norm_topk_prob={norm}, but llama.cpp's {hp.arch.gguf_name} always uses "
@@ -136,17 +156,28 @@ def expected_shape(tensor: gguf.MODEL_TENSOR, hp: HParams, bias: bool) -> tuple[
     """The Hugging Face (row-major) shape ``config.json`` implies, or None if not checked."""
     q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
     shapes: dict[gguf.MODEL_TENSOR, tuple[int, ...]] = {
-        T.TOKEN_EMBD: (hp.n_vocab, hp.n_embd), T.OUTPUT: (hp.n_vocab, hp.n_embd),
-        T.OUTPUT_NORM: (hp.n_embd,), T.ATTN_NORM: (hp.n_embd,), T.FFN_NORM: (hp.n_embd,),
-        T.ATTN_Q: (q, hp.n_embd), T.ATTN_K: (kv, hp.n_embd), T.ATTN_V: (kv, hp.n_embd),
-        T.ATTN_OUT: (hp.n_embd, q), T.ATTN_Q_NORM: (hp.head_dim,), T.ATTN_K_NORM: (hp.head_dim,),
-        T.FFN_GATE: (hp.n_ff, hp.n_embd), T.FFN_UP: (hp.n_ff, hp.n_embd), T.FFN_DOWN: (hp.n_embd, hp.n_ff),
+        T.TOKEN_EMBD: (hp.n_vocab, hp.n_embd),
+        T.OUTPUT: (hp.n_vocab, hp.n_embd),
+        T.OUTPUT_NORM: (hp.n_embd,),
+        T.ATTN_NORM: (hp.n_embd,),
+        T.FFN_NORM: (hp.n_embd,),
+        T.ATTN_Q: (q, hp.n_embd),
+        T.ATTN_K: (kv, hp.n_embd),
+        T.ATTN_V: (kv, hp.n_embd),
+        T.ATTN_OUT: (hp.n_embd, q),
+        T.ATTN_Q_NORM: (hp.head_dim,),
+        T.ATTN_K_NORM: (hp.head_dim,),
+        T.FFN_GATE: (hp.n_ff, hp.n_embd),
+        T.FFN_UP: (hp.n_ff, hp.n_embd),
+        T.FFN_DOWN: (hp.n_embd, hp.n_ff),
         T.FFN_GATE_INP: (hp.n_expert, hp.n_embd),
         T.FFN_GATE_EXP: (hp.n_expert, hp.n_ff_exp, hp.n_embd),
         T.FFN_UP_EXP: (hp.n_expert, hp.n_ff_exp, hp.n_embd),
         T.FFN_DOWN_EXP: (hp.n_expert, hp.n_embd, hp.n_ff_exp),
-        T.FFN_GATE_SHEXP: (hp.n_ff_shexp, hp.n_embd), T.FFN_UP_SHEXP: (hp.n_ff_shexp, hp.n_embd),
-        T.FFN_DOWN_SHEXP: (hp.n_embd, hp.n_ff_shexp), T.FFN_GATE_INP_SHEXP: (1, hp.n_embd),
+        T.FFN_GATE_SHEXP: (hp.n_ff_shexp, hp.n_embd),
+        T.FFN_UP_SHEXP: (hp.n_ff_shexp, hp.n_embd),
+        T.FFN_DOWN_SHEXP: (hp.n_embd, hp.n_ff_shexp),
+        T.FFN_GATE_INP_SHEXP: (1, hp.n_embd),
     }
     shape = shapes.get(tensor)
     if shape is None:

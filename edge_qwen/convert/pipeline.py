@@ -11,6 +11,7 @@ from typing import Any
 import gguf
 
 from .._atomic import atomic_path
+from ._io import HashingFile
 from .architectures import HParams, load_hparams
 from .metadata import Source, add_general, add_hparams
 from .safetensors import open_checkpoint
@@ -30,8 +31,13 @@ class ConvertResult:
     outputs: list[dict[str, Any]] = field(default_factory=list)  # manifests, unquantized first
 
     def as_dict(self) -> dict[str, Any]:
-        return {"gguf": str(self.gguf), "source": self.source.as_dict(), "architecture": self.architecture,
-                "n_params": self.n_params, "outputs": self.outputs}
+        return {
+            "gguf": str(self.gguf),
+            "source": self.source.as_dict(),
+            "architecture": self.architecture,
+            "n_params": self.n_params,
+            "outputs": self.outputs,
+        }
 
 
 def convert(
@@ -80,9 +86,16 @@ def convert(
 
     from ..quantize import quantize, read_manifest, update_manifest, write_manifest
 
-    result.outputs.append(write_manifest(
-        out, quant_type=outtype.upper(), source=source.as_dict(), elapsed_s=time.perf_counter() - started,
-        tensor_types=describe(planned), **extra))
+    result.outputs.append(
+        write_manifest(
+            out,
+            quant_type=outtype.upper(),
+            source=source.as_dict(),
+            elapsed_s=time.perf_counter() - started,
+            tensor_types=describe(planned),
+            **extra,
+        )
+    )
     quantized = [quantize(out, q, out_dir=out.parent, threads=threads, quiet=quiet) for q in quants]
     quality: dict[str, dict[str, Any]] = {}
     if evaluate and quantized:
@@ -96,11 +109,21 @@ def convert(
     return result
 
 
-def write_gguf(path: Path, hp: HParams, vocab: Vocab, planned: list[PlannedTensor], source: Source,
-               outtype: str, *, ctx: int | None = None, progress: bool = False) -> dict[str, Any]:
+def write_gguf(
+    path: Path,
+    hp: HParams,
+    vocab: Vocab,
+    planned: list[PlannedTensor],
+    source: Source,
+    outtype: str,
+    *,
+    ctx: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Write the GGUF atomically: header, metadata and tokenizer, then tensors streamed one by one."""
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, hp.arch.gguf_name)
+        hashing: HashingFile | None = None
         try:
             for tensor in planned:
                 writer.add_tensor(tensor.name, tensor, raw_dtype=tensor.ggml_type)  # type: ignore[arg-type]
@@ -110,9 +133,19 @@ def write_gguf(path: Path, hp: HParams, vocab: Vocab, planned: list[PlannedTenso
             writer.add_file_type(OUTTYPES[outtype][1])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             vocab.add_to(writer)
+            writer.open_output_file()
+            assert writer.fout is not None
+            hashing = HashingFile(writer.fout[0])
+            writer.fout = [hashing]  # type: ignore[list-item]
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
             writer.write_tensors_to_file(progress=progress)
         finally:
             writer.close()
-    return {"context_length": n_ctx, "name": meta.name, "size_label": meta.size_label}
+    assert hashing is not None
+    return {
+        "context_length": n_ctx,
+        "name": meta.name,
+        "size_label": meta.size_label,
+        "sha256": hashing.sha256,
+    }

@@ -14,8 +14,15 @@ from .metadata import Source
 
 # What conversion reads from a hub repo (weights, configs, tokenizer, card for general.*).
 HUB_FILES = [
-    "config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "README.md", "LICENSE",
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "README.md",
+    "LICENSE",
 ]
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

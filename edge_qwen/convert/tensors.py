@@ -16,6 +16,7 @@ import gguf
 import numpy as np
 
 from ..errors import CheckpointError, ShapeMismatchError
+from ._io import ordered_map
 from .architectures import HParams, expected_shape
 from .safetensors import TensorRef
 
@@ -46,17 +47,29 @@ class PlannedTensor:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(np.float32) if self.ggml_type == gguf.GGMLQuantizationType.F32 else (
-            np.dtype(np.float16) if self.ggml_type == gguf.GGMLQuantizationType.F16 else np.dtype(np.uint16))
+        return (
+            np.dtype(np.float32)
+            if self.ggml_type == gguf.GGMLQuantizationType.F32
+            else (
+                np.dtype(np.float16)
+                if self.ggml_type == gguf.GGMLQuantizationType.F16
+                else np.dtype(np.uint16)
+            )
+        )
 
     @property
     def nbytes(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def tofile(self, fout: IO[bytes]) -> None:
-        for ref in self.sources:
-            for block in ref.iter_rows():
-                self.encode(block).tofile(fout)
+        """Stream the data: blocks are read and encoded on a thread pool, written in order."""
+        jobs = [(ref, start, rows) for ref in self.sources for start, rows in ref.row_blocks()]
+        for block in ordered_map(self._encoded, jobs):
+            fout.write(block.data)
+
+    def _encoded(self, job: tuple[TensorRef, int, int]) -> np.ndarray:
+        ref, start, rows = job
+        return np.ascontiguousarray(self.encode(ref.read_rows(start, rows)))
 
     def encode(self, block: np.ndarray) -> np.ndarray:
         """float32 block -> the bytes of the output type (BF16 rounds to nearest even via gguf-py)."""
@@ -94,19 +107,23 @@ def plan_tensors(refs: dict[str, TensorRef], hp: HParams, outtype: str) -> list[
                 f"{hf_name}: shape {list(shape)} but config.json implies {list(want)}; "
                 "config.json and the weights belong to different models"
             )
-        planned.append(PlannedTensor(gguf_name, kind, tuple(shape), sources, _ggml_type(kind, shape, hp, outtype)))
+        planned.append(
+            PlannedTensor(gguf_name, kind, tuple(shape), sources, _ggml_type(kind, shape, hp, outtype))
+        )
     _check_complete(planned, hp)
     return planned
 
 
-def _ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], hp: HParams, outtype: str) -> gguf.GGMLQuantizationType:
+def _ggml_type(
+    kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], hp: HParams, outtype: str
+) -> gguf.GGMLQuantizationType:
     if len(shape) <= 1 or kind in hp.arch.f32_tensors:
         return gguf.GGMLQuantizationType.F32  # norms, biases and routers stay F32
     return OUTTYPES[outtype][0]
 
 
 def _group_experts(refs: dict[str, TensorRef], hp: HParams) -> dict[str, list[TensorRef]]:
-    """{hf name: sources}; experts ``...experts.E.gate_proj.weight`` become ``...experts.gate_proj.weight``."""
+    """{hf name: sources}, per-expert ``…experts.E.up_proj.weight`` grouped as ``…experts.up_proj.weight``."""
     grouped: dict[str, list[TensorRef]] = {}
     experts: dict[str, dict[int, TensorRef]] = {}
     for name, ref in refs.items():
@@ -137,8 +154,14 @@ def _check_complete(planned: list[PlannedTensor], hp: HParams) -> None:
         name = gguf.TENSOR_NAMES[required] + ".weight"
         if name not in names:
             raise CheckpointError(f"checkpoint lacks the tensor that becomes {name}; it is incomplete")
-    for kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K, gguf.MODEL_TENSOR.ATTN_V,
-                 gguf.MODEL_TENSOR.ATTN_OUT, gguf.MODEL_TENSOR.ATTN_NORM, gguf.MODEL_TENSOR.FFN_NORM):
+    for kind in (
+        gguf.MODEL_TENSOR.ATTN_Q,
+        gguf.MODEL_TENSOR.ATTN_K,
+        gguf.MODEL_TENSOR.ATTN_V,
+        gguf.MODEL_TENSOR.ATTN_OUT,
+        gguf.MODEL_TENSOR.ATTN_NORM,
+        gguf.MODEL_TENSOR.FFN_NORM,
+    ):
         for bid in range(hp.n_layer):
             name = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
             if name not in names:

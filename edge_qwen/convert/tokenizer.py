@@ -16,9 +16,11 @@ import gguf
 from ..errors import TokenizerError
 
 # The pre-tokenizer split regex -> llama.cpp's pre-tokenizer name (data, not branches).
-PRE_TOKENIZERS: dict[str, str] = {
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
-}
+QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS: dict[str, str] = {QWEN2_SPLIT: "qwen2"}
 TokenType = gguf.TokenType
 
 
@@ -47,6 +49,15 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
     path = folder / "tokenizer.json"
     if not path.is_file():
         raise TokenizerError(f"{folder}: no tokenizer.json; download the tokenizer files with the weights")
+    tokens, types, pre = _tokens(path, vocab_size)
+    # Parsed after ours is released: two parsed copies of tokenizer.json would double peak memory.
+    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
+    if not special.merges:
+        raise TokenizerError(f"{path}: no BPE merges; the tokenizer file is incomplete")
+    return Vocab(tokens, types, pre, special)
+
+
+def _tokens(path: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
     data = json.loads(path.read_text(encoding="utf-8"))
     model = data.get("model", {})
     if model.get("type") != "BPE":
@@ -65,10 +76,7 @@ def load_vocab(folder: Path, vocab_size: int) -> Vocab:
         tok, typ = by_id.get(i, (f"[PAD{i}]", TokenType.UNUSED))
         tokens.append(tok)
         types.append(int(typ))
-    special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=vocab_size)
-    if not special.merges:
-        raise TokenizerError(f"{path}: no BPE merges; the tokenizer file is incomplete")
-    return Vocab(tokens, types, _pre_tokenizer(path, data), special)
+    return tokens, types, _pre_tokenizer(path, data)
 
 
 def _added_type(added: dict) -> int:

@@ -23,7 +23,7 @@ CORPUS = [
     "def  f(x):\n\t\treturn   x**2  # odd   whitespace\n\n\n    \r\n",
     "Digits 1234567890 3.14159 and 1,000,000 and 2026-11-29",
     "  leading spaces and trailing   ",
-    "<think>reasoning</think> and <tool_call>{\"name\": \"f\"}</tool_call>",
+    '<think>reasoning</think> and <tool_call>{"name": "f"}</tool_call>',
 ]
 
 
@@ -56,8 +56,14 @@ def test_vocabulary_matches_the_official_qwen_gguf(converted, real_gguf: Path) -
     assert field(ours, tokens)[:shared] == field(real, tokens)[:shared]
     assert field(ours, types)[:shared] == field(real, types)[:shared]
     assert field(ours, gguf.Keys.Tokenizer.MERGES) == field(real, gguf.Keys.Tokenizer.MERGES)
-    for key in (gguf.Keys.Tokenizer.MODEL, gguf.Keys.Tokenizer.PRE, gguf.Keys.Tokenizer.BOS_ID,
-                gguf.Keys.Tokenizer.EOS_ID, gguf.Keys.Tokenizer.PAD_ID, gguf.Keys.Tokenizer.ADD_BOS):
+    for key in (
+        gguf.Keys.Tokenizer.MODEL,
+        gguf.Keys.Tokenizer.PRE,
+        gguf.Keys.Tokenizer.BOS_ID,
+        gguf.Keys.Tokenizer.EOS_ID,
+        gguf.Keys.Tokenizer.PAD_ID,
+        gguf.Keys.Tokenizer.ADD_BOS,
+    ):
         assert field(ours, key) == field(real, key), key
     # Qwen3's extra tokens: <think> and friends are user-defined, the padding is unused.
     ours_tokens, ours_types = field(ours, tokens), field(ours, types)

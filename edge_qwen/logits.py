@@ -1,0 +1,252 @@
+"""llama.cpp's logits for every position of a token sequence.
+
+This is the measuring instrument of the project: the converter's correctness tests compare it to an
+independent numpy forward pass, and the quality report compares a quantized GGUF to its F16 parent
+(KL divergence, top-1 agreement). It therefore favours exactness over speed: F32 KV cache, no flash
+attention, CPU only unless asked otherwise, and every position's logits kept.
+
+>>> logits = token_logits("model.gguf", [9707, 11, 1879])    # doctest: +SKIP
+>>> logits.shape                                              # doctest: +SKIP
+(3, 151936)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import llama_cpp
+import numpy as np
+
+from edge_qwen.errors import ContextOverflowError, GGUFFileError, ModelLoadError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_BATCH = 512
+_GGML_LOG_LEVEL_ERROR = 3
+_GGML_TYPE_F32 = 0
+
+__all__ = ["token_logits", "tokenize"]
+
+_backend_ready = False
+
+
+def _ensure_backend() -> None:
+    """llama_backend_init once per process (it loads the CPU backend; repeating it is wasteful)."""
+    global _backend_ready
+    if not _backend_ready:
+        llama_cpp.llama_backend_init()
+        _backend_ready = True
+
+
+@contextlib.contextmanager
+def _captured_llama_log() -> Iterator[list[str]]:
+    """Silence llama.cpp for the duration; collect its error lines so our exceptions can quote them.
+
+    llama.cpp has one process-wide log callback; llama-cpp-python installs its own at import, and we
+    put that one back afterwards.
+    """
+    errors: list[str] = []
+
+    def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level == _GGML_LOG_LEVEL_ERROR and text:
+            errors.append(text.decode("utf-8", errors="replace").strip())
+
+    callback = llama_cpp.llama_log_callback(_on_log)  # keep a reference while it is installed
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield errors
+    finally:
+        from llama_cpp import _logger
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def _check_gguf(path: str | os.PathLike[str]) -> Path:
+    """Fail with a clear message before llama.cpp does with an obscure one."""
+    gguf_path = Path(path)
+    if not gguf_path.is_file():
+        raise GGUFFileError(
+            f"{gguf_path} does not exist or is not a file; pass the path of a .gguf model file"
+        )
+    with gguf_path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        raise GGUFFileError(
+            f"{gguf_path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}); "
+            "convert the checkpoint with `edge-qwen convert` first"
+        )
+    return gguf_path
+
+
+def _log_tail(errors: list[str]) -> str:
+    return f" (llama.cpp: {' | '.join(errors[-3:])})" if errors else ""
+
+
+@contextlib.contextmanager
+def _loaded_model(
+    path: Path, errors: list[str], *, vocab_only: bool = False, n_gpu_layers: int = 0
+) -> Iterator[llama_cpp.llama_model_p]:
+    _ensure_backend()
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = vocab_only
+    params.n_gpu_layers = n_gpu_layers
+    # No weight repacking into "extra" buffer types: on CPUs with AMX the AMX mat-mul of
+    # llama-cpp-python 0.3.36 segfaults in llama_decode (seen on this project's build machine), and
+    # a measurement should use the plain kernels anyway.
+    params.use_extra_bufts = False
+    model = llama_cpp.llama_model_load_from_file(os.fsencode(path), params)
+    if not model:
+        raise ModelLoadError(
+            f"llama.cpp could not load {path}{_log_tail(errors)}; check that the file is complete "
+            "and that this llama-cpp-python build supports its architecture and tensor types"
+        )
+    try:
+        yield model
+    finally:
+        llama_cpp.llama_model_free(model)
+
+
+@contextlib.contextmanager
+def _context(
+    model: llama_cpp.llama_model_p, errors: list[str], *, n_ctx: int, n_batch: int, threads: int
+) -> Iterator[llama_cpp.llama_context_p]:
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = n_batch
+    params.n_seq_max = 1
+    params.n_outputs_max = 0  # = n_batch: every position of a batch produces logits
+    params.n_outputs_max_per_seq = 0
+    params.n_threads = threads
+    params.n_threads_batch = threads
+    params.type_k = _GGML_TYPE_F32  # measurement, not speed: keep the KV cache exact
+    params.type_v = _GGML_TYPE_F32
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.no_perf = True
+    ctx = llama_cpp.llama_init_from_model(model, params)
+    if not ctx:
+        raise ModelLoadError(
+            f"llama.cpp could not create a context of {n_ctx} tokens{_log_tail(errors)}; "
+            "try a smaller n_ctx or free some memory"
+        )
+    try:
+        yield ctx
+    finally:
+        llama_cpp.llama_free(ctx)
+
+
+@contextlib.contextmanager
+def _batch(capacity: int) -> Iterator[llama_cpp.llama_batch]:
+    batch = llama_cpp.llama_batch_init(capacity, 0, 1)
+    try:
+        yield batch
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def _fill(batch: llama_cpp.llama_batch, tokens: Sequence[int], start: int) -> None:
+    """Put ``tokens`` (positions start, start+1, …) in sequence 0, asking for every position's logits."""
+    batch.n_tokens = len(tokens)
+    for i, token in enumerate(tokens):
+        batch.token[i] = token
+        batch.pos[i] = start + i  # type: ignore[call-overload]  # llama_pos stub quirk
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = 0
+        batch.logits[i] = 1
+
+
+def _check_tokens(tokens: Sequence[int], n_vocab: int) -> None:
+    if len(tokens) == 0:
+        raise ValueError("token_logits needs at least one token")
+    bad = [t for t in tokens if not 0 <= int(t) < n_vocab]
+    if bad:
+        raise ValueError(
+            f"token ids {bad[:5]} are outside this model's vocabulary [0, {n_vocab}); "
+            "tokenize with the tokenizer of the same model"
+        )
+
+
+def _default_threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def token_logits(
+    gguf_path: str | os.PathLike[str],
+    tokens: Sequence[int],
+    *,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    n_batch: int = DEFAULT_BATCH,
+    n_gpu_layers: int = 0,
+) -> np.ndarray:
+    """Logits llama.cpp computes at every position of ``tokens``: float32 ``[len(tokens), n_vocab]``.
+
+    Row ``i`` is the next-token distribution after ``tokens[: i + 1]``. Tokens are decoded in
+    batches of ``n_batch`` into one fresh context (default size: just large enough), which is freed
+    together with the model before returning, also on error.
+    """
+    path = _check_gguf(gguf_path)
+    n_tokens = len(tokens)
+    if n_ctx is not None and n_ctx < n_tokens:
+        raise ContextOverflowError(n_tokens, n_ctx)
+    n_batch = max(1, min(n_batch, n_tokens or 1))
+    with contextlib.ExitStack() as stack:
+        errors = stack.enter_context(_captured_llama_log())
+        model = stack.enter_context(_loaded_model(path, errors, n_gpu_layers=n_gpu_layers))
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        _check_tokens(tokens, n_vocab)
+        ctx = stack.enter_context(
+            _context(
+                model,
+                errors,
+                n_ctx=n_ctx or n_tokens,
+                n_batch=n_batch,
+                threads=threads or _default_threads(),
+            )
+        )
+        batch = stack.enter_context(_batch(n_batch))
+        out = np.empty((n_tokens, n_vocab), dtype=np.float32)
+        for start in range(0, n_tokens, n_batch):
+            chunk = [int(t) for t in tokens[start : start + n_batch]]
+            _fill(batch, chunk, start)
+            status = llama_cpp.llama_decode(ctx, batch)
+            if status != 0:
+                raise ModelLoadError(
+                    f"llama_decode failed with status {status} at tokens {start}..{start + len(chunk)}"
+                    f"{_log_tail(errors)}; try a larger n_ctx or a smaller n_batch"
+                )
+            rows = llama_cpp.llama_get_logits(ctx)
+            out[start : start + len(chunk)] = np.ctypeslib.as_array(rows, shape=(len(chunk), n_vocab))
+        return out
+
+
+def tokenize(
+    gguf_path: str | os.PathLike[str],
+    text: str,
+    *,
+    add_special: bool = False,
+    parse_special: bool = False,
+) -> list[int]:
+    """Token ids of ``text`` with the GGUF's own tokenizer (loads the vocabulary only, not the weights).
+
+    ``parse_special=True`` turns markers such as ``<|im_start|>`` into their single special ids,
+    which is what a rendered chat prompt needs.
+    """
+    path = _check_gguf(gguf_path)
+    data = text.encode("utf-8")
+    with _captured_llama_log() as errors, _loaded_model(path, errors, vocab_only=True) as model:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:  # cannot happen with one token per byte plus room for BOS/EOS, but be exact
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            raise ModelLoadError(f"llama.cpp failed to tokenize {len(data)} bytes{_log_tail(errors)}")
+        return list(buf[:n])
