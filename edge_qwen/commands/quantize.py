@@ -1,0 +1,75 @@
+"""``edge-qwen quantize IN.gguf -q q4_k_m[,q8_0…] [-o DIR] [--threads N] [--allow-requantize] [--eval]``
+``[--quiet] [--json]``
+
+Quantizes in-process with llama.cpp (see :mod:`edge_qwen.quantize`); each output gets a manifest
+``<output>.json``. ``--eval`` scores every output against the input (top-1 agreement, KL, PPL;
+see :mod:`edge_qwen.quality`) and adds the figures to its manifest.
+
+JSON keys (``--json``)::
+
+    input      str         the input GGUF
+    outputs    [ {path, quant_type, source, size, sha256, elapsed_s, manifest_path, requantized,
+                  quality: null | {path, reference, label, size, n_tokens, top1_pct, mean_kl,
+                                   p99_kl, max_kl, perplexity, reference_perplexity}} ]
+    evaluated  bool        whether --eval ran
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from ..quantize import QUANT_TYPES, parse_quant_list, quantize, update_manifest
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    types = ", ".join(f"{q.name} ({q.bits_per_weight:g} bpw)" for q in QUANT_TYPES.values())
+    parser.add_argument("input", help="GGUF file to quantize (ideally the F16/BF16 original)")
+    parser.add_argument("-q", "--quants", required=True, help=f"comma-separated types: {types}")
+    parser.add_argument("-o", "--outdir", help="output folder (default: next to the input)")
+    parser.add_argument("--threads", type=int, help="quantizer/evaluation threads (default: all cores)")
+    parser.add_argument(
+        "--allow-requantize", action="store_true",
+        help="accept an already-quantized input (quality suffers: rounding errors compound)",
+    )
+    parser.add_argument("--eval", action="store_true", help="report top-1 agreement and KL vs the input")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    quiet = args.quiet or args.json
+    rows = parse_quant_list(args.quants)  # fail on a bad name before any work
+    results = [
+        quantize(args.input, q.name, out_dir=args.outdir, threads=args.threads,
+                 allow_requantize=args.allow_requantize, quiet=quiet)
+        for q in rows
+    ]
+    outputs = [dict(r.as_dict(), quality=None) for r in results]
+    if not args.json:
+        _print_outputs(outputs)
+    if args.eval:
+        _evaluate(args, outputs, quiet)
+    return {"input": args.input, "outputs": outputs, "evaluated": bool(args.eval)}
+
+
+def _evaluate(args: argparse.Namespace, outputs: list[dict[str, Any]], quiet: bool) -> None:
+    """Score every output against the input and record the figures in its manifest."""
+    from ..quality import evaluate_quality, format_table
+
+    if not quiet:
+        print(f"evaluating {len(outputs)} output(s) against {args.input} …", file=sys.stderr)
+    scores = evaluate_quality(args.input, [o["path"] for o in outputs], threads=args.threads)
+    for out, score in zip(outputs, scores, strict=True):
+        out["quality"] = score.as_dict()
+        update_manifest(out["path"], quality=out["quality"])
+    if not args.json:
+        print()
+        print(format_table(scores))
+
+
+def _print_outputs(outputs: list[dict[str, Any]]) -> None:
+    for o in outputs:
+        note = "  (re-quantized)" if o["requantized"] else ""
+        size = o["size"] / 2**20
+        print(f"{o['quant_type']:>7}  {size:9.1f} MiB  {o['elapsed_s']:6.1f} s  {o['path']}{note}")

@@ -1,0 +1,181 @@
+"""Summarize a GGUF file from its header, without loading the weights.
+
+Why: before downloading to a Pi or picking a quantization you want to know what a file *is*
+(architecture, size, quant mix, context, tokenizer, template) in a second, not after a model load.
+Only the header is parsed (``gguf.GGUFReader`` memory-maps the file; tensor data is never read).
+All metadata keys come from gguf-py's ``gguf.Keys`` constants.
+
+``gguf_info(path)`` returns a dict with these stable keys (``null`` when the file lacks the value)::
+
+    path                  str    absolute path
+    file_size_bytes       int
+    gguf_version          int
+    architecture          str    general.architecture, e.g. "qwen2"
+    name, basename, size_label, finetune     str | null   general.* descriptive fields
+    file_type             str | null   e.g. "Q4_K_M", "F16" (general.file_type, llama_ftype name)
+    file_type_id          int | null
+    quantization_version  int | null
+    tensor_count          int
+    parameter_count       int    sum of every tensor's element count
+    tensor_bytes          int    bytes of tensor data
+    bits_per_weight       float  tensor_bytes * 8 / parameter_count
+    quant_mix             {ggml type: {"count": int, "bytes": int}}, largest share first
+    context_length, block_count, embedding_length, feed_forward_length,
+    head_count, head_count_kv, key_length, value_length       int | list | null
+    expert_count, expert_used_count, expert_shared_count, expert_feed_forward_length   int | null
+    rope                  {"freq_base", "dimension_count", "scaling_type", "scaling_factor",
+                           "original_context_length"}
+    tokenizer             {"model", "pre", "vocab_size", "merges",
+                           "bos_token_id", "bos_token", "eos_token_id", "eos_token",
+                           "pad_token_id", "pad_token", "add_bos_token"}
+    chat_template         {"present": bool, "length": int}
+    estimated_file_sizes  {quant name: bytes}  approximate size after quantizing to each
+                          edge_qwen.quantize.QUANT_TYPES type (nominal bits/weight of the main
+                          type for 2-D tensors, F32 for 1-D; K-quant mixes come out a bit larger)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from .quantize import QUANT_TYPES, open_gguf
+
+K = gguf.Keys
+# GGUFReader exposes the header's version as a pseudo-field; it is not a metadata key, so gguf.Keys
+# has no constant for it.
+_READER_VERSION_FIELD = "GGUF.version"
+
+
+def _get(reader: gguf.GGUFReader, key: str) -> Any:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    return field.contents()
+
+
+def _token(reader: gguf.GGUFReader, token_id: Any) -> str | None:
+    field = reader.fields.get(K.Tokenizer.LIST)
+    if field is None or not isinstance(token_id, int) or not 0 <= token_id < len(field.data):
+        return None
+    text: str = field.contents(token_id)
+    return text
+
+
+def _array_len(reader: gguf.GGUFReader, key: str) -> int | None:
+    field = reader.fields.get(key)
+    return None if field is None else len(field.data)
+
+
+def file_type_name(ftype: Any) -> str | None:
+    """``15`` -> ``"Q4_K_M"`` (llama_ftype names without the MOSTLY_/ALL_ prefix)."""
+    try:
+        name = gguf.LlamaFileType(int(ftype)).name
+    except (TypeError, ValueError):
+        return None
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def quant_mix(reader: gguf.GGUFReader) -> dict[str, dict[str, int]]:
+    """Tensor count and bytes per ggml type, largest share first."""
+    mix: dict[str, dict[str, int]] = {}
+    for t in reader.tensors:
+        row = mix.setdefault(t.tensor_type.name, {"count": 0, "bytes": 0})
+        row["count"] += 1
+        row["bytes"] += int(t.n_bytes)
+    return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
+
+
+def estimated_file_sizes(reader: gguf.GGUFReader) -> dict[str, int]:
+    """Approximate output size for each quantization type of the table."""
+    header = int(reader.data_offset)
+    matrix = sum(int(t.n_elements) for t in reader.tensors if len(t.shape) >= 2)
+    vectors = sum(int(t.n_elements) for t in reader.tensors if len(t.shape) < 2)
+    return {
+        name: int(header + matrix * q.bits_per_weight / 8 + vectors * 4) for name, q in QUANT_TYPES.items()
+    }
+
+
+def _llm(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
+    keys = {
+        "context_length": K.LLM.CONTEXT_LENGTH,
+        "block_count": K.LLM.BLOCK_COUNT,
+        "embedding_length": K.LLM.EMBEDDING_LENGTH,
+        "feed_forward_length": K.LLM.FEED_FORWARD_LENGTH,
+        "head_count": K.Attention.HEAD_COUNT,
+        "head_count_kv": K.Attention.HEAD_COUNT_KV,
+        "key_length": K.Attention.KEY_LENGTH,
+        "value_length": K.Attention.VALUE_LENGTH,
+        "expert_count": K.LLM.EXPERT_COUNT,
+        "expert_used_count": K.LLM.EXPERT_USED_COUNT,
+        "expert_shared_count": K.LLM.EXPERT_SHARED_COUNT,
+        "expert_feed_forward_length": K.LLM.EXPERT_FEED_FORWARD_LENGTH,
+    }
+    return {name: _get(reader, key.format(arch=arch)) for name, key in keys.items()}
+
+
+def _rope(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
+    keys = {
+        "freq_base": K.Rope.FREQ_BASE,
+        "dimension_count": K.Rope.DIMENSION_COUNT,
+        "scaling_type": K.Rope.SCALING_TYPE,
+        "scaling_factor": K.Rope.SCALING_FACTOR,
+        "original_context_length": K.Rope.SCALING_ORIG_CTX_LEN,
+    }
+    return {name: _get(reader, key.format(arch=arch)) for name, key in keys.items()}
+
+
+def _tokenizer(reader: gguf.GGUFReader) -> dict[str, Any]:
+    ids = {"bos": K.Tokenizer.BOS_ID, "eos": K.Tokenizer.EOS_ID, "pad": K.Tokenizer.PAD_ID}
+    info: dict[str, Any] = {
+        "model": _get(reader, K.Tokenizer.MODEL),
+        "pre": _get(reader, K.Tokenizer.PRE),
+        "vocab_size": _array_len(reader, K.Tokenizer.LIST),
+        "merges": _array_len(reader, K.Tokenizer.MERGES),
+    }
+    for role, key in ids.items():
+        token_id = _get(reader, key)
+        info[f"{role}_token_id"] = token_id
+        info[f"{role}_token"] = _token(reader, token_id)
+    info["add_bos_token"] = _get(reader, K.Tokenizer.ADD_BOS)
+    return info
+
+
+def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Header summary of a GGUF (keys documented in the module docstring).
+
+    Raises :class:`~edge_qwen.errors.GGUFFileError` for a missing, non-GGUF or truncated file.
+    """
+    p = Path(path)
+    reader = open_gguf(p)
+    arch = _get(reader, K.General.ARCHITECTURE) or ""
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
+    ftype = _get(reader, K.General.FILE_TYPE)
+    template = _get(reader, K.Tokenizer.CHAT_TEMPLATE)
+    return {
+        "path": str(p.resolve()),
+        "file_size_bytes": p.stat().st_size,
+        "gguf_version": _get(reader, _READER_VERSION_FIELD),
+        "architecture": arch or None,
+        "name": _get(reader, K.General.NAME),
+        "basename": _get(reader, K.General.BASENAME),
+        "size_label": _get(reader, K.General.SIZE_LABEL),
+        "finetune": _get(reader, K.General.FINETUNE),
+        "file_type": file_type_name(ftype) if ftype is not None else None,
+        "file_type_id": ftype,
+        "quantization_version": _get(reader, K.General.QUANTIZATION_VERSION),
+        "tensor_count": len(reader.tensors),
+        "parameter_count": params,
+        "tensor_bytes": tensor_bytes,
+        "bits_per_weight": round(tensor_bytes * 8 / params, 3) if params else None,
+        "quant_mix": quant_mix(reader),
+        **_llm(reader, arch),
+        "rope": _rope(reader, arch),
+        "tokenizer": _tokenizer(reader),
+        "chat_template": {"present": template is not None, "length": len(template or "")},
+        "estimated_file_sizes": estimated_file_sizes(reader),
+    }

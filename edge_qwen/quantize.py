@@ -1,0 +1,432 @@
+"""Quantize a GGUF file in-process with llama.cpp's own quantizer (no ``llama-quantize`` binary).
+
+Why in-process: llama-cpp-python already ships ``libllama`` with ``llama_model_quantize``, so the
+same wheel that runs the model also produces its quantized variants, on any platform.
+
+>>> result = quantize("qwen-f16.gguf", "q4_k_m", out_dir="out")      # doctest: +SKIP
+>>> result.path                                                       # doctest: +SKIP
+PosixPath('out/qwen-Q4_K_M.gguf')
+
+Supported types live in :data:`QUANT_TYPES` (a table, not branches). Names are case-insensitive.
+
+Safety rules:
+
+* The input is validated as a readable GGUF first (:class:`~edge_qwen.errors.GGUFFileError`).
+* Re-quantizing an already-quantized file loses quality twice, so it is refused with
+  :class:`~edge_qwen.errors.RequantizeRefusedError` unless ``allow_requantize=True``
+  (``--allow-requantize`` on the command line).
+* The output is written under a temporary name in the destination folder and renamed only when
+  llama.cpp reports success; a failure leaves nothing behind.
+
+Manifest schema (``<output>.json`` beside every output, written by :func:`write_manifest`)::
+
+    {
+      "schema": 1,                      # bumped on incompatible changes
+      "path": "/abs/out/qwen-Q4_K_M.gguf",
+      "file": "qwen-Q4_K_M.gguf",       # basename, handy when the folder moves
+      "size": 397808192,                # bytes
+      "sha256": "<64 hex>",
+      "quant_type": "Q4_K_M",          # QUANT_TYPES name, or e.g. "F16" for the converter's output
+      "source": "/abs/in/qwen-f16.gguf", # input GGUF path, or any JSON value the caller passes
+                                        # (the converter passes its source dict); null if unknown
+      "tools": {"edge_qwen": "0.1.0", "llama_cpp_python": "0.3.36", "gguf": "0.19.0"},
+      "elapsed_s": 12.3,                # seconds spent producing the file; null if unknown
+      "created": "2025-01-01T12:00:00+00:00",
+      "quality": null | {...}           # edge_qwen.quality.QualityResult.as_dict() when evaluated
+      ...                               # any extra keyword given to write_manifest / update_manifest
+    }
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ._atomic import atomic_path, write_json
+from .errors import GGUFFileError, QuantizeError, RequantizeRefusedError
+
+MANIFEST_SCHEMA = 1
+_GGUF_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
+
+FT = gguf.LlamaFileType
+QT = gguf.GGMLQuantizationType
+
+
+@dataclass(frozen=True)
+class QuantType:
+    """One row of the quantization table."""
+
+    name: str
+    ftype: gguf.LlamaFileType  # same numbering as llama.h's ``enum llama_ftype`` (LLAMA_FTYPE_*)
+    main_type: gguf.GGMLQuantizationType  # the type most 2-D weights get
+    description: str
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Nominal bits per weight of the main type (K-quant mixes spend a little more)."""
+        block, nbytes = gguf.GGML_QUANT_SIZES[self.main_type]
+        return nbytes * 8 / block
+
+
+_TABLE = [
+    QuantType("Q8_0", FT.MOSTLY_Q8_0, QT.Q8_0, "8-bit; practically lossless, ~half of F16"),
+    QuantType("Q6_K", FT.MOSTLY_Q6_K, QT.Q6_K, "6-bit K-quant; near-lossless"),
+    QuantType("Q5_K_M", FT.MOSTLY_Q5_K_M, QT.Q5_K, "5-bit K-quant mix; very small loss"),
+    QuantType("Q4_K_M", FT.MOSTLY_Q4_K_M, QT.Q4_K, "4-bit K-quant mix; the usual default for edge devices"),
+    QuantType("Q4_0", FT.MOSTLY_Q4_0, QT.Q4_0, "4-bit legacy; fastest on ARM (runtime repacking), more loss"),
+    QuantType("F16", FT.MOSTLY_F16, QT.F16, "16-bit float; unquantized reference"),
+    QuantType("BF16", FT.MOSTLY_BF16, QT.BF16, "bfloat16; unquantized reference"),
+]
+QUANT_TYPES: dict[str, QuantType] = {q.name: q for q in _TABLE}
+
+# File types / tensor types that hold unquantized weights.
+_FLOAT_FTYPES = frozenset({FT.ALL_F32, FT.MOSTLY_F16, FT.MOSTLY_BF16})
+_FLOAT_TENSOR_TYPES = frozenset({QT.F32, QT.F16, QT.BF16, QT.F64})
+_PRECISION_SUFFIX = re.compile(r"[-_.](f16|bf16|f32|fp16|fp32)$", re.IGNORECASE)
+_PROGRESS = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")  # "[ 12/ 291] blk.0.attn_q.weight …"
+_GGML_LOG_LEVEL_ERROR = 3
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize` produced."""
+
+    path: Path
+    quant_type: str
+    source: Path
+    size: int  # bytes
+    sha256: str
+    elapsed_s: float
+    manifest_path: Path
+    requantized: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("path", "source", "manifest_path"):
+            d[key] = str(d[key])
+        return d
+
+
+# --- table lookups ------------------------------------------------------------------------------
+
+
+def quant_type(name: str) -> QuantType:
+    """Look a type up case-insensitively (``q4_k_m`` -> ``Q4_K_M``)."""
+    try:
+        return QUANT_TYPES[name.strip().upper()]
+    except KeyError:
+        raise QuantizeError(
+            f"unknown quantization type {name!r}; choose one of {', '.join(QUANT_TYPES)}"
+        ) from None
+
+
+def parse_quant_list(spec: str) -> list[QuantType]:
+    """``"q4_k_m,q8_0"`` -> the table rows, duplicates dropped, order kept."""
+    names = [part for part in (p.strip() for p in spec.split(",")) if part]
+    if not names:
+        raise QuantizeError(f"no quantization type given; choose from {', '.join(QUANT_TYPES)}")
+    rows = [quant_type(n) for n in names]
+    return list(dict.fromkeys(rows))
+
+
+def default_output_name(in_path: str | os.PathLike[str], quant: str) -> str:
+    """``qwen-f16.gguf`` + ``Q4_K_M`` -> ``qwen-Q4_K_M.gguf`` (precision suffix dropped)."""
+    stem = _PRECISION_SUFFIX.sub("", Path(in_path).stem) or Path(in_path).stem
+    return f"{stem}-{quant_type(quant).name}.gguf"
+
+
+# --- input inspection ---------------------------------------------------------------------------
+
+
+def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
+    """Open a GGUF read-only (memory-mapped), turning every failure into :class:`GGUFFileError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise GGUFFileError(f"{p} does not exist or is not a file; pass the path of a .gguf model file")
+    with p.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != _GGUF_MAGIC:
+        raise GGUFFileError(
+            f"{p} is not a GGUF file (it starts with {magic!r}, not {_GGUF_MAGIC!r}); pass a .gguf model "
+            "file, or convert a Hugging Face checkpoint with `edge-qwen convert`"
+        )
+    try:
+        reader = gguf.GGUFReader(p, "r")
+    except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError) as exc:
+        raise GGUFFileError(
+            f"{p} is truncated or corrupt: its header does not parse ({exc}); download or convert it again"
+        ) from exc
+    _check_complete(p, reader)
+    return reader
+
+
+def _check_complete(path: Path, reader: gguf.GGUFReader) -> None:
+    """A file cut short after the header still parses; compare its size with the last tensor's end."""
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    size = path.stat().st_size
+    if end > size:
+        raise GGUFFileError(
+            f"{path} is truncated: its tensors need {end} bytes but the file has {size}; "
+            "download or convert it again"
+        )
+
+
+def _field_value(reader: gguf.GGUFReader, key: str) -> Any:
+    f = reader.fields.get(key)
+    return None if f is None else f.contents()
+
+
+def quantized_reasons(reader: gguf.GGUFReader) -> list[str]:
+    """Why the file counts as already quantized (empty list: it holds float weights)."""
+    reasons = []
+    ftype = _field_value(reader, gguf.Keys.General.FILE_TYPE)
+    if ftype is not None and ftype in {int(f) for f in FT} and FT(ftype) not in _FLOAT_FTYPES:
+        reasons.append(f"{gguf.Keys.General.FILE_TYPE} is {FT(ftype).name}")
+    matrices = (t for t in reader.tensors if len(t.shape) >= 2)
+    quantized = sorted({t.tensor_type.name for t in matrices if t.tensor_type not in _FLOAT_TENSOR_TYPES})
+    if quantized:
+        reasons.append(f"weight tensors are {', '.join(quantized)}")
+    return reasons
+
+
+# --- llama.cpp log capture ----------------------------------------------------------------------
+
+
+class _LlamaLog:
+    """Collects llama.cpp's log while quantizing; echoes it when verbose, drives a progress bar."""
+
+    def __init__(self, echo: bool, progress: Any) -> None:
+        self.echo = echo
+        self.progress = progress
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def __call__(self, level: int, text: bytes | None, user_data: Any) -> None:
+        if not text:
+            return
+        self.lines.append(text.decode("utf-8", "replace"))
+        del self.lines[:-200]
+        if level == _GGML_LOG_LEVEL_ERROR:
+            self.errors.append(self.lines[-1].strip())
+        if self.echo:
+            sys.stderr.write(self.lines[-1])
+        if self.progress is not None and (m := _PROGRESS.search(text)):
+            done, total = int(m.group(1)), int(m.group(2))
+            if self.progress.total != total:
+                self.progress.reset(total=total)
+            self.progress.update(done - self.progress.n)  # tqdm throttles the redraws
+
+    def tail(self) -> str:
+        """llama.cpp's last error lines, else its last line: what an exception should quote."""
+        lines = self.errors[-3:] or "".join(self.lines).strip().splitlines()[-1:]
+        return " | ".join(line.strip() for line in lines) or "(no log)"
+
+
+@contextlib.contextmanager
+def capture_llama_log(echo: bool = False, progress: Any = None) -> Iterator[_LlamaLog]:
+    """Route llama.cpp's log into a buffer for the duration, then restore llama-cpp-python's logger."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    sink = _LlamaLog(echo, progress)
+    callback = llama_cpp.llama_log_callback(sink)  # keep a reference: ctypes must not free it
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield sink
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+# --- manifest -----------------------------------------------------------------------------------
+
+
+def _version(dist: str, module: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        mod = sys.modules.get(module)
+        return getattr(mod, "__version__", None) if mod else None
+
+
+def tool_versions() -> dict[str, str | None]:
+    """Versions recorded in every manifest, so an output can be traced to the code that made it."""
+    import edge_qwen
+
+    return {
+        "edge_qwen": _version("edge-qwen", "edge_qwen") or getattr(edge_qwen, "__version__", None),
+        "llama_cpp_python": _version("llama-cpp-python", "llama_cpp"),
+        "gguf": _version("gguf", "gguf"),
+    }
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def manifest_path(output_path: str | os.PathLike[str]) -> Path:
+    """``out/model.gguf`` -> ``out/model.gguf.json``."""
+    p = Path(output_path)
+    return p.with_name(p.name + ".json")
+
+
+def write_manifest(
+    output_path: str | os.PathLike[str],
+    *,
+    quant_type: str,
+    source: Any = None,
+    elapsed_s: float | None = None,
+    quality: dict[str, Any] | None = None,
+    sha256: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Write ``<output_path>.json`` (schema in the module docstring) and return what was written.
+
+    Size and sha256 are measured from the file itself (pass ``sha256`` to skip re-hashing).
+    ``source`` may be a path (stored resolved) or any JSON-ready value. The converter uses this
+    for its F16 output too.
+    """
+    out = Path(output_path).resolve()
+    if isinstance(source, (str, os.PathLike)):
+        source = str(Path(source).resolve())
+    data: dict[str, Any] = {
+        "schema": MANIFEST_SCHEMA,
+        "path": str(out),
+        "file": out.name,
+        "size": out.stat().st_size,
+        "sha256": sha256 or sha256_file(out),
+        "quant_type": quant_type,
+        "source": source,
+        "tools": tool_versions(),
+        "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "quality": quality,
+        **extra,
+    }
+    write_json(manifest_path(out), data)
+    return data
+
+
+def read_manifest(output_path: str | os.PathLike[str]) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(manifest_path(output_path).read_text(encoding="utf-8"))
+    return data
+
+
+def update_manifest(output_path: str | os.PathLike[str], **fields: Any) -> Path:
+    """Merge ``fields`` (e.g. ``quality=...``) into an existing manifest, atomically."""
+    data = read_manifest(output_path)
+    data.update(fields)
+    path = manifest_path(output_path)
+    write_json(path, data)
+    return path
+
+
+# --- quantize -----------------------------------------------------------------------------------
+
+
+def _resolve_output(in_path: Path, quant: QuantType, out_path: Any, out_dir: Any) -> Path:
+    if out_path is not None and out_dir is not None:
+        raise QuantizeError("pass either out_path or out_dir, not both")
+    if out_path is not None:
+        out = Path(out_path)
+    else:
+        folder = Path(out_dir) if out_dir is not None else in_path.parent
+        out = folder / default_output_name(in_path, quant.name)
+    if out.resolve() == in_path.resolve():
+        raise QuantizeError(f"output {out} would overwrite the input; choose another out_path or out_dir")
+    return out
+
+
+def _progress_bar(quiet: bool, desc: str) -> Any:
+    if quiet:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=0, desc=desc, unit="tensor", file=sys.stderr, leave=False)
+
+
+def quantize(
+    in_path: str | os.PathLike[str],
+    quant: str,
+    out_path: str | os.PathLike[str] | None = None,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    allow_requantize: bool = False,
+    quiet: bool = False,
+    verbose: bool = False,
+) -> QuantizeResult:
+    """Quantize ``in_path`` to ``quant`` and write ``out_path`` (or ``<out_dir>/<default name>``).
+
+    ``threads=None`` lets llama.cpp use every core. ``quiet`` hides the progress bar; ``verbose``
+    echoes llama.cpp's own log (otherwise only its tail appears, inside the error, on failure).
+    Returns a :class:`QuantizeResult`; a manifest JSON is written beside the output.
+    """
+    qt = quant_type(quant)
+    src = Path(in_path)
+    out = _resolve_output(src, qt, out_path, out_dir)  # cheap checks before parsing the header
+    reader = open_gguf(src)
+    reasons = quantized_reasons(reader)
+    del reader  # release the mmap before llama.cpp opens the file
+    if reasons and not allow_requantize:
+        raise RequantizeRefusedError(
+            f"{src} is already quantized ({'; '.join(reasons)}). Re-quantizing compounds the rounding "
+            f"error, so {qt.name} made from it will be worse than {qt.name} made from the F16/BF16 "
+            "original. Quantize the original GGUF instead, or opt in with --allow-requantize "
+            "(allow_requantize=True) if you accept the quality loss."
+        )
+    elapsed = _run_quantizer(src, out, qt, threads, bool(reasons), quiet, verbose)
+    digest = sha256_file(out)
+    manifest = write_manifest(
+        out, quant_type=qt.name, source=src, elapsed_s=elapsed, sha256=digest, requantized=bool(reasons)
+    )
+    return QuantizeResult(
+        path=out, quant_type=qt.name, source=src, size=manifest["size"], sha256=digest,
+        elapsed_s=elapsed, manifest_path=manifest_path(out), requantized=bool(reasons),
+    )
+
+
+def _run_quantizer(
+    src: Path, out: Path, qt: QuantType, threads: int | None, requant: bool, quiet: bool, verbose: bool
+) -> float:
+    """Call ``llama_model_quantize`` into a temporary sibling of ``out``; rename on success."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(qt.ftype)
+    params.nthread = int(threads or 0)
+    params.allow_requantize = requant
+    bar = _progress_bar(quiet, f"{src.name} -> {qt.name}")
+    start = time.perf_counter()
+    try:
+        with atomic_path(out) as tmp, capture_llama_log(echo=verbose, progress=bar) as log:
+            rc = llama_cpp.llama_model_quantize(
+                os.fsencode(src), os.fsencode(tmp), ctypes.byref(params)
+            )
+            if rc != 0:
+                raise QuantizeError(
+                    f"llama.cpp could not quantize {src} to {qt.name} (code {rc}): {log.tail()}. "
+                    "Check that this llama-cpp-python supports the model's architecture (`edge-qwen info` "
+                    "shows it) and that the disk has room; pass verbose=True for llama.cpp's full log."
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    return time.perf_counter() - start
