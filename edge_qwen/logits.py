@@ -13,7 +13,6 @@ attention, CPU only unless asked otherwise, and every position's logits kept.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,48 +20,14 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from edge_qwen._llama import LogCapture, capture_log, physical_cores
 from edge_qwen.errors import ContextOverflowError, GGUFFileError, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_BATCH = 512
-_GGML_LOG_LEVEL_ERROR = 3
 _GGML_TYPE_F32 = 0
 
 __all__ = ["token_logits", "tokenize"]
-
-_backend_ready = False
-
-
-def _ensure_backend() -> None:
-    """llama_backend_init once per process (it loads the CPU backend; repeating it is wasteful)."""
-    global _backend_ready
-    if not _backend_ready:
-        llama_cpp.llama_backend_init()
-        _backend_ready = True
-
-
-@contextlib.contextmanager
-def _captured_llama_log() -> Iterator[list[str]]:
-    """Silence llama.cpp for the duration; collect its error lines so our exceptions can quote them.
-
-    llama.cpp has one process-wide log callback; llama-cpp-python installs its own at import, and we
-    put that one back afterwards.
-    """
-    errors: list[str] = []
-
-    def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
-        if level == _GGML_LOG_LEVEL_ERROR and text:
-            errors.append(text.decode("utf-8", errors="replace").strip())
-
-    callback = llama_cpp.llama_log_callback(_on_log)  # keep a reference while it is installed
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield errors
-    finally:
-        from llama_cpp import _logger
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
 
 def _check_gguf(path: str | os.PathLike[str]) -> Path:
     """Fail with a clear message before llama.cpp does with an obscure one."""
@@ -81,26 +46,24 @@ def _check_gguf(path: str | os.PathLike[str]) -> Path:
     return gguf_path
 
 
-def _log_tail(errors: list[str]) -> str:
-    return f" (llama.cpp: {' | '.join(errors[-3:])})" if errors else ""
+def _log_tail(log: LogCapture) -> str:
+    return f" (llama.cpp: {log.tail()})" if log.errors else ""
 
 
 @contextlib.contextmanager
 def _loaded_model(
-    path: Path, errors: list[str], *, vocab_only: bool = False, n_gpu_layers: int = 0
+    path: Path, log: LogCapture, *, vocab_only: bool = False, n_gpu_layers: int = 0
 ) -> Iterator[llama_cpp.llama_model_p]:
-    _ensure_backend()
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = vocab_only
     params.n_gpu_layers = n_gpu_layers
-    # No weight repacking into "extra" buffer types: on CPUs with AMX the AMX mat-mul of
-    # llama-cpp-python 0.3.36 segfaults in llama_decode (seen on this project's build machine), and
-    # a measurement should use the plain kernels anyway.
+    # A measurement uses the plain kernels: no weight repacking into "extra" buffer types
+    # (see edge_qwen._llama.default_extra_buffers for why they are also unsafe on AMX CPUs).
     params.use_extra_bufts = False
     model = llama_cpp.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
         raise ModelLoadError(
-            f"llama.cpp could not load {path}{_log_tail(errors)}; check that the file is complete "
+            f"llama.cpp could not load {path}{_log_tail(log)}; check that the file is complete "
             "and that this llama-cpp-python build supports its architecture and tensor types"
         )
     try:
@@ -111,7 +74,7 @@ def _loaded_model(
 
 @contextlib.contextmanager
 def _context(
-    model: llama_cpp.llama_model_p, errors: list[str], *, n_ctx: int, n_batch: int, threads: int
+    model: llama_cpp.llama_model_p, log: LogCapture, *, n_ctx: int, n_batch: int, threads: int
 ) -> Iterator[llama_cpp.llama_context_p]:
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
@@ -129,7 +92,7 @@ def _context(
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         raise ModelLoadError(
-            f"llama.cpp could not create a context of {n_ctx} tokens{_log_tail(errors)}; "
+            f"llama.cpp could not create a context of {n_ctx} tokens{_log_tail(log)}; "
             "try a smaller n_ctx or free some memory"
         )
     try:
@@ -170,7 +133,7 @@ def _check_tokens(tokens: Sequence[int], n_vocab: int) -> None:
 
 
 def _default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    return physical_cores()
 
 
 def token_logits(
@@ -194,15 +157,15 @@ def token_logits(
         raise ContextOverflowError(n_tokens, n_ctx)
     n_batch = max(1, min(n_batch, n_tokens or 1))
     with contextlib.ExitStack() as stack:
-        errors = stack.enter_context(_captured_llama_log())
-        model = stack.enter_context(_loaded_model(path, errors, n_gpu_layers=n_gpu_layers))
+        log = stack.enter_context(capture_log())
+        model = stack.enter_context(_loaded_model(path, log, n_gpu_layers=n_gpu_layers))
         vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         _check_tokens(tokens, n_vocab)
         ctx = stack.enter_context(
             _context(
                 model,
-                errors,
+                log,
                 n_ctx=n_ctx or n_tokens,
                 n_batch=n_batch,
                 threads=threads or _default_threads(),
@@ -217,7 +180,7 @@ def token_logits(
             if status != 0:
                 raise ModelLoadError(
                     f"llama_decode failed with status {status} at tokens {start}..{start + len(chunk)}"
-                    f"{_log_tail(errors)}; try a larger n_ctx or a smaller n_batch"
+                    f"{_log_tail(log)}; try a larger n_ctx or a smaller n_batch"
                 )
             rows = llama_cpp.llama_get_logits(ctx)
             out[start : start + len(chunk)] = np.ctypeslib.as_array(rows, shape=(len(chunk), n_vocab))
@@ -238,7 +201,7 @@ def tokenize(
     """
     path = _check_gguf(gguf_path)
     data = text.encode("utf-8")
-    with _captured_llama_log() as errors, _loaded_model(path, errors, vocab_only=True) as model:
+    with capture_log() as log, _loaded_model(path, log, vocab_only=True) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
@@ -248,5 +211,5 @@ def tokenize(
             buf = (llama_cpp.llama_token * capacity)()
             n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, add_special, parse_special)
         if n < 0:
-            raise ModelLoadError(f"llama.cpp failed to tokenize {len(data)} bytes{_log_tail(errors)}")
+            raise ModelLoadError(f"llama.cpp failed to tokenize {len(data)} bytes{_log_tail(log)}")
         return list(buf[:n])

@@ -39,7 +39,6 @@ Manifest schema (``<output>.json`` beside every output, written by :func:`write_
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import datetime as _dt
 import hashlib
@@ -49,7 +48,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -97,8 +96,7 @@ QUANT_TYPES: dict[str, QuantType] = {q.name: q for q in _TABLE}
 _FLOAT_FTYPES = frozenset({FT.ALL_F32, FT.MOSTLY_F16, FT.MOSTLY_BF16})
 _FLOAT_TENSOR_TYPES = frozenset({QT.F32, QT.F16, QT.BF16, QT.F64})
 _PRECISION_SUFFIX = re.compile(r"[-_.](f16|bf16|f32|fp16|fp32)$", re.IGNORECASE)
-_PROGRESS = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]")  # "[ 12/ 291] blk.0.attn_q.weight …"
-_GGML_LOG_LEVEL_ERROR = 3
+_PROGRESS = re.compile(r"\[\s*(\d+)/\s*(\d+)\]")  # "[ 12/ 291] blk.0.attn_q.weight …"
 
 
 @dataclass
@@ -203,52 +201,22 @@ def quantized_reasons(reader: gguf.GGUFReader) -> list[str]:
     return reasons
 
 
-# --- llama.cpp log capture ----------------------------------------------------------------------
+# --- llama.cpp log -> progress bar -------------------------------------------------------------
 
 
-class _LlamaLog:
-    """Collects llama.cpp's log while quantizing; echoes it when verbose, drives a progress bar."""
+def _log_listener(echo: bool, progress: Any) -> Callable[[int, str], None]:
+    """Echo llama.cpp's quantizer log when verbose; drive the progress bar from its "[ i/ n]" lines."""
 
-    def __init__(self, echo: bool, progress: Any) -> None:
-        self.echo = echo
-        self.progress = progress
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-
-    def __call__(self, level: int, text: bytes | None, user_data: Any) -> None:
-        if not text:
-            return
-        self.lines.append(text.decode("utf-8", "replace"))
-        del self.lines[:-200]
-        if level == _GGML_LOG_LEVEL_ERROR:
-            self.errors.append(self.lines[-1].strip())
-        if self.echo:
-            sys.stderr.write(self.lines[-1])
-        if self.progress is not None and (m := _PROGRESS.search(text)):
+    def on_line(level: int, line: str) -> None:
+        if echo:
+            sys.stderr.write(line)
+        if progress is not None and (m := _PROGRESS.search(line)):
             done, total = int(m.group(1)), int(m.group(2))
-            if self.progress.total != total:
-                self.progress.reset(total=total)
-            self.progress.update(done - self.progress.n)  # tqdm throttles the redraws
+            if progress.total != total:
+                progress.reset(total=total)
+            progress.update(done - progress.n)  # tqdm throttles the redraws
 
-    def tail(self) -> str:
-        """llama.cpp's last error lines, else its last line: what an exception should quote."""
-        lines = self.errors[-3:] or "".join(self.lines).strip().splitlines()[-1:]
-        return " | ".join(line.strip() for line in lines) or "(no log)"
-
-
-@contextlib.contextmanager
-def capture_llama_log(echo: bool = False, progress: Any = None) -> Iterator[_LlamaLog]:
-    """Route llama.cpp's log into a buffer for the duration, then restore llama-cpp-python's logger."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    sink = _LlamaLog(echo, progress)
-    callback = llama_cpp.llama_log_callback(sink)  # keep a reference: ctypes must not free it
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield sink
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    return on_line
 
 
 # --- manifest -----------------------------------------------------------------------------------
@@ -409,6 +377,8 @@ def _run_quantizer(
     """Call ``llama_model_quantize`` into a temporary sibling of ``out``; rename on success."""
     import llama_cpp
 
+    from ._llama import capture_log
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = int(qt.ftype)
     params.nthread = int(threads or 0)
@@ -416,7 +386,7 @@ def _run_quantizer(
     bar = _progress_bar(quiet, f"{src.name} -> {qt.name}")
     start = time.perf_counter()
     try:
-        with atomic_path(out) as tmp, capture_llama_log(echo=verbose, progress=bar) as log:
+        with atomic_path(out) as tmp, capture_log(_log_listener(verbose, bar)) as log:
             rc = llama_cpp.llama_model_quantize(
                 os.fsencode(src), os.fsencode(tmp), ctypes.byref(params)
             )
