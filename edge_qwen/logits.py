@@ -29,6 +29,7 @@ _GGML_TYPE_F32 = 0
 
 __all__ = ["token_logits", "tokenize"]
 
+
 def _check_gguf(path: str | os.PathLike[str]) -> Path:
     """Fail with a clear message before llama.cpp does with an obscure one."""
     gguf_path = Path(path)

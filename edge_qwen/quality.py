@@ -162,9 +162,11 @@ def evaluate_quality(
     from .logits import token_logits, tokenize
 
     ref = Path(reference_gguf)
-    cands = [Path(candidate_ggufs)] if isinstance(candidate_ggufs, (str, os.PathLike)) else [
-        Path(c) for c in candidate_ggufs
-    ]
+    cands = (
+        [Path(candidate_ggufs)]
+        if isinstance(candidate_ggufs, (str, os.PathLike))
+        else [Path(c) for c in candidate_ggufs]
+    )
     tokens = tokenize(ref, calibration_text() if text is None else text)[:n_ctx]
     if len(tokens) < 2:
         raise ValueError("the evaluation text must be at least two tokens long; pass a longer text")
@@ -176,8 +178,12 @@ def evaluate_quality(
         figures = compare_logits(ref_logits, cand_logits, tokens)
         results.append(
             QualityResult(
-                path=str(cand), reference=str(ref), label=_label(cand), size=cand.stat().st_size,
-                n_tokens=len(tokens), **figures,
+                path=str(cand),
+                reference=str(ref),
+                label=_label(cand),
+                size=cand.stat().st_size,
+                n_tokens=len(tokens),
+                **figures,
             )
         )
     return results

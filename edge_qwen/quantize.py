@@ -366,8 +366,14 @@ def quantize(
         out, quant_type=qt.name, source=src, elapsed_s=elapsed, sha256=digest, requantized=bool(reasons)
     )
     return QuantizeResult(
-        path=out, quant_type=qt.name, source=src, size=manifest["size"], sha256=digest,
-        elapsed_s=elapsed, manifest_path=manifest_path(out), requantized=bool(reasons),
+        path=out,
+        quant_type=qt.name,
+        source=src,
+        size=manifest["size"],
+        sha256=digest,
+        elapsed_s=elapsed,
+        manifest_path=manifest_path(out),
+        requantized=bool(reasons),
     )
 
 
@@ -387,9 +393,7 @@ def _run_quantizer(
     start = time.perf_counter()
     try:
         with atomic_path(out) as tmp, capture_log(_log_listener(verbose, bar)) as log:
-            rc = llama_cpp.llama_model_quantize(
-                os.fsencode(src), os.fsencode(tmp), ctypes.byref(params)
-            )
+            rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(tmp), ctypes.byref(params))
             if rc != 0:
                 raise QuantizeError(
                     f"llama.cpp could not quantize {src} to {qt.name} (code {rc}): {log.tail()}. "

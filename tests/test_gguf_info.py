@@ -76,9 +76,23 @@ def test_cli_info_json_has_the_documented_keys(real_gguf: Path) -> None:
     with redirect_stdout(out):
         assert cli.main(["info", str(real_gguf), "--json"]) == 0
     data = json.loads(out.getvalue())
-    for key in ("path", "architecture", "parameter_count", "quant_mix", "file_type", "context_length",
-                "block_count", "embedding_length", "head_count", "head_count_kv", "rope", "tokenizer",
-                "chat_template", "file_size_bytes", "estimated_file_sizes"):
+    for key in (
+        "path",
+        "architecture",
+        "parameter_count",
+        "quant_mix",
+        "file_type",
+        "context_length",
+        "block_count",
+        "embedding_length",
+        "head_count",
+        "head_count_kv",
+        "rope",
+        "tokenizer",
+        "chat_template",
+        "file_size_bytes",
+        "estimated_file_sizes",
+    ):
         assert key in data
     assert data["tokenizer"]["eos_token_id"] == 151645
 

@@ -135,8 +135,11 @@ def test_requantized_q8_0_loads_and_predicts_like_the_original(q8_0: QuantizeRes
 
 def test_write_manifest_accepts_extra_fields_and_a_source_dict(q8_0: QuantizeResult) -> None:
     data = write_manifest(
-        q8_0.path, quant_type="Q8_0", source={"repo_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct"},
-        sha256=q8_0.sha256, reference="parent.gguf",
+        q8_0.path,
+        quant_type="Q8_0",
+        source={"repo_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct"},
+        sha256=q8_0.sha256,
+        reference="parent.gguf",
     )
     assert read_manifest(q8_0.path) == data
     assert data["source"] == {"repo_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
@@ -162,13 +165,32 @@ def test_cli_refusal_is_a_json_error(real_gguf: Path, tmp_path: Path) -> None:
 
 def test_cli_json_lists_each_output_with_the_documented_keys(real_gguf: Path, tmp_path: Path) -> None:
     code, data = _run_json(
-        ["quantize", str(real_gguf), "-q", "Q8_0", "-o", str(tmp_path), "--allow-requantize",
-         "--threads", "2", "--json"]
+        [
+            "quantize",
+            str(real_gguf),
+            "-q",
+            "Q8_0",
+            "-o",
+            str(tmp_path),
+            "--allow-requantize",
+            "--threads",
+            "2",
+            "--json",
+        ]
     )
     assert code == 0
     assert set(data) == {"input", "outputs", "evaluated"} and data["evaluated"] is False
     (out,) = data["outputs"]
-    assert set(out) == {"path", "quant_type", "source", "size", "sha256", "elapsed_s", "manifest_path",
-                        "requantized", "quality"}
+    assert set(out) == {
+        "path",
+        "quant_type",
+        "source",
+        "size",
+        "sha256",
+        "elapsed_s",
+        "manifest_path",
+        "requantized",
+        "quality",
+    }
     assert Path(out["path"]).is_file() and Path(out["manifest_path"]).is_file()
     Path(out["path"]).unlink()  # 645 MiB; pytest keeps tmp folders of recent runs

@@ -44,18 +44,24 @@ def format_info(info: dict[str, Any]) -> str:
         ("file", f"{info['path']} ({_mib(info['file_size_bytes'])}, GGUF v{info['gguf_version']})"),
         ("model", f"{info['name'] or '?'} — {info['architecture']}, {params} params"),
         ("file type", f"{info['file_type'] or '?'} ({info['bits_per_weight']} bits/weight overall)"),
-        ("layers", f"{info['block_count']} blocks, hidden {info['embedding_length']}, "
-                   f"FFN {info['feed_forward_length']}"),
+        (
+            "layers",
+            f"{info['block_count']} blocks, hidden {info['embedding_length']}, "
+            f"FFN {info['feed_forward_length']}",
+        ),
         ("attention", f"{info['head_count']} heads, {info['head_count_kv']} KV heads"),
         ("context", f"{info['context_length']} tokens, rope base {rope['freq_base']}{scaling}"),
     ]
     if info["expert_count"]:
         lines.append(("experts", f"{info['expert_count']} ({info['expert_used_count']} used per token)"))
     lines += [
-        ("tokenizer", f"{tok['model']}/{tok['pre']}, {tok['vocab_size']} tokens; "
-                      f"bos {tok['bos_token_id']} {tok['bos_token']!r}, "
-                      f"eos {tok['eos_token_id']} {tok['eos_token']!r}, "
-                      f"pad {tok['pad_token_id']} {tok['pad_token']!r}"),
+        (
+            "tokenizer",
+            f"{tok['model']}/{tok['pre']}, {tok['vocab_size']} tokens; "
+            f"bos {tok['bos_token_id']} {tok['bos_token']!r}, "
+            f"eos {tok['eos_token_id']} {tok['eos_token']!r}, "
+            f"pad {tok['pad_token_id']} {tok['pad_token']!r}",
+        ),
         ("chat template", f"yes ({template['length']} chars)" if template["present"] else "no"),
     ]
     width = max(len(label) for label, _ in lines)

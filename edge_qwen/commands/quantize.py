@@ -30,7 +30,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", help="output folder (default: next to the input)")
     parser.add_argument("--threads", type=int, help="quantizer/evaluation threads (default: all cores)")
     parser.add_argument(
-        "--allow-requantize", action="store_true",
+        "--allow-requantize",
+        action="store_true",
         help="accept an already-quantized input (quality suffers: rounding errors compound)",
     )
     parser.add_argument("--eval", action="store_true", help="report top-1 agreement and KL vs the input")
@@ -41,8 +42,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     quiet = args.quiet or args.json
     rows = parse_quant_list(args.quants)  # fail on a bad name before any work
     results = [
-        quantize(args.input, q.name, out_dir=args.outdir, threads=args.threads,
-                 allow_requantize=args.allow_requantize, quiet=quiet)
+        quantize(
+            args.input,
+            q.name,
+            out_dir=args.outdir,
+            threads=args.threads,
+            allow_requantize=args.allow_requantize,
+            quiet=quiet,
+        )
         for q in rows
     ]
     outputs = [dict(r.as_dict(), quality=None) for r in results]

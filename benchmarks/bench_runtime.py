@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""Runtime benchmark: decode and prefill speed of edge-qwen's engine against the same llama.cpp.
+
+    python benchmarks/bench_runtime.py [--model GGUF] [--threads N] [--runs 3] \
+        [--llama-bench PATH] [--out results.json]
+
+Measured on one GGUF with the same threads and batch sizes, runs interleaved (the machines this
+runs on are often shared, so drift hits every contender alike), medians of ``--runs``:
+
+* ``engine``: edge-qwen's full request path (queue, worker, sampler, detokenizer). Decode = the
+  engine's own ``decode_tok_s`` over a 128-token greedy answer; prefill = a 512-token prompt on an
+  empty KV cache; TTFT = caller-side time from ``stream()`` to the first chunk.
+* ``raw``: bare ``llama_decode`` calls through ctypes, no sampling — what llama-bench measures,
+  used as the reference when no ``llama-bench`` binary is around.
+* ``llama_cpp_python``: ``llama_cpp.Llama.generate`` / ``Llama.eval`` on the same file.
+* ``llama_bench``: ``llama-bench -p 512 -n 128`` when a binary is on PATH or given.
+
+Prints one JSON object (machine info, medians, ratios); ``--out`` also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import llama_cpp.llama_cpp as L  # noqa: E402
+
+from edge_qwen import _llama  # noqa: E402
+from edge_qwen.runtime import Model  # noqa: E402
+
+DECODE_PROMPT = "Count from 1 to 1000, separated by commas: 1, 2, 3,"
+INTERESTING_FLAGS = (
+    "avx",
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx_vnni",
+    "fma",
+    "f16c",
+    "amx_int8",
+    "amx_bf16",
+    "amx_tile",
+    "neon",
+    "asimd",
+    "asimddp",
+    "sve",
+    "i8mm",
+)
+
+
+def main() -> None:
+    args = _parse()
+    threads = args.threads or _llama.physical_cores()
+    model = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
+    prefill_prompt = _prompt_tokens(model, args.prompt_tokens)
+    contenders: dict[str, dict[str, Callable[[], float]]] = {
+        "engine": _engine_runs(model, prefill_prompt, args.decode_tokens),
+        "raw": _raw_runs(model, prefill_prompt, args.decode_tokens),
+    }
+    llama = _llama_cpp_python(args.model, threads)
+    contenders["llama_cpp_python"] = _llama_runs(llama, prefill_prompt, args.decode_tokens)
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
+    _engine_warmup(model, prefill_prompt)
+    for _ in range(args.runs):
+        for name, metrics in contenders.items():
+            for metric, run in metrics.items():
+                samples[name].setdefault(metric, []).append(run())
+    model.close()
+    medians = {n: {m: statistics.median(v) for m, v in ms.items()} for n, ms in samples.items()}
+    bench = _llama_bench(args, threads)
+    if bench:
+        medians["llama_bench"] = bench
+    report = {
+        "model": str(args.model),
+        "threads": threads,
+        "runs": args.runs,
+        "decode_tokens": args.decode_tokens,
+        "prompt_tokens": args.prompt_tokens,
+        "machine": _machine(),
+        "medians": medians,
+        "samples": samples,
+        "ratios": _ratios(medians),
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        from edge_qwen._atomic import write_json
+
+        write_json(args.out, report)
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, default=None, help="GGUF (default: fetched Qwen2.5-Coder-0.5B)")
+    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--llama-bench", default=None, help="path of a llama-bench binary (default: PATH)")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    if args.runs < 3:
+        parser.error("--runs must be at least 3 (medians)")
+    if args.model is None:
+        import fetch_assets
+
+        args.model = fetch_assets.fetch_gguf(log=lambda msg: None)
+    return args
+
+
+def _prompt_tokens(model: Model, n: int) -> list[int]:
+    text = " ".join(f"word{i}" for i in range(n))
+    tokens = model.tokenize(text)[:n]
+    assert len(tokens) == n, "the filler text is too short"
+    return tokens
+
+
+# --- contenders --------------------------------------------------------------------------------
+
+
+def _engine_warmup(model: Model, prompt: list[int]) -> None:
+    model.reset()
+    model.generate(prompt, temperature=0, max_tokens=4)
+
+
+def _engine_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Callable[[], float]]:
+    def decode() -> float:
+        # greedy without repeat penalty: the same work per token as llama-bench plus our loop
+        model.reset()
+        result = model.generate(DECODE_PROMPT, temperature=0, repeat_penalty=1.0, max_tokens=n_decode)
+        if result.usage.completion_tokens != n_decode:
+            raise RuntimeError(f"the decode prompt ended after {result.usage.completion_tokens} tokens")
+        return result.timings.decode_tok_s
+
+    def prefill() -> float:
+        model.reset()
+        return model.generate(prompt, temperature=0, max_tokens=1).timings.prefill_tok_s
+
+    def ttft_ms() -> float:
+        model.reset()
+        start = time.perf_counter()
+        stream = model.stream(prompt, temperature=0, max_tokens=1)
+        next(iter(stream))
+        elapsed = (time.perf_counter() - start) * 1e3
+        list(stream)
+        return elapsed
+
+    return {"decode_tok_s": decode, "prefill_tok_s": prefill, "ttft_ms": ttft_ms}
+
+
+def _raw_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Callable[[], float]]:
+    """Bare llama_decode on the engine's own context, like llama-bench (no sampling, no Python layers)."""
+    decoder = model._decoder  # the worker is idle between runs; nothing else touches the context
+
+    def decode() -> float:
+        model.reset()
+        decoder.feed(prompt[:1])
+        start = time.perf_counter()
+        for i in range(n_decode):
+            decoder.feed([prompt[1 + i % 100]])
+        return n_decode / (time.perf_counter() - start)
+
+    def prefill() -> float:
+        model.reset()
+        start = time.perf_counter()
+        decoder.feed(prompt)
+        return len(prompt) / (time.perf_counter() - start)
+
+    def pure_prefill_ms() -> float:
+        return len(prompt) / prefill() * 1e3
+
+    return {"decode_tok_s": decode, "prefill_tok_s": prefill, "prefill_ms": pure_prefill_ms}
+
+
+def _llama_cpp_python(path: Path, threads: int) -> Any:
+    """llama_cpp.Llama on the same file. On AMX CPUs extra buffer types are turned off, as the
+    engine does, because that llama.cpp path crashes on multi-token batches there."""
+    import llama_cpp
+
+    if _llama.has_amx():
+        original = L.llama_model_default_params
+
+        def without_extra_buffers() -> Any:
+            params = original()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = without_extra_buffers
+        llama_cpp.llama.llama_cpp.llama_model_default_params = without_extra_buffers  # type: ignore[attr-defined]
+    return llama_cpp.Llama(
+        str(path),
+        n_ctx=2048,
+        n_batch=2048,
+        n_ubatch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+
+
+def _llama_runs(llama: Any, prompt: list[int], n_decode: int) -> dict[str, Callable[[], float]]:
+    decode_prompt = llama.tokenize(DECODE_PROMPT.encode(), add_bos=False)
+
+    def decode() -> float:
+        llama.reset()
+        stamps = []
+        for _token in llama.generate(decode_prompt, temp=0.0, reset=True):
+            stamps.append(time.perf_counter())
+            if len(stamps) == n_decode:
+                break
+        return (n_decode - 1) / (stamps[-1] - stamps[0])
+
+    def prefill() -> float:
+        llama.reset()  # eval() then drops the KV cache from position 0 on
+        start = time.perf_counter()
+        llama.eval(prompt)
+        return len(prompt) / (time.perf_counter() - start)
+
+    return {"decode_tok_s": decode, "prefill_tok_s": prefill}
+
+
+def _llama_bench(args: argparse.Namespace, threads: int) -> dict[str, float] | None:
+    binary = args.llama_bench or shutil.which("llama-bench")
+    if not binary:
+        return None
+    cmd = [
+        binary,
+        "-m",
+        str(args.model),
+        "-t",
+        str(threads),
+        "-p",
+        str(args.prompt_tokens),
+        "-n",
+        str(args.decode_tokens),
+        "-r",
+        str(args.runs),
+        "-o",
+        "json",
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    results: dict[str, float] = {}
+    for row in json.loads(out):
+        key = "prefill_tok_s" if row.get("n_prompt") else "decode_tok_s"
+        results[key] = float(row["avg_ts"])
+    return results
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float]:
+    reference = "llama_bench" if "llama_bench" in medians else "raw"
+    engine = medians["engine"]
+    out = {
+        f"decode_vs_{reference}": engine["decode_tok_s"] / medians[reference]["decode_tok_s"],
+        f"prefill_vs_{reference}": engine["prefill_tok_s"] / medians[reference]["prefill_tok_s"],
+        "decode_vs_llama_cpp_python": engine["decode_tok_s"] / medians["llama_cpp_python"]["decode_tok_s"],
+        "prefill_vs_llama_cpp_python": engine["prefill_tok_s"] / medians["llama_cpp_python"]["prefill_tok_s"],
+        "ttft_overhead_ms": engine["ttft_ms"] - medians["raw"]["prefill_ms"],
+    }
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+def _machine() -> dict[str, Any]:
+    flags = _llama.cpu_flags()
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": _llama.physical_cores(),
+        "cpu_flags": sorted(f for f in INTERESTING_FLAGS if f in flags),
+        "llama_cpp_python": _version(),
+        "llama_cpp_system_info": L.llama_print_system_info().decode(errors="replace").strip(),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version() -> str:
+    import llama_cpp
+
+    return str(getattr(llama_cpp, "__version__", "?"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""edge-qwen: run Qwen models offline — HF -> GGUF conversion, quantization, and a llama.cpp runtime.
+
+``import edge_qwen`` stays cheap: public names are resolved on first use (module ``__getattr__``),
+so llama.cpp's libraries load only when the runtime is actually used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "Model": "edge_qwen.runtime.engine",
+    "GenerationStream": "edge_qwen.runtime.engine",
+    "AsyncGenerationStream": "edge_qwen.runtime.engine",
+    "ModelSettings": "edge_qwen.runtime.results",
+    "GenerationChunk": "edge_qwen.runtime.results",
+    "GenerationResult": "edge_qwen.runtime.results",
+    "Usage": "edge_qwen.runtime.results",
+    "Timings": "edge_qwen.runtime.results",
+    "SamplingParams": "edge_qwen.runtime.presets",
+}
+
+__all__ = [
+    "AsyncGenerationStream",
+    "GenerationChunk",
+    "GenerationResult",
+    "GenerationStream",
+    "Model",
+    "ModelSettings",
+    "SamplingParams",
+    "Timings",
+    "Usage",
+]
+
+if TYPE_CHECKING:
+    from .runtime.engine import AsyncGenerationStream, GenerationStream, Model
+    from .runtime.presets import SamplingParams
+    from .runtime.results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,51 @@
+"""The edge-qwen runtime: chat templates, streaming text, sampling presets and the llama.cpp engine.
+
+Names are imported lazily so that ``import edge_qwen.runtime.chat_template`` (pure text) does not
+load llama.cpp's shared libraries.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "Model": "engine",
+    "GenerationStream": "engine",
+    "AsyncGenerationStream": "engine",
+    "ModelSettings": "results",
+    "GenerationChunk": "results",
+    "GenerationResult": "results",
+    "Usage": "results",
+    "Timings": "results",
+    "SamplingParams": "presets",
+    "RenderedPrompt": "chat_template",
+}
+
+__all__ = [
+    "AsyncGenerationStream",
+    "GenerationChunk",
+    "GenerationResult",
+    "GenerationStream",
+    "Model",
+    "ModelSettings",
+    "RenderedPrompt",
+    "SamplingParams",
+    "Timings",
+    "Usage",
+]
+
+if TYPE_CHECKING:
+    from .chat_template import RenderedPrompt
+    from .engine import AsyncGenerationStream, GenerationStream, Model
+    from .presets import SamplingParams
+    from .results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

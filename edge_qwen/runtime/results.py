@@ -1,0 +1,126 @@
+"""The small value types the engine hands back: settings, stream chunks, and finished results."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["reasoning", "content"]
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How to load a GGUF and size its llama.cpp context.
+
+    ``n_ctx`` is rounded up to a multiple of 256 (llama.cpp does it anyway; every buffer is then
+    sized from the context's real n_ctx). ``n_threads=None`` means the physical cores of this
+    machine. ``flash_attn=None`` lets llama.cpp decide, except that a quantized V cache turns it
+    on (llama.cpp needs flash attention for that); ``flash_attn=False`` with a quantized V cache
+    is refused with :class:`~edge_qwen.errors.ConfigError`. ``extra_buffers`` controls llama.cpp's
+    weight-repacking buffer types; ``None`` turns them off on CPUs with AMX, where this llama.cpp
+    build's AMX path crashes on multi-token batches and decodes ~3x slower, and on elsewhere.
+    """
+
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_gpu_layers: int = -1
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attn: bool | None = None
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    extra_buffers: bool | None = None
+    queue_timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one request; ``cached_tokens`` were reused from the KV cache, not prefilled."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def prefilled_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_tokens
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock measurements of one request, taken on the worker thread once it starts the request."""
+
+    ttft_ms: float = 0.0
+    prefill_tok_s: float = 0.0
+    decode_tok_s: float = 0.0
+    queue_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    """One piece of a streamed answer. The last chunk of a stream carries finish_reason, usage, timings."""
+
+    text: str
+    kind: Kind = "content"
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished answer: content text, reasoning text (Qwen3 thinking), why it ended, and counters."""
+
+    text: str
+    reasoning: str = ""
+    finish_reason: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings = field(default_factory=Timings)
+    token_ids: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["token_ids"] = list(self.token_ids)
+        return data
+
+
+class ResultBuilder:
+    """Folds chunks into a :class:`GenerationResult` (used by streams and the blocking helpers)."""
+
+    def __init__(self) -> None:
+        self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._ids: list[int] = []
+        self._final: GenerationChunk | None = None
+
+    def add(self, chunk: GenerationChunk) -> None:
+        (self._reasoning if chunk.kind == "reasoning" else self._text).append(chunk.text)
+        self._ids.extend(chunk.token_ids)
+        if chunk.finish_reason is not None:
+            self._final = chunk
+
+    def extend(self, chunks: Iterable[GenerationChunk]) -> GenerationResult:
+        for chunk in chunks:
+            self.add(chunk)
+        return self.result()
+
+    @property
+    def done(self) -> bool:
+        return self._final is not None
+
+    def result(self) -> GenerationResult:
+        final = self._final
+        return GenerationResult(
+            text="".join(self._text),
+            reasoning="".join(self._reasoning),
+            finish_reason=final.finish_reason if final and final.finish_reason else "cancelled",
+            usage=final.usage if final and final.usage else Usage(),
+            timings=final.timings if final and final.timings else Timings(),
+            token_ids=tuple(self._ids),
+        )
