@@ -254,6 +254,9 @@ def _llama_bench(args: argparse.Namespace, threads: int) -> dict[str, float] | N
         str(args.runs),
         "-o",
         "json",
+        # Same weight layout as the engine: no repacking where edge-qwen turns it off (AMX CPUs).
+        "--repack",
+        "1" if _llama.default_extra_buffers() else "0",
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     results: dict[str, float] = {}

@@ -22,10 +22,20 @@ _EXPORTS: dict[str, str] = {
     "Usage": "edge_qwen.runtime.results",
     "Timings": "edge_qwen.runtime.results",
     "SamplingParams": "edge_qwen.runtime.presets",
+    "convert": "edge_qwen.convert",
+    "ConvertResult": "edge_qwen.convert",
+    "quantize": "edge_qwen.quantize",
+    "evaluate_quality": "edge_qwen.quality",
+    "gguf_info": "edge_qwen.gguf_info",
 }
 
 __all__ = [
     "AsyncGenerationStream",
+    "ConvertResult",
+    "convert",
+    "evaluate_quality",
+    "gguf_info",
+    "quantize",
     "GenerationChunk",
     "GenerationResult",
     "GenerationStream",
@@ -37,6 +47,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .convert import ConvertResult, convert
+    from .gguf_info import gguf_info
+    from .quality import evaluate_quality
+    from .quantize import quantize
     from .runtime.engine import AsyncGenerationStream, GenerationStream, Model
     from .runtime.presets import SamplingParams
     from .runtime.results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage

@@ -100,3 +100,48 @@ class ChatTemplateError(EdgeQwenError, ValueError):
 
 class GenerationError(EdgeQwenError, RuntimeError):
     """llama.cpp failed while evaluating tokens (llama_decode returned a fatal error)."""
+
+
+# --- scheduler ----------------------------------------------------------------------------------
+
+
+class BudgetExceededError(EdgeQwenError, MemoryError):
+    """A model cannot fit the memory budget even after eviction, context shrink and KV quantization."""
+
+    def __init__(self, what: str, required: int, available: int, suggestions: list[str]) -> None:
+        self.required = required
+        self.available = available
+        self.suggestions = suggestions
+        mib = 2**20
+        ways = "; ".join(suggestions) or "raise the budget"
+        super().__init__(
+            f"{what} needs {required / mib:,.0f} MiB but only {available / mib:,.0f} MiB of the budget "
+            f"can be made free; {ways}"
+        )
+
+
+class QueueFullError(EdgeQwenError, RuntimeError):
+    """Too many requests are already waiting for a model."""
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+
+class RegistryError(EdgeQwenError, ValueError):
+    """models.yaml is malformed (an entry misses a field or has a value of the wrong kind)."""
+
+
+class UnknownModelError(EdgeQwenError, LookupError):
+    """A model name or quant that the registry does not list."""
+
+
+class ModelNotCachedError(DownloadError):
+    """The model is not in the local cache and cannot be fetched (offline, or not pulled yet)."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded or assembled file does not match its registered size, sha256 or GGUF magic."""
+
+
+class ModelTooLargeError(EdgeQwenError, ValueError):
+    """The memory estimator says the model cannot run under the requested budget or device."""

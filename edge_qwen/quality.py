@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
+from ._data import data_path
 from .errors import GGUFFileError
 
 DEFAULT_N_CTX = 1024
-CALIBRATION_PATH = Path(__file__).parent / "data" / "calibration.txt"
+CALIBRATION_PATH = data_path("calibration.txt")
 _CHUNK_ROWS = 64  # rows converted to float64 at a time: 64 x 151936 x 8 B ≈ 78 MB
 
 PathLike = str | os.PathLike[str]

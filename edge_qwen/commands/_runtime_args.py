@@ -7,7 +7,9 @@ from typing import Any
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="path of a .gguf model file")
+    parser.add_argument(
+        "model", help="a .gguf file, or a registry name[:quant] already pulled (edge-qwen models lists them)"
+    )
     parser.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
 
@@ -31,9 +33,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(args: argparse.Namespace) -> Any:
+    from ..registry import resolve_model
     from ..runtime.engine import Model
 
-    return Model.load(args.model, n_ctx=args.ctx, n_threads=args.threads)
+    return Model.load(resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads)
 
 
 def chat_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edge_qwen._data import read_data
 from edge_qwen.errors import ConfigError
 
 DEFAULT_PRESET = "default"
@@ -143,16 +143,7 @@ def get_preset(name: str) -> SamplingParams:
 @functools.lru_cache(maxsize=1)
 def default_table() -> PresetTable:
     """The table shipped in the package (``edge_qwen/data/sampling_presets.yaml``), parsed once."""
-    return parse_table(_shipped_yaml(), origin="edge_qwen/data/sampling_presets.yaml")
-
-
-def _shipped_yaml() -> str:
-    """The packaged YAML text, through importlib.resources (works from wheels and zips)."""
-    try:
-        resource = importlib.resources.files("edge_qwen").joinpath("data", "sampling_presets.yaml")
-        return resource.read_text(encoding="utf-8")
-    except (NotADirectoryError, ModuleNotFoundError):  # edge_qwen imported as a namespace package
-        return (Path(__file__).resolve().parents[1] / "data" / "sampling_presets.yaml").read_text("utf-8")
+    return parse_table(read_data("sampling_presets.yaml"), origin="edge_qwen/data/sampling_presets.yaml")
 
 
 def load_table(path: str | Path) -> PresetTable:

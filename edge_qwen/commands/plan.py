@@ -1,0 +1,114 @@
+"""``edge-qwen plan MODEL.gguf`` — will it fit? The memory breakdown from the header alone.
+
+JSON keys (``--json``): ``model``, ``device`` (profile name or "this machine"), ``budget_bytes``,
+``settings`` {n_ctx, cache_type, parallel, n_ubatch, flash_attn}, ``estimate`` (every
+MemoryEstimate field, bytes: weights, repack, kv, compute (llama.cpp's reserve),
+compute_resident, output, overhead, total, committed, device), ``fits`` (bool),
+``largest_context`` (int | null, at this KV type), ``largest_context_by_kv`` {kv type: int | null}.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..runtime.results import ModelSettings
+from ..scheduler.device import device_profile, resolve_budget, system_memory
+from ..scheduler.estimate import estimate, host_cpu_features, largest_context, model_shape
+from ..scheduler.header import read_header
+
+MiB = 2**20
+KV_CHOICES = ("f16", "q8_0", "q4_0")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="a .gguf model file")
+    parser.add_argument("--ctx", type=int, default=4096, help="context length per sequence (default 4096)")
+    parser.add_argument("--kv", choices=KV_CHOICES, default="f16", help="KV cache type (default f16)")
+    parser.add_argument("--parallel", type=int, default=1, help="parallel sequences (default 1)")
+    parser.add_argument("--ubatch", type=int, default=512, help="physical batch size n_ubatch (default 512)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--budget", help="memory budget, e.g. 3.5GB or 3000MiB (default: available minus headroom)"
+    )
+    where.add_argument(
+        "--device", help="plan for a device profile (edge_qwen/data/devices.yaml), e.g. raspberry-pi-4-4gb"
+    )
+
+
+def _shape(model: str) -> Any:
+    """A GGUF path or pulled registry name: its header; a registry name not pulled yet: models.yaml."""
+    from ..errors import ModelNotCachedError
+    from ..registry import lookup, resolve_model
+    from ..registry.fit import registry_shape
+
+    try:
+        return model_shape(read_header(resolve_model(model)))
+    except ModelNotCachedError:
+        entry, src = lookup(model)
+        return registry_shape(entry, src.quant)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    shape = _shape(args.model)
+    settings = ModelSettings(
+        n_ctx=args.ctx, n_ubatch=args.ubatch, cache_type_k=args.kv, cache_type_v=args.kv, n_gpu_layers=0
+    )
+    if args.device:
+        profile = device_profile(args.device)
+        budget, features, device = profile.budget_bytes, profile.cpu_features, profile.name
+    else:
+        budget, features, device = (
+            resolve_budget(args.budget, system_memory()),
+            host_cpu_features(),
+            "this machine",
+        )
+    est = estimate(shape, settings, parallel=args.parallel, cpu_features=features)
+    by_kv = {
+        kv: largest_context(
+            shape, ModelSettings(n_ubatch=args.ubatch, cache_type_k=kv, cache_type_v=kv, n_gpu_layers=0),
+            budget, parallel=args.parallel, cpu_features=features,
+        )
+        for kv in KV_CHOICES
+    }  # fmt: skip
+    result = {
+        "model": str(args.model),
+        "device": device,
+        "budget_bytes": budget,
+        "settings": {
+            "n_ctx": est.n_ctx, "cache_type": args.kv, "parallel": args.parallel,
+            "n_ubatch": est.n_ubatch, "flash_attn": est.flash_attn,
+        },
+        "estimate": est.to_dict(),
+        "fits": est.total_bytes <= budget,
+        "largest_context": by_kv[args.kv],
+        "largest_context_by_kv": by_kv,
+    }  # fmt: skip
+    if not args.json:
+        print(format_plan(result))
+    return result
+
+
+def _mib(n: int) -> str:
+    return f"{n / MiB:>9,.1f} MiB"
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    est, s = plan["estimate"], plan["settings"]
+    rows = [
+        ("weights", est["weights_bytes"], f"of which {est['repack_bytes'] / MiB:,.1f} MiB repacked"),
+        ("KV cache", est["kv_bytes"], f"n_ctx {s['n_ctx']} x {s['parallel']}, {s['cache_type']}"),
+        ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
+        ("output", est["output_bytes"], "logits"),
+        ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
+    ]  # fmt: skip
+    lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
+    lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in rows]
+    lines.append(
+        f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"
+    )
+    verdict = "fits" if plan["fits"] else "does NOT fit"
+    lines.append(f"{verdict} the budget")
+    ctx = ", ".join(f"{kv}: {n if n else 'none'}" for kv, n in plan["largest_context_by_kv"].items())
+    lines.append(f"largest context that fits — {ctx}")
+    return "\n".join(lines)

@@ -1,0 +1,42 @@
+"""``edge-qwen recommend`` — the most capable registry model and quant that fits, and why.
+
+Fit is judged by the scheduler's memory estimator at ``--ctx`` against a device profile
+(``--device``), a budget (``--budget``) or this machine's available memory. JSON keys: target,
+budget_bytes, task, n_ctx, choice / runner_up / next_larger ({name, quant, spec, estimate_bytes,
+fits, effective_params, license} or null), reasons (list of sentences), fitting, considered.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..registry.catalog import TASKS
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--device", help="device profile, e.g. raspberry-pi-4-4gb (see edge_qwen/data/devices.yaml)"
+    )
+    where.add_argument("--budget", help="memory budget, e.g. 3.5GB or 3000MiB")
+    parser.add_argument("--task", choices=TASKS, default=None, help="what the model is for (default: any)")
+    parser.add_argument("--ctx", type=int, default=4096, help="context length it must hold (default 4096)")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    from ..registry import load_registry
+    from ..registry.fit import resolve_target, scheduler_estimator
+    from ..registry.recommend import recommend
+
+    target = resolve_target(args.device, args.budget)
+    result = recommend(
+        load_registry(), scheduler_estimator(target.cpu_features), target.budget_bytes,
+        task=args.task, n_ctx=args.ctx, target=target.label,
+    )  # fmt: skip
+    if not args.json:
+        print(f"{result['choice']['spec']}   (for {target.label}, {args.ctx}-token context)")
+        for reason in result["reasons"]:
+            print(f"  - {reason}")
+        print(f"  pull it: edge-qwen pull {result['choice']['spec']}")
+    return result

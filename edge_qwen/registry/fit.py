@@ -1,0 +1,114 @@
+"""Will a registry model fit? The scheduler's estimator, applied before any file exists.
+
+edge-qwen has one memory estimator (:mod:`edge_qwen.scheduler.estimate`); it works from a
+:class:`~edge_qwen.scheduler.estimate.ModelShape`. For a model that is not downloaded yet this
+module builds that shape from the registry: the architecture numbers of models.yaml and the
+registered file size (or, when the size is unconfirmed, parameters × the quant's bits per weight
+from gguf-py's block sizes). The weights are described as one matrix of the quant's main type so
+the estimator's CPU repacking rules apply as they would to the real file.
+
+``Estimator`` is the small interface ``recommend`` and ``pull`` depend on, so tests can pass a
+table instead: ``estimate(entry, quant, n_ctx) -> bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gguf
+
+from .catalog import ModelEntry
+
+Estimator = Callable[[ModelEntry, str, int], int]
+Q = gguf.GGMLQuantizationType
+
+# registry quant name -> the ggml type most of its weights have (llama.cpp's ftype naming)
+MAIN_TYPE: dict[str, Q] = {
+    "q2_k": Q.Q2_K,
+    "q3_k_m": Q.Q3_K,
+    "q4_0": Q.Q4_0,
+    "q4_k_m": Q.Q4_K,
+    "q4_k_s": Q.Q4_K,
+    "q5_0": Q.Q5_0,
+    "q5_k_m": Q.Q5_K,
+    "q6_k": Q.Q6_K,
+    "q8_0": Q.Q8_0,
+    "f16": Q.F16,
+    "bf16": Q.BF16,
+}
+
+
+def bits_per_weight(quant: str) -> float:
+    block, size = gguf.GGML_QUANT_SIZES[MAIN_TYPE[quant]]
+    return size * 8 / block
+
+
+def weight_bytes(entry: ModelEntry, quant: str) -> int:
+    """Registered file size, else parameters × nominal bits per weight (an underestimate for K mixes)."""
+    src = entry.gguf.get(quant)
+    if src is not None and src.size is not None:
+        return src.size
+    return int(entry.params_total * bits_per_weight(quant) / 8)
+
+
+def registry_shape(entry: ModelEntry, quant: str) -> object:
+    """A scheduler ModelShape for ``entry`` at ``quant``, from models.yaml alone."""
+    from ..scheduler.estimate import ModelShape
+    from ..scheduler.header import TensorInfo
+
+    a = entry.arch
+    n_bytes = weight_bytes(entry, quant)
+    weights = TensorInfo("blk.0.weights", int(MAIN_TYPE[quant]), (a.hidden, 8 * a.layers), n_bytes, 0)
+    # an explicit output tensor (size 0) so the estimator does not add a tied-embedding copy twice
+    output = TensorInfo("output.weight", int(Q.F32), (0,), 0, n_bytes)
+    return ModelShape(
+        architecture=entry.gguf_arch,
+        n_layer=a.layers,
+        n_embd=a.hidden,
+        n_ff=4 * a.hidden,  # only scales the activation scratch estimate
+        n_head=a.heads,
+        n_head_kv=(a.kv_heads,) * a.layers,
+        key_length=a.head_dim,
+        value_length=a.head_dim,
+        n_vocab=a.vocab,
+        n_merges=a.vocab,  # Qwen BPE: ~151k merges for ~151k tokens
+        n_ctx_train=entry.max_context or entry.native_context,
+        tensors=(weights, output),
+        file_size=n_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to fit: a budget in bytes and the CPU features that decide weight repacking."""
+
+    budget_bytes: int
+    cpu_features: frozenset[str]
+    label: str  # "raspberry-pi-4-4gb", "budget 3.5GB", "this machine"
+
+
+def resolve_target(device: str | None = None, budget: str | None = None) -> Target:
+    """A device profile, an explicit budget, or this machine's available memory minus headroom."""
+    from ..scheduler.device import device_profile, resolve_budget, system_memory
+    from ..scheduler.estimate import host_cpu_features
+
+    if device:
+        profile = device_profile(device)
+        return Target(profile.budget_bytes, profile.cpu_features, profile.name)
+    if budget:
+        return Target(resolve_budget(budget), host_cpu_features(), f"budget {budget}")
+    return Target(resolve_budget(None, system_memory()), host_cpu_features(), "this machine")
+
+
+def scheduler_estimator(cpu_features: frozenset[str]) -> Estimator:
+    """The scheduler's estimate (host bytes after load and a prefill batch) for registry entries."""
+    from ..runtime.results import ModelSettings
+    from ..scheduler.estimate import estimate
+
+    def run(entry: ModelEntry, quant: str, n_ctx: int) -> int:
+        settings = ModelSettings(n_ctx=n_ctx, n_gpu_layers=0)
+        shape = registry_shape(entry, quant)
+        return estimate(shape, settings, cpu_features=cpu_features).total_bytes  # type: ignore[arg-type]
+
+    return run

@@ -1,0 +1,158 @@
+"""Model choice as code: the most capable registry model and quant that fits, with the reasoning.
+
+The rules (the seed's model-selection guide):
+
+1. Only models that do the task (``tasks`` in models.yaml) and whose context reaches ``n_ctx``
+   (native, or with YaRN where the card offers it) are candidates; only quants with a GGUF listed.
+2. A candidate fits when the memory estimate at ``n_ctx`` is within the budget.
+3. Among those that fit, more capability wins: effective parameters first — a dense model's
+   parameters, a MoE's geometric mean of total and active (a common rule of thumb for the dense
+   size it performs like: Qwen3-30B-A3B ≈ 10B) — so a bigger model at 4 bits beats a smaller one
+   at 8 bits; then the task specialist (Coder for code, Math for math); then the newer family;
+   then the higher-precision quant of the same model.
+
+The estimator is passed in (``fit.Estimator``), so the selection is testable with a table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ModelTooLargeError
+from .catalog import ModelEntry, Registry
+from .fit import Estimator, bits_per_weight
+
+GENERATION = {"qwen2.5": 2.5, "qwen2.5-coder": 2.5, "qwen2.5-math": 2.5, "qwen3": 3.0}
+
+
+def effective_params(entry: ModelEntry) -> float:
+    if entry.params_active is None:
+        return float(entry.params_total)
+    return math.sqrt(entry.params_total * entry.params_active)
+
+
+def _specialist(entry: ModelEntry, task: str | None) -> bool:
+    return task is not None and entry.tasks == (task,)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    quant: str
+    estimate_bytes: int
+    fits: bool
+    entry: ModelEntry
+
+    def key(self, task: str | None) -> tuple[float, bool, float, float]:
+        return (
+            effective_params(self.entry),
+            _specialist(self.entry, task),
+            GENERATION.get(self.entry.family, 0.0),
+            bits_per_weight(self.quant),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "quant": self.quant,
+            "spec": f"{self.name}:{self.quant}",
+            "estimate_bytes": self.estimate_bytes,
+            "fits": self.fits,
+            "effective_params": int(effective_params(self.entry)),
+            "license": self.entry.license,
+        }
+
+
+def candidates(
+    registry: Registry, estimate: Estimator, budget: int, task: str | None, n_ctx: int
+) -> list[Candidate]:
+    out = []
+    for entry in registry:
+        if task is not None and task not in entry.tasks:
+            continue
+        if n_ctx > (entry.max_context or entry.native_context):
+            continue
+        for quant in entry.gguf:
+            need = estimate(entry, quant, n_ctx)
+            out.append(Candidate(entry.name, quant, need, need <= budget, entry))
+    return out
+
+
+def recommend(
+    registry: Registry,
+    estimate: Estimator,
+    budget: int,
+    *,
+    task: str | None = None,
+    n_ctx: int = 4096,
+    target: str = "",
+) -> dict[str, Any]:
+    """The best fitting candidate, the runner-up (best fitting other model) and why."""
+    found = candidates(registry, estimate, budget, task, n_ctx)
+    fitting = sorted((c for c in found if c.fits), key=lambda c: c.key(task), reverse=True)
+    if not fitting:
+        smallest = min(found, key=lambda c: c.estimate_bytes, default=None)
+        need = (
+            f"; the smallest, {smallest.name}:{smallest.quant}, needs {_gb(smallest.estimate_bytes)}"
+            if smallest
+            else ""
+        )
+        raise ModelTooLargeError(
+            f"no {task or 'registry'} model fits {_gb(budget)} at a {n_ctx}-token context{need}. "
+            "Lower --ctx, raise --budget, or pick a larger --device."
+        )
+    best = fitting[0]
+    runner = next((c for c in fitting[1:] if c.name != best.name), None)
+    bigger = sorted(
+        (c for c in found if not c.fits and c.key(task) > best.key(task)), key=lambda c: c.estimate_bytes
+    )
+    return {
+        "target": target,
+        "budget_bytes": budget,
+        "task": task,
+        "n_ctx": n_ctx,
+        "choice": best.to_dict(),
+        "runner_up": runner.to_dict() if runner else None,
+        "next_larger": bigger[0].to_dict() if bigger else None,
+        "reasons": _reasons(best, runner, bigger[0] if bigger else None, budget, task),
+        "fitting": len(fitting),
+        "considered": len(found),
+    }
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _reasons(
+    best: Candidate, runner: Candidate | None, bigger: Candidate | None, budget: int, task: str | None
+) -> list[str]:
+    e = best.entry
+    size = (
+        f"{effective_params(e) / 1e9:.1f}B effective parameters"
+        if e.is_moe
+        else f"{e.params_total / 1e9:.1f}B parameters"
+    )
+    out = [
+        f"{best.name}:{best.quant} needs ~{_gb(best.estimate_bytes)} of {_gb(budget)} "
+        f"({_gb(budget - best.estimate_bytes)} to spare); {size}, the most capable that fits"
+        + (f" for {task}" if task else "")
+    ]
+    if runner is not None:
+        why = "fewer effective parameters"
+        if effective_params(runner.entry) == effective_params(e):
+            why = (
+                "same size, but not the task specialist"
+                if _specialist(e, task)
+                else "same size, older family or coarser quant"
+            )
+        out.append(f"runner-up {runner.name}:{runner.quant} (~{_gb(runner.estimate_bytes)}): {why}")
+    if bigger is not None:
+        out.append(
+            f"next larger: {bigger.name}:{bigger.quant} needs ~{_gb(bigger.estimate_bytes)}, over budget"
+        )
+    if e.license != "apache-2.0":
+        out.append(f"licence: {e.license} (not Apache-2.0); check its terms before shipping it")
+    return out

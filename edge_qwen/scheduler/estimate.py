@@ -1,0 +1,404 @@
+"""How many bytes a GGUF will take once llama.cpp has loaded it — computed from the header alone.
+
+The model mirrors what llama.cpp allocates (and what it logs as ``model buffer size``, ``KV buffer
+size``, ``compute buffer size``, ``output buffer size``), then says which of it becomes resident:
+
+* **weights** — every tensor's bytes. Tensors a CPU repacks (``CPU_REPACK``/``AMX`` extra buffer
+  types) move from the memory-mapped file into an anonymous copy; a tied output matrix gets a
+  repacked *copy* of the embedding. With ``n_gpu_layers`` the repeating layers (and the output
+  layer once ``n_gpu_layers > n_layer``) go to the device; the token embedding stays on the host.
+* **KV cache** — ``n_layer × n_ctx × n_head_kv × (key_length + value_length)`` elements at the
+  cache type's block size (f16: 2 bytes; q8_0: 34 per 32; q4_0: 18 per 32).
+* **compute buffer** — llama.cpp reserves it for the worst case (every token of a ``n_ubatch`` batch
+  asking for logits, and without flash attention the full ``n_ctx × n_ubatch × n_head`` scores).
+  edge-qwen's runtime only ever asks for the last token's logits, so only the activations of a
+  batch are ever touched; untouched reserved pages are never backed by RAM. ``committed_bytes``
+  still reports the reserve for systems with strict overcommit.
+* **output buffer** — logits for ``parallel`` sequences, and **overhead** — the tokenizer's
+  in-memory tables (llama.cpp keeps tokens and merges in hash maps; ~161 bytes an entry).
+
+The constants marked *calibrated* were fitted to llama.cpp b-0.3.36 on Qwen2.5-0.5B (24 layers,
+896 wide, 151,936 tokens) and validated by tests/scheduler against llama.cpp's own log and the
+process RSS; see benchmarks/bench_memory.py for the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import gguf
+
+from ..runtime.results import ModelSettings
+from .header import GGUFHeader, TensorInfo, read_header
+
+K = gguf.Keys
+Q = gguf.GGMLQuantizationType
+MiB = 2**20
+CTX_PAD = 256  # llama.cpp pads n_ctx (and the KV cache) to this
+
+# KV cache type -> (elements per block, bytes per block)
+KV_TYPES: dict[str, tuple[int, int]] = {
+    name: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name.upper()]]
+    for name in ("f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0")
+}
+
+# calibrated (see module docstring)
+VOCAB_ENTRY_BYTES = 161  # llama_vocab + gguf metadata copies, per token and per merge
+CONTEXT_OVERHEAD_BYTES = 1 * MiB  # threadpool, graph metadata, small context allocations
+ACTIVATION_FACTOR = 3.5  # f32 activations touched per batch token, in units of (n_embd + n_ff)
+AMX_SIZE_FACTOR = 1.083  # the AMX buffer is a bit larger than the tensors it repacks
+
+# CPU weight repacking (ggml-cpu repack.cpp, ggml_repack_get_optimal_repack_type), as data:
+# ggml type -> list of (CPU features all required, row multiple). First match wins.
+REPACK_RULES: dict[str, list[tuple[frozenset[str], int]]] = {
+    "Q4_0": [(frozenset({"avx2"}), 8), (frozenset({"neon", "i8mm"}), 4), (frozenset({"neon", "dotprod"}), 4)],
+    "Q4_K": [(frozenset({"avx2"}), 8), (frozenset({"neon", "i8mm"}), 8), (frozenset({"neon", "dotprod"}), 8)],
+    "Q5_K": [(frozenset({"neon", "i8mm"}), 8), (frozenset({"neon", "dotprod"}), 8)],
+    "Q6_K": [(frozenset({"neon", "i8mm"}), 8), (frozenset({"neon", "dotprod"}), 8)],
+    "Q2_K": [(frozenset({"avx512"}), 8)],
+    "IQ4_NL": [(frozenset({"avx2"}), 8), (frozenset({"neon", "dotprod"}), 4)],
+    "MXFP4": [(frozenset({"avx2"}), 8), (frozenset({"neon", "dotprod"}), 4)],
+    "Q8_0": [(frozenset({"neon", "i8mm"}), 4), (frozenset({"neon", "dotprod"}), 4)],
+}
+# ggml types the AMX buffer takes (ggml-cpu/amx/common.h qtype_has_amx_kernels)
+AMX_TYPES = frozenset({"Q4_0", "Q4_1", "Q8_0", "Q4_K", "Q5_K", "Q6_K", "IQ4_XS"})
+
+# /proc/cpuinfo flag -> the feature names used above (x86 "flags", ARM "Features")
+CPU_FLAG_FEATURES: dict[str, str] = {
+    "avx2": "avx2",
+    "avx512f": "avx512",
+    "amx_int8": "amx",
+    "asimd": "neon",
+    "asimddp": "dotprod",
+    "i8mm": "i8mm",
+}
+
+
+def host_cpu_features() -> frozenset[str]:
+    """This machine's CPU features, in the names of :data:`REPACK_RULES`."""
+    from .._llama import cpu_flags  # the runtime decides extra buffers from the same flags
+
+    return frozenset(CPU_FLAG_FEATURES[f] for f in cpu_flags() if f in CPU_FLAG_FEATURES)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The hyper-parameters memory depends on, from the GGUF header."""
+
+    architecture: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: tuple[int, ...]  # per layer
+    key_length: int
+    value_length: int
+    n_vocab: int
+    n_merges: int
+    n_ctx_train: int
+    tensors: tuple[TensorInfo, ...]
+    file_size: int
+
+    @property
+    def tied_output(self) -> bool:
+        return not any(t.name == "output.weight" for t in self.tensors)
+
+
+def _per_layer(value: Any, n_layer: int) -> tuple[int, ...]:
+    if isinstance(value, list):
+        return tuple(int(v) for v in value)
+    return (int(value),) * n_layer
+
+
+def model_shape(header: GGUFHeader) -> ModelShape:
+    """Hyper-parameters from gguf.Keys; head dimensions default to n_embd / n_head like llama.cpp."""
+    n_layer = int(header.arch_value(K.LLM.BLOCK_COUNT) or 0)
+    n_embd = int(header.arch_value(K.LLM.EMBEDDING_LENGTH) or 0)
+    n_head = max(_per_layer(header.arch_value(K.Attention.HEAD_COUNT) or 1, n_layer) or (1,))
+    head_kv = header.arch_value(K.Attention.HEAD_COUNT_KV)
+    n_ff = header.arch_value(K.LLM.EXPERT_FEED_FORWARD_LENGTH) or header.arch_value(K.LLM.FEED_FORWARD_LENGTH)
+    head_dim = n_embd // n_head if n_head else 0
+    return ModelShape(
+        architecture=header.architecture,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_ff=max(_per_layer(n_ff or 4 * n_embd, n_layer) or (0,)),
+        n_head=n_head,
+        n_head_kv=_per_layer(head_kv if head_kv is not None else n_head, n_layer),
+        key_length=int(header.arch_value(K.Attention.KEY_LENGTH) or head_dim),
+        value_length=int(header.arch_value(K.Attention.VALUE_LENGTH) or head_dim),
+        n_vocab=int(header.array_lengths.get(K.Tokenizer.LIST, 0)),
+        n_merges=int(header.array_lengths.get(K.Tokenizer.MERGES, 0)),
+        n_ctx_train=int(header.arch_value(K.LLM.CONTEXT_LENGTH) or 0),
+        tensors=header.tensors,
+        file_size=header.file_size,
+    )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per component; ``total_bytes`` is what the host must hold, ``device_bytes`` the GPU."""
+
+    n_ctx: int  # padded, per sequence
+    parallel: int
+    cache_type_k: str
+    cache_type_v: str
+    n_ubatch: int
+    flash_attn: bool
+    weights_bytes: int  # host resident weights (mapped file + repacked copies)
+    repack_bytes: int  # part of weights_bytes living in an anonymous repack buffer
+    kv_bytes: int
+    compute_bytes: int  # llama.cpp's reserved compute buffer (what it logs)
+    compute_resident_bytes: int  # the part a prefill batch touches (last-token logits only)
+    output_bytes: int
+    overhead_bytes: int
+    device_weights_bytes: int = 0
+    device_kv_bytes: int = 0
+    device_compute_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        """Host bytes resident after load + a full prefill batch: what the budget is charged."""
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_resident_bytes
+            + self.output_bytes
+            + self.overhead_bytes
+        )
+
+    @property
+    def committed_bytes(self) -> int:
+        """Host bytes llama.cpp allocates, touched or not (relevant with vm.overcommit_memory=2)."""
+        return self.total_bytes - self.compute_resident_bytes + self.compute_bytes
+
+    @property
+    def device_bytes(self) -> int:
+        return self.device_weights_bytes + self.device_kv_bytes + self.device_compute_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.update(
+            total_bytes=self.total_bytes, committed_bytes=self.committed_bytes, device_bytes=self.device_bytes
+        )
+        return data
+
+
+def pad_ctx(n_ctx: int) -> int:
+    return max(CTX_PAD, -(-n_ctx // CTX_PAD) * CTX_PAD)
+
+
+def kv_cache_bytes(
+    shape: ModelShape, n_ctx: int, cache_type_k: str, cache_type_v: str, layers: Iterable[int]
+) -> int:
+    """Exact KV bytes for the given layers: quantized types include their block scales."""
+    kb, kt = KV_TYPES[cache_type_k]
+    vb, vt = KV_TYPES[cache_type_v]
+    total = 0
+    for i in layers:
+        n_kv = shape.n_head_kv[i] if i < len(shape.n_head_kv) else shape.n_head_kv[-1]
+        total += n_ctx * n_kv * (shape.key_length * kt // kb + shape.value_length * vt // vb)
+    return total
+
+
+def compute_buffer_bytes(
+    shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool, quantized_kv: bool
+) -> int:
+    """llama.cpp's reserved compute buffer: the larger of the output phase (all-token logits) and,
+    without flash attention, the attention phase (scores + mask over the whole context)."""
+    output_phase = n_ubatch * (shape.n_vocab * 4 + shape.n_embd * 8)
+    attention_phase = 0
+    if not flash_attn:
+        attention_phase = n_ubatch * (n_ctx * (shape.n_head + 1) * 4 + shape.n_embd * 21)
+    extra = n_ubatch * shape.n_embd * 4 if (quantized_kv or not flash_attn) else 0
+    return max(output_phase, attention_phase) + extra
+
+
+def compute_resident_bytes(shape: ModelShape, n_ctx: int, n_ubatch: int, flash_attn: bool) -> int:
+    """The part of the compute buffer a batch touches when only the last token wants logits."""
+    activations = int(n_ubatch * 4 * (shape.n_embd + shape.n_ff) * ACTIVATION_FACTOR) + shape.n_vocab * 4
+    if not flash_attn:  # scores over the whole context once it is full
+        activations += n_ubatch * n_ctx * (shape.n_head + 1) * 4
+    return activations
+
+
+def _layer_of(name: str) -> int | None:
+    if name.startswith("blk."):
+        return int(name.split(".")[1])
+    return None
+
+
+def _repack_target(t: TensorInfo, features: frozenset[str], amx: bool) -> float:
+    """Size factor of the repacked copy of a mat-mul weight (0 when it stays in the mapped file)."""
+    name = t.type_name
+    rows = t.shape[1] if len(t.shape) > 1 else 1
+    if len(t.shape) != 2:
+        return 0.0
+    if amx and name in AMX_TYPES:
+        return AMX_SIZE_FACTOR
+    for needs, multiple in REPACK_RULES.get(name, []):
+        if needs <= features:
+            return 1.0 if rows % multiple == 0 else 0.0
+    return 0.0
+
+
+def _offload(shape: ModelShape, n_gpu_layers: int, gpu: bool) -> tuple[set[int], bool]:
+    """Layers on the device, and whether the output layer is too (llama.cpp: n_gpu_layers > n_layer)."""
+    if not gpu or n_gpu_layers == 0:
+        return set(), False
+    n = shape.n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, shape.n_layer + 1)
+    first = shape.n_layer - min(n, shape.n_layer)
+    return set(range(first, shape.n_layer)), n > shape.n_layer
+
+
+def weight_bytes(
+    shape: ModelShape,
+    features: frozenset[str],
+    use_extra: bool,
+    offloaded: set[int],
+    output_on_device: bool,
+    use_mmap: bool = True,
+) -> tuple[int, int, int]:
+    """(host bytes, of which repacked, device bytes) of the weights.
+
+    With mmap, llama.cpp maps the file span from the first to the last tensor it keeps in place;
+    repacked tensors inside that span were read through the mapping and stay resident, those
+    outside it are unmapped. Without mmap only the kept tensors are read into memory.
+    """
+    amx = use_extra and "amx" in features
+    kept: list[TensorInfo] = []
+    repacked = device = 0
+    for t in shape.tensors:
+        layer = _layer_of(t.name)
+        on_device = (
+            (layer in offloaded) if layer is not None else (output_on_device and t.name.startswith("output"))
+        )
+        if on_device:
+            device += t.n_bytes
+            continue
+        factor = (
+            _repack_target(t, features, amx) if use_extra and not t.name.startswith("token_embd") else 0.0
+        )
+        if factor:
+            repacked += int(t.n_bytes * factor)
+        else:
+            kept.append(t)
+    if shape.tied_output:  # llama.cpp multiplies by a duplicate of the embedding
+        embd = next((t for t in shape.tensors if t.name.startswith("token_embd")), None)
+        if embd is not None and output_on_device:
+            device += embd.n_bytes
+        elif embd is not None and use_extra:
+            repacked += int(embd.n_bytes * _repack_target(embd, features, amx))
+    if not kept:
+        host = 0
+    elif use_mmap:
+        host = max(t.offset + t.n_bytes for t in kept) - min(t.offset for t in kept)
+    else:
+        host = sum(t.n_bytes for t in kept)
+    return host + repacked, repacked, device
+
+
+def estimate(
+    shape: ModelShape,
+    settings: ModelSettings,
+    *,
+    parallel: int = 1,
+    cpu_features: frozenset[str] = frozenset(),
+    gpu: bool = False,
+) -> MemoryEstimate:
+    """The memory breakdown of one model under ``settings`` (see the module docstring)."""
+    n_ctx = pad_ctx(settings.n_ctx)
+    n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
+    quantized_kv = settings.cache_type_k not in ("f16", "f32") or settings.cache_type_v not in ("f16", "f32")
+    # flash_attn=None is "auto": llama.cpp enables it on CPU (and a quantized V cache requires it)
+    flash = settings.flash_attn is not False or settings.cache_type_v not in ("f16", "f32")
+    use_extra = ("amx" not in cpu_features) if settings.extra_buffers is None else settings.extra_buffers
+    offloaded, output_on_device = _offload(shape, settings.n_gpu_layers, gpu)
+    host_w, repacked, device_w = weight_bytes(
+        shape, cpu_features, use_extra, offloaded, output_on_device, settings.use_mmap
+    )
+    kv_ctx = n_ctx * parallel
+    host_layers = [i for i in range(shape.n_layer) if i not in offloaded]
+    kv_args = (kv_ctx, settings.cache_type_k, settings.cache_type_v)
+    compute = compute_buffer_bytes(shape, kv_ctx, n_ubatch, flash, quantized_kv)
+    resident = compute_resident_bytes(shape, kv_ctx, n_ubatch, flash)
+    return MemoryEstimate(
+        n_ctx=n_ctx,
+        parallel=parallel,
+        cache_type_k=settings.cache_type_k,
+        cache_type_v=settings.cache_type_v,
+        n_ubatch=n_ubatch,
+        flash_attn=flash,
+        weights_bytes=host_w,
+        repack_bytes=repacked,
+        kv_bytes=kv_cache_bytes(shape, *kv_args, host_layers),
+        compute_bytes=0 if offloaded else compute,
+        compute_resident_bytes=0 if offloaded else min(resident, compute),
+        output_bytes=parallel * shape.n_vocab * 4,
+        overhead_bytes=(shape.n_vocab + shape.n_merges) * VOCAB_ENTRY_BYTES + CONTEXT_OVERHEAD_BYTES,
+        device_weights_bytes=device_w,
+        device_kv_bytes=kv_cache_bytes(shape, *kv_args, sorted(offloaded)),
+        device_compute_bytes=compute if offloaded else 0,
+    )
+
+
+def estimate_memory(
+    path: str | os.PathLike[str],
+    settings: ModelSettings | None = None,
+    *,
+    parallel: int = 1,
+    cpu_features: frozenset[str] | None = None,
+    gpu: bool = False,
+    **overrides: Any,
+) -> MemoryEstimate:
+    """Estimate a GGUF's memory under ``settings`` (or ModelSettings defaults plus ``overrides``).
+
+    ``cpu_features`` defaults to this machine's (they decide which weights llama.cpp repacks);
+    pass a device profile's to plan for another machine. ``gpu`` says whether a GPU backend takes
+    ``n_gpu_layers`` (a CPU-only llama.cpp ignores it).
+    """
+    base = settings or ModelSettings()
+    if overrides:
+        base = dataclasses.replace(base, **overrides)
+    features = host_cpu_features() if cpu_features is None else cpu_features
+    return estimate(model_shape(read_header(path)), base, parallel=parallel, cpu_features=features, gpu=gpu)
+
+
+def largest_context(
+    shape: ModelShape,
+    settings: ModelSettings,
+    available: int,
+    *,
+    parallel: int = 1,
+    cpu_features: frozenset[str] = frozenset(),
+    gpu: bool = False,
+    minimum: int = CTX_PAD,
+    maximum: int | None = None,
+) -> int | None:
+    """The largest padded n_ctx in [minimum, maximum or the trained context] that fits ``available``."""
+
+    def fits(n_ctx: int) -> bool:
+        est = estimate(
+            shape,
+            dataclasses.replace(settings, n_ctx=n_ctx),
+            parallel=parallel,
+            cpu_features=cpu_features,
+            gpu=gpu,
+        )
+        return est.total_bytes <= available
+
+    top = pad_ctx(maximum) if maximum is not None else pad_ctx(shape.n_ctx_train or CTX_PAD)
+    lo, hi = pad_ctx(minimum) // CTX_PAD, max(top, pad_ctx(minimum)) // CTX_PAD
+    if not fits(lo * CTX_PAD):
+        return None
+    while lo < hi:  # total grows monotonically with n_ctx
+        mid = (lo + hi + 1) // 2
+        if fits(mid * CTX_PAD):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * CTX_PAD

@@ -1,0 +1,502 @@
+"""Several models under one memory budget: load on demand, evict idle models LRU, fit or refuse.
+
+Every decision is made on :mod:`estimates <edge_qwen.scheduler.estimate>` *before* llama.cpp
+allocates anything — the budget is charged a model's estimate while it loads and while it is
+resident, so concurrent loads cannot overshoot it together.
+
+Requests for one model are served in arrival order (a ticket per request; a request passes its
+turn on only after it has been queued on the model's own FIFO worker). A model with a request
+queued or running is never evicted; pinned models are never evicted; an idle model whose
+``keep_alive`` ran out is unloaded by a background reaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BudgetExceededError, ConfigError, QueueFullError, QueueTimeoutError
+from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings
+from .device import resolve_budget
+from .estimate import (
+    MemoryEstimate,
+    ModelShape,
+    estimate,
+    host_cpu_features,
+    largest_context,
+    model_shape,
+)
+from .header import read_header
+
+MiB = 2**20
+Loader = Callable[..., Any]  # Model.load(path, **settings) -> Model
+
+
+def _default_loader(path: Path, **settings: Any) -> Any:
+    from ..runtime.engine import Model
+
+    return Model.load(path, **settings)
+
+
+def process_rss() -> int:
+    """This process's resident set size in bytes (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            import os
+
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+@dataclass
+class _Entry:
+    name: str
+    path: Path
+    settings: ModelSettings
+    shape: ModelShape
+    pin: bool = False
+    keep_alive: float | None = None
+    model: Any = None
+    effective: ModelSettings | None = None
+    estimate: MemoryEstimate | None = None
+    adjustments: list[str] = field(default_factory=list)
+    loading: bool = False
+    busy: int = 0  # leases out (requests queued on or running in the model)
+    waiting: int = 0  # requests waiting for their turn / for the model to be resident
+    next_ticket: int = 0
+    serving: int = 0
+    last_used: float = 0.0
+    measured_bytes: int | None = None
+    loads: int = 0
+
+    @property
+    def charged(self) -> int:
+        """Bytes of the budget this model holds (while loading too)."""
+        if (self.model is not None or self.loading) and self.estimate is not None:
+            return self.estimate.total_bytes
+        return 0
+
+
+class Scheduler:
+    """Hold several GGUF models under one RAM budget. ``add`` names them; requests load them.
+
+    ``budget``: bytes, a size string (``"3.5GB"``), or None for available memory minus headroom.
+    ``min_ctx``: the smallest context a model may be shrunk to before KV quantization / refusal.
+    ``max_queue``: requests per model (running + waiting) before :class:`QueueFullError`.
+    ``queue_timeout``: seconds a request may wait for its turn and for memory (None: forever).
+    """
+
+    def __init__(
+        self,
+        budget: str | int | float | None = None,
+        *,
+        min_ctx: int = 512,
+        allow_kv_quantization: bool = True,
+        max_queue: int = 16,
+        queue_timeout: float | None = None,
+        cpu_features: frozenset[str] | None = None,
+        loader: Loader | None = None,
+    ) -> None:
+        self.budget = resolve_budget(budget)
+        self.min_ctx = min_ctx
+        self.allow_kv_quantization = allow_kv_quantization
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.cpu_features = host_cpu_features() if cpu_features is None else cpu_features
+        self._loader = loader or _default_loader
+        self._entries: dict[str, _Entry] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self._peak_charged = 0
+        self._reaper: threading.Thread | None = None
+
+    # -- registry --------------------------------------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        path: str | Path,
+        *,
+        pin: bool = False,
+        keep_alive: float | None = None,
+        **settings: Any,
+    ) -> None:
+        """Register a model under ``name`` (nothing is loaded yet). Settings: ModelSettings fields."""
+        try:
+            config = ModelSettings(**settings)
+        except TypeError as exc:
+            names = ", ".join(f.name for f in dataclasses.fields(ModelSettings))
+            raise ConfigError(f"{exc}; Scheduler.add accepts {names}") from None
+        if config.queue_timeout is None and self.queue_timeout is not None:
+            config = dataclasses.replace(config, queue_timeout=self.queue_timeout)
+        shape = model_shape(read_header(path))
+        with self._cond:
+            if name in self._entries:
+                raise ConfigError(
+                    f"a model named {name!r} is already registered; pick another name or remove it"
+                )
+            self._entries[name] = _Entry(name, Path(path), config, shape, pin=pin, keep_alive=keep_alive)
+            if keep_alive is not None and self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="edge-qwen:reaper", daemon=True)
+                self._reaper.start()
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            known = ", ".join(sorted(self._entries)) or "none"
+            raise ConfigError(f"no model named {name!r} (registered: {known}); add it with Scheduler.add")
+        return entry
+
+    # -- planning --------------------------------------------------------------------------------
+
+    def _estimate(self, entry: _Entry, settings: ModelSettings) -> MemoryEstimate:
+        return estimate(entry.shape, settings, cpu_features=self.cpu_features)
+
+    def _capacity(self, entry: _Entry) -> tuple[int, list[_Entry]]:
+        """Budget left once every evictable model is gone (pinned residents stay)."""
+        pinned = [e for e in self._entries.values() if e is not entry and e.pin and e.charged]
+        return self.budget - sum(e.charged for e in pinned), pinned
+
+    def plan(self, name: str) -> tuple[ModelSettings, MemoryEstimate, list[str]]:
+        """Settings the model would be loaded with now (shrunk / KV-quantized to fit), or raise."""
+        with self._cond:
+            entry = self._entry(name)
+            return self._plan(entry)
+
+    def _plan(self, entry: _Entry) -> tuple[ModelSettings, MemoryEstimate, list[str]]:
+        capacity, pinned = self._capacity(entry)
+        wanted = entry.settings
+        est = self._estimate(entry, wanted)
+        if est.total_bytes <= capacity:
+            return wanted, est, []
+        for kv in self._kv_ladder(wanted):
+            trial = dataclasses.replace(wanted, cache_type_k=kv, cache_type_v=kv) if kv else wanted
+            n_ctx = largest_context(
+                entry.shape, trial, capacity, cpu_features=self.cpu_features,
+                minimum=self.min_ctx, maximum=wanted.n_ctx,
+            )  # fmt: skip
+            if n_ctx is not None:
+                chosen = dataclasses.replace(trial, n_ctx=n_ctx)
+                notes = [f"n_ctx {wanted.n_ctx} -> {n_ctx}"] if n_ctx < est.n_ctx else []
+                if kv:
+                    notes.append(f"KV cache {wanted.cache_type_k} -> {kv}")
+                return chosen, self._estimate(entry, chosen), notes
+        raise self._refusal(entry, capacity, pinned)
+
+    def _kv_ladder(self, settings: ModelSettings) -> list[str | None]:
+        ladder: list[str | None] = [None]
+        if self.allow_kv_quantization:
+            order = ["f16", "q8_0", "q4_0"]
+            current = order.index(settings.cache_type_v) if settings.cache_type_v in order else 0
+            ladder += order[current + 1 :]
+        return ladder
+
+    def _refusal(self, entry: _Entry, capacity: int, pinned: list[_Entry]) -> BudgetExceededError:
+        smallest_kv = self._kv_ladder(entry.settings)[-1] or entry.settings.cache_type_v
+        floor = dataclasses.replace(
+            entry.settings, n_ctx=self.min_ctx, cache_type_k=smallest_kv, cache_type_v=smallest_kv
+        )
+        need = self._estimate(entry, floor)
+        suggestions: list[str] = []
+        tiny = largest_context(entry.shape, floor, capacity, cpu_features=self.cpu_features, minimum=256)
+        if tiny is not None:
+            suggestions.append(f"allow a smaller context (n_ctx {tiny} fits; min_ctx is {self.min_ctx})")
+        others = need.total_bytes - need.weights_bytes
+        if capacity > others:
+            suggestions.append(
+                f"use a smaller quantization: weights must be at most {(capacity - others) / MiB:,.0f} MiB "
+                f"(these are {need.weights_bytes / MiB:,.0f} MiB)"
+            )
+        freed = capacity
+        for other in sorted(pinned, key=lambda e: -e.charged):
+            freed += other.charged
+            suggestions.append(f"unpin and unload {other.name!r} (frees {other.charged / MiB:,.0f} MiB)")
+            if freed >= need.total_bytes:
+                break
+        suggestions.append(
+            f"raise the budget to at least {(self.budget - capacity + need.total_bytes) / MiB:,.0f} MiB"
+        )
+        what = f"model {entry.name!r} ({entry.path.name}) at n_ctx {need.n_ctx} with a {smallest_kv} KV cache"
+        return BudgetExceededError(what, need.total_bytes, capacity, suggestions)
+
+    def _victims(self, entry: _Entry, need: int) -> list[_Entry] | None:
+        """Idle models to evict (LRU first) so ``need`` fits; None when busy models must finish first."""
+        free = self.budget - sum(e.charged for e in self._entries.values())
+        if free >= need:
+            return []
+        idle = sorted(
+            (
+                e for e in self._entries.values()
+                if e is not entry and e.model is not None and not e.pin and not e.busy and not e.waiting
+            ),
+            key=lambda e: e.last_used,
+        )  # fmt: skip
+        chosen: list[_Entry] = []
+        for candidate in idle:
+            chosen.append(candidate)
+            free += candidate.charged
+            if free >= need:
+                return chosen
+        return None
+
+    # -- residency -------------------------------------------------------------------------------
+
+    def _unload_locked(self, entry: _Entry) -> None:
+        model, entry.model = entry.model, None
+        entry.effective = None
+        if model is not None:
+            model.close()
+        self._cond.notify_all()
+
+    def _ensure_resident(self, entry: _Entry, deadline: float | None) -> None:
+        """With the lock held and the entry's turn: make its model resident (may wait, evict, load)."""
+        while entry.model is None:
+            if not entry.loading:
+                settings, est, notes = self._plan(entry)
+                victims = self._victims(entry, est.total_bytes)
+                if victims is not None:
+                    for victim in victims:
+                        self._unload_locked(victim)
+                    self._load_locked(entry, settings, est, notes)
+                    continue
+            self._wait(deadline)
+
+    def _load_locked(
+        self, entry: _Entry, settings: ModelSettings, est: MemoryEstimate, notes: list[str]
+    ) -> None:
+        entry.loading, entry.estimate, entry.effective, entry.adjustments = True, est, settings, notes
+        self._peak_charged = max(self._peak_charged, sum(e.charged for e in self._entries.values()))
+        self._cond.release()
+        try:
+            before = process_rss()
+            model = self._loader(entry.path, **dataclasses.asdict(settings))
+            measured = process_rss() - before
+        finally:
+            self._cond.acquire()
+            entry.loading = False
+            self._cond.notify_all()
+        entry.model, entry.measured_bytes = model, measured
+        entry.loads += 1
+        entry.last_used = time.monotonic()
+
+    def _wait(self, deadline: float | None) -> None:
+        if self._closed:
+            raise ConfigError("the scheduler was closed; create a new one")
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise QueueTimeoutError(
+                "the request waited longer than its queue timeout for its turn or for memory; retry later, "
+                "raise queue_timeout, or give the scheduler a larger budget"
+            )
+        self._cond.wait(remaining)
+
+    # -- leases ----------------------------------------------------------------------------------
+
+    def _acquire(self, name: str, timeout: float | None) -> tuple[_Entry, Any]:
+        """Wait for this request's turn and a resident model; the caller must then submit and _advance."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            entry = self._entry(name)
+            if entry.busy + entry.waiting >= self.max_queue:
+                raise QueueFullError(
+                    f"{entry.busy + entry.waiting} requests are already queued for {name!r} (max_queue="
+                    f"{self.max_queue}); retry later or create the Scheduler with a larger max_queue"
+                )
+            ticket = entry.next_ticket
+            entry.next_ticket += 1
+            entry.waiting += 1
+            try:
+                while entry.serving != ticket:
+                    self._wait(deadline)
+                try:
+                    self._ensure_resident(entry, deadline)
+                except BaseException:
+                    entry.serving += 1  # give the turn away
+                    self._cond.notify_all()
+                    raise
+                entry.busy += 1
+                return entry, entry.model
+            finally:
+                entry.waiting -= 1
+
+    def _advance(self, entry: _Entry) -> None:
+        """The request is queued on the model: the next ticket may go."""
+        with self._cond:
+            entry.serving += 1
+            self._cond.notify_all()
+
+    def _release(self, entry: _Entry) -> None:
+        with self._cond:
+            entry.busy -= 1
+            entry.last_used = time.monotonic()
+            self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def lease(self, name: str, timeout: float | None = None) -> Iterator[Any]:
+        """The resident model, held busy (not evictable) for the block. Requests made on it inside
+        the block are in this lease's FIFO turn."""
+        entry, model = self._acquire(name, self.queue_timeout if timeout is None else timeout)
+        try:
+            self._advance(entry)
+            yield model
+        finally:
+            self._release(entry)
+
+    # -- requests (the runtime's API, through the scheduler) ------------------------------------
+
+    def _stream(self, name: str, make: Callable[[Any], Any]) -> Iterator[GenerationChunk]:
+        entry, model = self._acquire(name, self.queue_timeout)
+        try:
+            try:
+                stream = make(model)
+            finally:
+                self._advance(entry)
+            with stream:
+                yield from stream
+        finally:
+            self._release(entry)
+
+    def stream(self, name: str, prompt: str | Sequence[int], **sampling: Any) -> Iterator[GenerationChunk]:
+        return self._stream(name, lambda m: m.stream(prompt, **sampling))
+
+    def chat_stream(
+        self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> Iterator[GenerationChunk]:
+        return self._stream(name, lambda m: m.chat_stream(messages, **kwargs))
+
+    def generate(self, name: str, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
+        return _collect(self.stream(name, prompt, **sampling))
+
+    def chat(self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
+        return _collect(self.chat_stream(name, messages, **kwargs))
+
+    async def _astream(self, name: str, make: Callable[[Any], Any]) -> AsyncIterator[GenerationChunk]:
+        entry, model = await asyncio.to_thread(self._acquire, name, self.queue_timeout)
+        try:
+            try:
+                stream = make(model)
+                first = await stream.__anext__()  # submits the request to the model's queue
+            finally:
+                self._advance(entry)
+            yield first
+            async for chunk in stream:
+                yield chunk
+        except StopAsyncIteration:
+            return
+        finally:
+            self._release(entry)
+
+    def astream(
+        self, name: str, prompt: str | Sequence[int], **sampling: Any
+    ) -> AsyncIterator[GenerationChunk]:
+        return self._astream(name, lambda m: m.astream(prompt, **sampling))
+
+    def achat_stream(
+        self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> AsyncIterator[GenerationChunk]:
+        return self._astream(name, lambda m: m.achat_stream(messages, **kwargs))
+
+    async def agenerate(self, name: str, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
+        return await _acollect(self.astream(name, prompt, **sampling))
+
+    async def achat(
+        self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any
+    ) -> GenerationResult:
+        return await _acollect(self.achat_stream(name, messages, **kwargs))
+
+    # -- explicit control ------------------------------------------------------------------------
+
+    def load(self, name: str, timeout: float | None = None) -> None:
+        """Make ``name`` resident now (evicting idle models as needed)."""
+        with self.lease(name, timeout):
+            pass
+
+    def unload(self, name: str) -> bool:
+        """Unload ``name`` if it is resident and idle; False when it is busy or not loaded."""
+        with self._cond:
+            entry = self._entry(name)
+            if entry.model is None or entry.busy or entry.waiting:
+                return False
+            self._unload_locked(entry)
+            return True
+
+    def _reap(self) -> None:
+        """Unload idle models whose keep_alive has run out."""
+        with self._cond:
+            while not self._closed:
+                now = time.monotonic()
+                for e in self._entries.values():
+                    expired = e.keep_alive is not None and now - e.last_used >= e.keep_alive
+                    if e.model is not None and expired and not e.busy and not e.waiting and not e.pin:
+                        self._unload_locked(e)
+                self._cond.wait(0.25)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Resident models with estimated and measured bytes, queue depths, and budget use."""
+        with self._cond:
+            now = time.monotonic()
+            models = [
+                {
+                    "name": e.name,
+                    "path": str(e.path),
+                    "resident": e.model is not None,
+                    "loading": e.loading,
+                    "pinned": e.pin,
+                    "busy": e.busy,
+                    "waiting": e.waiting,
+                    "n_ctx": e.effective.n_ctx if e.effective else e.settings.n_ctx,
+                    "cache_type": e.effective.cache_type_v if e.effective else e.settings.cache_type_v,
+                    "estimated_bytes": e.charged,
+                    "measured_load_bytes": e.measured_bytes if e.model is not None else None,
+                    "idle_s": round(now - e.last_used, 3) if e.model is not None else None,
+                    "adjustments": list(e.adjustments),
+                    "loads": e.loads,
+                }
+                for e in self._entries.values()
+            ]
+            used = sum(e.charged for e in self._entries.values())
+            return {
+                "budget_bytes": self.budget,
+                "used_bytes": used,
+                "peak_used_bytes": max(self._peak_charged, used),
+                "process_rss_bytes": process_rss(),
+                "models": models,
+            }
+
+    def close(self) -> None:
+        """Unload every model; waiting requests fail."""
+        with self._cond:
+            self._closed = True
+            for entry in self._entries.values():
+                if entry.model is not None:
+                    self._unload_locked(entry)
+            self._cond.notify_all()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _collect(chunks: Iterator[GenerationChunk]) -> GenerationResult:
+    from ..runtime.results import ResultBuilder
+
+    return ResultBuilder().extend(chunks)
+
+
+async def _acollect(chunks: AsyncIterator[GenerationChunk]) -> GenerationResult:
+    from ..runtime.results import ResultBuilder
+
+    builder = ResultBuilder()
+    async for chunk in chunks:
+        builder.add(chunk)
+    return builder.result()

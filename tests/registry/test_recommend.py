@@ -1,0 +1,86 @@
+"""recommend: the most capable model that fits, the runner-up, and the reasons.
+
+Table-driven with a stand-in estimator — registered file size + 0.5 GB for context and runtime —
+so the expectations follow from the sizes in models.yaml alone (the scheduler's estimator is
+tested in tests/scheduler; one test below runs recommend through it with real device profiles).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_qwen.errors import ModelTooLargeError
+from edge_qwen.registry import load_registry
+from edge_qwen.registry.catalog import ModelEntry
+from edge_qwen.registry.fit import scheduler_estimator, weight_bytes
+from edge_qwen.registry.recommend import recommend
+
+GB = 10**9
+
+
+def file_plus_half_gb(entry: ModelEntry, quant: str, n_ctx: int) -> int:
+    return weight_bytes(entry, quant) + GB // 2
+
+
+@pytest.mark.parametrize(
+    ("budget_gb", "task", "choice", "why"),
+    [
+        # 1.0 GB: only the 0.49 GB Qwen2.5 files (+0.5 = 0.99 GB) fit; of those only the Coder does code.
+        (1.0, "code", "qwen2.5-coder-0.5b-instruct:q4_k_m", "only code model under 1 GB"),
+        # 1.2 GB: Qwen3-0.6B Q8_0 (0.64 GB) now fits and has more parameters than the 0.5Bs.
+        (1.2, None, "qwen3-0.6b:q8_0", "0.6B > 0.49B"),
+        # 3.5 GB (a 4 GB Pi): Qwen3-4B Q4_K_M (2.50 GB) is the largest under 3.0 GB of file.
+        (3.5, None, "qwen3-4b:q4_k_m", "4.0B beats 3.09B"),
+        # 7 GB: Qwen3-8B (5.03 GB) beats Qwen2.5-7B (4.68 GB) on parameters (8.2B vs 7.61B).
+        (7.0, "chat", "qwen3-8b:q4_k_m", "8.2B > 7.61B"),
+        # maths at 7 GB: the Math models list no GGUF, so Qwen3-8B (which does maths) is chosen.
+        (7.0, "math", "qwen3-8b:q4_k_m", "no Math GGUF"),
+        # 21 GB: Qwen3-32B (19.76 GB) fits; Qwen3-30B-A3B (18.56 GB) counts as ~10B effective.
+        (21.0, None, "qwen3-32b:q4_k_m", "32.8B dense beats a 30B-A3B MoE"),
+        # 48 GB: Qwen2.5-72B (47.4 GB) is the largest single model under 47.5 GB.
+        (48.0, "chat", "qwen2.5-72b-instruct:q4_k_m", "72.7B"),
+    ],
+)
+def test_the_most_capable_fitting_model_wins(
+    budget_gb: float, task: str | None, choice: str, why: str
+) -> None:
+    result = recommend(load_registry(), file_plus_half_gb, int(budget_gb * GB), task=task)
+    assert result["choice"]["spec"] == choice, why
+    assert result["choice"]["estimate_bytes"] <= budget_gb * GB
+    assert result["reasons"][0].startswith(choice)
+
+
+def test_the_runner_up_and_the_next_larger_model_are_shown() -> None:
+    result = recommend(load_registry(), file_plus_half_gb, 7 * GB, task="code")
+    assert result["choice"]["spec"] == "qwen3-8b:q4_k_m"
+    # Qwen2.5-Coder-7B has no confirmed size: its weights are estimated from 7.61B at 4.5 bits
+    assert result["runner_up"]["name"] == "qwen2.5-coder-7b-instruct"
+    assert result["next_larger"]["spec"] == "qwen3-14b:q4_k_m" and not result["next_larger"]["fits"]
+    assert any("runner-up qwen2.5-coder-7b-instruct" in r for r in result["reasons"])
+
+
+def test_context_longer_than_a_model_supports_excludes_it() -> None:
+    # the 0.5B/1.5B/3B Qwen2.5 and Qwen3 0.6B/1.7B stop at 32K tokens; Qwen3-4B reaches 128K with YaRN
+    result = recommend(load_registry(), file_plus_half_gb, 3 * GB, n_ctx=65536)
+    assert result["choice"]["spec"] == "qwen3-4b:q4_k_m"
+
+
+def test_nothing_fits_says_what_the_smallest_needs() -> None:
+    with pytest.raises(ModelTooLargeError, match=r"smallest, qwen2.5-.*0.5b.*needs 0.99 GB"):
+        recommend(load_registry(), file_plus_half_gb, GB // 2)
+
+
+@pytest.mark.parametrize(
+    ("device", "choice"),
+    [
+        ("raspberry-pi-4-4gb", "qwen3-4b:q4_k_m"),  # 3.46 GB budget
+        ("raspberry-pi-5-8gb", "qwen3-8b:q4_k_m"),  # 7.19 GB budget
+        ("laptop-16gb", "qwen3-14b:q4_k_m"),  # 11.2 GB budget
+    ],
+)
+def test_through_the_scheduler_estimator_and_device_profiles(device: str, choice: str) -> None:
+    from edge_qwen.registry.fit import resolve_target
+
+    target = resolve_target(device)
+    result = recommend(load_registry(), scheduler_estimator(target.cpu_features), target.budget_bytes)
+    assert result["choice"]["spec"] == choice

@@ -1,0 +1,110 @@
+"""The estimator against llama.cpp itself (its logged buffer sizes) and against process RSS."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from edge_qwen import _llama
+from edge_qwen.runtime.engine import Model
+from edge_qwen.scheduler.estimate import estimate_memory, kv_cache_bytes, model_shape
+from edge_qwen.scheduler.header import read_header
+
+MiB = 2**20
+TOLERANCE = 0.10
+BUFFER = re.compile(r"(\w+)(?: model)? buffer size =\s+([\d.]+) MiB")
+# llama.cpp log name -> estimate field
+COMPONENTS = {
+    "model": "weights_bytes",
+    "KV": "kv_bytes",
+    "compute": "compute_bytes",
+    "output": "output_bytes",
+}
+GRID = list(itertools.product([512, 2048, 8192, 32768], ["f16", "q8_0"], [128, 512]))
+
+
+def reported_buffers(path: Path, **settings: object) -> dict[str, float]:
+    """MiB per buffer kind as llama.cpp logs it while loading (CPU_Mapped model, KV, compute, output)."""
+    sizes: dict[str, float] = {}
+    lines: list[str] = []
+    with _llama.capture_log(lambda _level, line: lines.append(line)):
+        Model.load(path, **settings).close()
+    for line in "".join(lines).splitlines():
+        match = BUFFER.search(line)
+        if match:
+            kind = "model" if "model buffer" in line else match.group(1)
+            sizes[kind] = sizes.get(kind, 0.0) + float(match.group(2))
+    return sizes
+
+
+def test_header_matches_the_gguf(real_gguf: Path) -> None:
+    shape = model_shape(read_header(real_gguf))
+    assert (shape.architecture, shape.n_layer, shape.n_embd, shape.n_head) == ("qwen2", 24, 896, 14)
+    assert shape.n_head_kv == (2,) * 24 and shape.key_length == shape.value_length == 64
+    assert (shape.n_vocab, shape.n_ctx_train) == (151936, 32768)
+
+
+def test_kv_cache_is_exact_for_quantized_blocks(real_gguf: Path) -> None:
+    shape = model_shape(read_header(real_gguf))
+    layers = range(shape.n_layer)
+    assert kv_cache_bytes(shape, 2048, "f16", "f16", layers) == 24 * 2048 * 2 * (64 + 64) * 2
+    assert kv_cache_bytes(shape, 2048, "q8_0", "q8_0", layers) == 24 * 2048 * 2 * 128 * 34 // 32
+    assert kv_cache_bytes(shape, 2048, "q4_0", "q4_0", layers) == 24 * 2048 * 2 * 128 * 18 // 32
+
+
+def test_every_component_within_10_percent_of_llama_cpp(real_gguf: Path) -> None:
+    table = []
+    for n_ctx, kv, ubatch in GRID:
+        settings = {"n_ctx": n_ctx, "cache_type_k": kv, "cache_type_v": kv, "n_ubatch": ubatch}
+        reported = reported_buffers(real_gguf, **settings)
+        est = estimate_memory(real_gguf, **settings).to_dict()
+        for kind, field in COMPONENTS.items():
+            ours = est[field] / MiB
+            table.append((n_ctx, kv, ubatch, kind, ours, reported[kind]))
+    off = [row for row in table if abs(row[4] - row[5]) > TOLERANCE * row[5]]
+    assert not off, json.dumps(off)
+
+
+def test_flash_attention_off_grows_compute_with_context(real_gguf: Path) -> None:
+    settings = {"n_ctx": 32768, "flash_attn": False, "n_ubatch": 512}
+    reported = reported_buffers(real_gguf, **settings)["compute"]
+    est = estimate_memory(real_gguf, **settings).compute_bytes / MiB
+    assert reported > 900  # the n_ctx x n_ubatch x n_head score matrix dominates
+    assert est == pytest.approx(reported, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("n_ctx", "kv", "ubatch"),
+    [(2048, "f16", 512), (16384, "f16", 512), (32768, "q8_0", 128), (512, "f16", 128)],
+)
+def test_total_within_10_percent_of_rss_growth(
+    real_gguf: Path, probe, n_ctx: int, kv: str, ubatch: int
+) -> None:
+    settings = {"n_ctx": n_ctx, "cache_type_k": kv, "cache_type_v": kv, "n_ubatch": ubatch}
+    measured = probe("load", str(real_gguf), json.dumps(settings))["rss_growth"]
+    est = estimate_memory(real_gguf, **settings)
+    assert est.total_bytes == pytest.approx(measured, rel=TOLERANCE)
+    # "file size + KV cache" (the naive pre-flight) misses the tokenizer tables and activations
+    assert est.total_bytes > real_gguf.stat().st_size + est.kv_bytes
+
+
+def test_repacking_moves_weights_into_a_second_buffer(real_gguf: Path) -> None:
+    plain = estimate_memory(real_gguf, cpu_features=frozenset({"neon"}), extra_buffers=True)
+    pi5 = estimate_memory(real_gguf, cpu_features=frozenset({"neon", "dotprod"}), extra_buffers=True)
+    off = estimate_memory(real_gguf, cpu_features=frozenset({"neon", "dotprod"}), extra_buffers=False)
+    assert plain.repack_bytes == 0  # Cortex-A72: no dotprod, nothing to repack
+    assert pi5.repack_bytes > 100 * MiB  # Q8_0 output and Q4_K/Q6_K matrices on A76
+    assert pi5.weights_bytes > off.weights_bytes  # repacked tensors inside the mapped span stay resident
+
+
+def test_amx_repack_matches_llama_cpp(real_gguf: Path) -> None:
+    """On this machine (AMX) extra buffers put repacked weights in an AMX buffer; loading only."""
+    if "amx" not in __import__("edge_qwen.scheduler.estimate", fromlist=["x"]).host_cpu_features():
+        pytest.skip("needs a CPU with AMX")
+    reported = reported_buffers(real_gguf, n_ctx=512, extra_buffers=True)
+    est = estimate_memory(real_gguf, n_ctx=512, extra_buffers=True)
+    assert est.weights_bytes / MiB == pytest.approx(reported["model"], rel=TOLERANCE)
