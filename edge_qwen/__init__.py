@@ -27,21 +27,31 @@ _EXPORTS: dict[str, str] = {
     "quantize": "edge_qwen.quantize",
     "evaluate_quality": "edge_qwen.quality",
     "gguf_info": "edge_qwen.gguf_info",
+    "Scheduler": "edge_qwen.scheduler.scheduler",
+    "MemoryEstimate": "edge_qwen.scheduler.estimate",
+    "estimate_memory": "edge_qwen.scheduler.estimate",
+    "pull": "edge_qwen.registry.store",
+    "resolve_model": "edge_qwen.registry.store",
 }
 
 __all__ = [
     "AsyncGenerationStream",
-    "ConvertResult",
     "convert",
+    "ConvertResult",
+    "estimate_memory",
     "evaluate_quality",
-    "gguf_info",
-    "quantize",
     "GenerationChunk",
     "GenerationResult",
     "GenerationStream",
+    "gguf_info",
+    "MemoryEstimate",
     "Model",
     "ModelSettings",
+    "pull",
+    "quantize",
+    "resolve_model",
     "SamplingParams",
+    "Scheduler",
     "Timings",
     "Usage",
 ]
@@ -51,9 +61,12 @@ if TYPE_CHECKING:
     from .gguf_info import gguf_info
     from .quality import evaluate_quality
     from .quantize import quantize
+    from .registry.store import pull, resolve_model
     from .runtime.engine import AsyncGenerationStream, GenerationStream, Model
     from .runtime.presets import SamplingParams
     from .runtime.results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
+    from .scheduler.estimate import MemoryEstimate, estimate_memory
+    from .scheduler.scheduler import Scheduler
 
 
 def __getattr__(name: str) -> Any:
