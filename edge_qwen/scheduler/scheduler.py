@@ -378,8 +378,25 @@ class Scheduler:
     def chat(self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
         return _collect(self.chat_stream(name, messages, **kwargs))
 
+    async def _acquire_async(self, name: str) -> tuple[_Entry, Any]:
+        """``_acquire`` on a worker thread. If the awaiting task is cancelled while the thread still
+        waits, the turn and the model it later obtains are handed straight back (else they leak and
+        every later request for the model waits for its timeout)."""
+        pending = asyncio.get_running_loop().run_in_executor(None, self._acquire, name, self.queue_timeout)
+        try:
+            return await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(self._hand_back)
+            raise
+
+    def _hand_back(self, acquired: asyncio.Future[tuple[_Entry, Any]]) -> None:
+        if not acquired.cancelled() and acquired.exception() is None:
+            entry, _ = acquired.result()
+            self._advance(entry)
+            self._release(entry)
+
     async def _astream(self, name: str, make: Callable[[Any], Any]) -> AsyncIterator[GenerationChunk]:
-        entry, model = await asyncio.to_thread(self._acquire, name, self.queue_timeout)
+        entry, model = await self._acquire_async(name)
         try:
             try:
                 stream = make(model)

@@ -155,3 +155,32 @@ def test_budget_never_exceeded_during_mixed_async_load(real_gguf: Path, probe) -
     assert out["peak"] - out["baseline"] <= budget
     assert all(isinstance(t, str) for t in out["texts"]) and len(out["texts"]) == 7
     assert out["loads"] == {"a": 1, "b": 1, "c": 1} or sum(out["loads"].values()) > 3  # c evicted one of a, b
+
+
+def test_cancelling_an_async_request_still_waiting_for_memory_frees_what_it_gets(real_gguf: Path) -> None:
+    """A client that gives up while queued (an HTTP disconnect) must not leave a model held busy."""
+    import asyncio
+
+    def hold(s: Scheduler, release: threading.Event) -> None:
+        with s.lease("a"):
+            release.wait(30)
+
+    async def scenario(s: Scheduler) -> str:
+        release = threading.Event()
+        holder = threading.Thread(target=hold, args=(s, release))
+        holder.start()
+        await asyncio.sleep(0.3)  # "a" is resident and busy; the budget holds one model
+        waiting = asyncio.create_task(s.achat("b", [{"role": "user", "content": "hi"}], max_tokens=2))
+        await asyncio.sleep(0.3)  # ... so "b" waits for a's memory
+        waiting.cancel()
+        release.set()  # "a" goes idle: the abandoned request now gets "b" loaded
+        await asyncio.to_thread(holder.join, 30)
+        # "b" must be handed back, or "a" could never be loaded again (b would stay busy)
+        answer = await s.agenerate("a", "def add(a, b):", max_tokens=3, temperature=0)
+        return answer.finish_reason
+
+    one = estimate_memory(real_gguf, n_ctx=2560).total_bytes
+    with three_models(real_gguf, one + 10 * MiB, queue_timeout=20) as s:
+        s.load("a")
+        assert asyncio.run(scenario(s)) == "length"
+        assert all(m["busy"] == 0 for m in s.snapshot()["models"])
