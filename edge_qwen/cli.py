@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "models": "list the registry's models, their quants, and what is cached where",
     "rm": "delete a registry model's cached files",
     "recommend": "pick the most capable model and quant that fits a device or budget",
+    "serve": "serve models over an OpenAI-compatible HTTP API (needs the server extra)",
     "plan": "estimate a GGUF's memory and whether it fits a budget or device",
 }
 

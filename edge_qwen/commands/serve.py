@@ -1,0 +1,198 @@
+"""``edge-qwen serve`` — an OpenAI-compatible HTTP API over local GGUF models.
+
+Models go through the memory-budget scheduler (loaded on demand, evicted LRU when the budget is
+tight, requests queued FIFO per model). Loopback only by default; binding another address without
+an API key prints a warning. Ctrl-C / SIGTERM stop accepting connections, let running requests
+finish for ``--drain-timeout`` seconds, then cancel the rest and free the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+API_KEY_ENV = "EDGE_QWEN_API_KEY"
+_RATE_UNITS = {"s": 60.0, "sec": 60.0, "m": 1.0, "min": 1.0, "h": 1 / 60, "hour": 1 / 60}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    parser.add_argument(
+        "--models",
+        action="append",
+        required=True,
+        metavar="MODEL[,MODEL...]",
+        help="GGUF paths or registry names (name[:quant]) to serve, optionally NAME=MODEL "
+        "(a file's API name defaults to its name without .gguf)",
+    )
+    parser.add_argument("--budget", default=None, help="memory budget, e.g. 3GB (default: available RAM)")
+    parser.add_argument("--ctx", type=int, default=4096, help="context size per model (default 4096)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per model (default: cores)")
+    parser.add_argument(
+        "--api-key", default=None, help=f"require this bearer key (default: ${API_KEY_ENV} if set)"
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=64, help="requests admitted at once, queued or running (64)"
+    )
+    parser.add_argument(
+        "--queue-timeout", type=float, default=300.0, help="seconds a request may wait for its model (300)"
+    )
+    parser.add_argument(
+        "--rate", default=None, help="per-client rate limit, e.g. 60/min or 2/s (default off)"
+    )
+    parser.add_argument("--max-body", default="1MB", help="largest request body (default 1MB)")
+    parser.add_argument("--max-messages", type=int, default=256, help="most messages per chat request (256)")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, default=None, help="most prompt tokens (default n_ctx)"
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
+    )
+    parser.add_argument("--no-preload", action="store_true", help="load models on their first request")
+    parser.add_argument(
+        "--log-prompts", action="store_true", help="debug: log raw prompts (default: only a hash of them)"
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def parse_rate(text: str | None) -> float | None:
+    """Requests per minute from ``60``, ``60/min``, ``2/s`` or ``100/hour``."""
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]+))?\s*", text.lower())
+    unit = (match.group(2) or "min") if match else None
+    if match is None or unit not in _RATE_UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(f"--rate {text!r} is not a rate; write it like 60/min, 2/s or 100/hour")
+    return float(match.group(1)) * _RATE_UNITS[unit]
+
+
+def parse_models(values: list[str]) -> dict[str, Path]:
+    """``PATH``, registry ``name[:quant]`` or ``NAME=PATH|SPEC`` items (comma-separated or repeated).
+
+    A file is served under its file name without ``.gguf``; a registry model under its spec
+    (resolved to the cached GGUF, never downloaded here: ``edge-qwen pull`` does that).
+    """
+    from ..registry import resolve_model
+    from ..registry.catalog import looks_like_spec
+    from ..server.provider import model_name
+
+    models: dict[str, Path] = {}
+    for item in (part.strip() for value in values for part in value.split(",")):
+        if not item:
+            continue
+        name, sep, target = item.partition("=")
+        if not sep:
+            target = item
+            name = item if looks_like_spec(item) and not Path(item).exists() else model_name(item)
+        path = resolve_model(target)
+        if not path.is_file():
+            raise ConfigError(
+                f"--models: {target} is neither a .gguf file nor a downloaded registry model; "
+                "pass a GGUF path, NAME=PATH, or a name from `edge-qwen models`"
+            )
+        if name in models:
+            raise ConfigError(f"--models: two models are named {name!r}; name them with NAME=PATH")
+        models[name] = path
+    if not models:
+        raise ConfigError("--models is empty; pass at least one .gguf path or registry model name")
+    return models
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    import uvicorn
+
+    from ..scheduler import Scheduler, parse_size
+    from ..server import ServerConfig, create_app
+    from ..server.provider import SchedulerProvider
+
+    models = parse_models(args.models)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    config = ServerConfig(
+        api_key=api_key,
+        rate_per_min=parse_rate(args.rate),
+        max_body_bytes=parse_size(args.max_body),
+        max_messages=args.max_messages,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_concurrency=args.max_concurrency,
+        log_prompts=args.log_prompts,
+    )
+    _setup_logging(args.log_level)
+    if not is_loopback(args.host) and api_key is None:
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach this address can use "
+            f"the models. Pass --api-key or set ${API_KEY_ENV}",
+            file=sys.stderr,
+        )
+    scheduler = Scheduler(args.budget, max_queue=args.max_concurrency, queue_timeout=args.queue_timeout)
+    provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency)
+    try:
+        for name, path in models.items():
+            scheduler.add(name, path, n_ctx=args.ctx, n_threads=args.threads)
+        if not args.no_preload:
+            scheduler.load(next(iter(models)))
+        app = create_app(provider, config)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=args.host,
+                port=args.port,
+                log_level=args.log_level,
+                timeout_graceful_shutdown=args.drain_timeout,
+                access_log=False,
+            )
+        )
+        if not args.json:
+            print(
+                f"edge-qwen: serving {', '.join(models)} on http://{args.host}:{args.port}/v1",
+                file=sys.stderr,
+            )
+        with _sigterm_means_done():
+            server.run()
+    finally:
+        provider.close()
+    return {"host": args.host, "port": args.port, "models": {n: str(p) for n, p in models.items()}}
+
+
+@contextlib.contextmanager
+def _sigterm_means_done() -> Iterator[None]:
+    """After draining, uvicorn re-raises the signal it caught; for SIGTERM that would kill the
+    process before the models are freed. Treat it as a normal stop instead (exit status 0)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _setup_logging(level: str) -> None:
+    logger = logging.getLogger("edge_qwen.server")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level.upper())

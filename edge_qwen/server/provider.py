@@ -1,0 +1,150 @@
+"""How the server reaches models: a small interface, so the memory-budget scheduler plugs in.
+
+The server never holds a :class:`~edge_qwen.runtime.engine.Model` beyond one request. It asks a
+provider for a *lease* (an async context manager yielding a loaded model), generates, and lets the
+lease go; a scheduler can then evict, queue or refuse (``QueueTimeoutError`` → 503). ``snapshot()``
+feeds ``/health`` and ``/metrics``.
+
+:class:`SchedulerProvider` is the real one: the memory-budget :class:`~edge_qwen.scheduler.Scheduler`
+(load on demand, LRU eviction, FIFO turns, max queue and queue timeout). :class:`StaticProvider`
+serves models loaded up front, with no budget and no eviction, for embedding the app around
+:class:`~edge_qwen.runtime.engine.Model` objects one already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import UnknownModelError
+
+if TYPE_CHECKING:
+    from ..runtime.engine import Model
+    from ..scheduler import Scheduler
+
+
+class ModelProvider(Protocol):
+    """What the server needs from whoever owns the models."""
+
+    def names(self) -> list[str]:
+        """Model names a request may ask for (``GET /v1/models``)."""
+        ...
+
+    def lease(self, name: str) -> contextlib.AbstractAsyncContextManager[Model]:
+        """A loaded model for one request; raises UnknownModelError for a name not in :meth:`names`."""
+        ...
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"models": [{"name", "resident", "in_flight", ...}], "memory": {...}, "queue_depth": int}``."""
+        ...
+
+    def close(self) -> None:
+        """Free every model (server shutdown)."""
+        ...
+
+
+def model_name(path: str | os.PathLike[str]) -> str:
+    """The API name of a GGUF file: its file name without ``.gguf``."""
+    name = Path(path).name
+    return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def unknown_model(name: str, known: list[str]) -> UnknownModelError:
+    return UnknownModelError(
+        f"model {name!r} is not served here; use one of {known} (GET /v1/models lists them)"
+    )
+
+
+class StaticProvider:
+    """Models loaded once and kept resident; counts requests in flight for the snapshot."""
+
+    def __init__(self, models: Mapping[str, Model]) -> None:
+        self._models = dict(models)
+        self._in_flight = dict.fromkeys(self._models, 0)
+
+    def names(self) -> list[str]:
+        return list(self._models)
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Model]:
+        model = self._models.get(name)
+        if model is None:
+            raise unknown_model(name, self.names())
+        self._in_flight[name] += 1
+        try:
+            yield model
+        finally:
+            self._in_flight[name] -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        models = [
+            {
+                "name": name,
+                "path": str(model.path),
+                "resident": not model.closed,
+                "n_ctx": model.n_ctx,
+                "in_flight": self._in_flight[name],
+            }
+            for name, model in self._models.items()
+        ]
+        waiting = sum(max(0, n - 1) for n in self._in_flight.values())
+        return {"models": models, "memory": {"budget_bytes": None}, "queue_depth": waiting}
+
+    def close(self) -> None:
+        for model in self._models.values():
+            model.close()
+
+
+class SchedulerProvider:
+    """Leases from the memory-budget scheduler.
+
+    The scheduler waits for a request's turn (and for memory) on a blocking condition, so
+    acquiring runs on a dedicated thread pool sized for the requests the server admits. Why the
+    shield: if the client goes away while the thread is still waiting, the thread cannot be
+    interrupted; the lease it eventually gets is released right away instead of leaking (a leaked
+    lease would keep the model busy and never evictable).
+    """
+
+    def __init__(self, scheduler: Scheduler, *, max_waiting: int = 128) -> None:
+        self.scheduler = scheduler
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_waiting), thread_name_prefix="edge-qwen:lease")
+
+    def names(self) -> list[str]:
+        return [m["name"] for m in self.scheduler.snapshot()["models"]]
+
+    @contextlib.asynccontextmanager
+    async def lease(self, name: str) -> AsyncIterator[Model]:
+        if name not in self.names():
+            raise unknown_model(name, self.names())
+        manager = self.scheduler.lease(name)
+        future = asyncio.get_running_loop().run_in_executor(self._pool, manager.__enter__)
+        try:
+            model = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: _release_late(f, manager))
+            raise
+        try:
+            yield model
+        finally:
+            manager.__exit__(None, None, None)
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.scheduler.snapshot()
+        models = [{**m, "in_flight": m.get("busy", 0) + m.get("waiting", 0)} for m in snap["models"]]
+        memory = {k: snap.get(k) for k in ("budget_bytes", "used_bytes", "peak_used_bytes")}
+        return {"models": models, "memory": memory, "queue_depth": sum(m.get("waiting", 0) for m in models)}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.scheduler.close()
+
+
+def _release_late(future: asyncio.Future[Any], manager: contextlib.AbstractContextManager[Any]) -> None:
+    """A lease that arrived after its request was cancelled: give it back at once."""
+    if not future.cancelled() and future.exception() is None:
+        manager.__exit__(None, None, None)

@@ -1,0 +1,169 @@
+"""Request bodies of the OpenAI-compatible endpoints, validated with pydantic.
+
+Only what edge-qwen can honour is modelled; unknown fields are ignored (clients send many optional
+ones), but fields that would silently change the meaning of an answer (``n > 1``, ``logprobs``,
+image content) are refused with a message saying what to send instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..runtime.presets import SamplingParams
+from .tools import template_tool_calls
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(_Lenient):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+
+    def to_template(self) -> dict[str, Any]:
+        """The message as the chat template expects it (text parts joined, developer -> system)."""
+        data = self.model_dump(exclude_none=True)
+        data["role"] = "system" if self.role == "developer" else self.role
+        data["content"] = self.text()
+        if isinstance(data.get("tool_calls"), list):
+            data["tool_calls"] = template_tool_calls(data["tool_calls"])
+        return data
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        not_text = sorted({p.type for p in self.content if p.type != "text"})
+        if not_text:
+            raise ValueError(f"content parts of type {not_text} are not supported; send text parts only")
+        return "".join(p.text or "" for p in self.content)
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class _SamplingRequest(_Lenient):
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    repeat_penalty: float | None = Field(default=None, gt=0)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    logprobs: bool | int | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported; send several requests for several answers")
+        return n
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | int | None) -> bool | int | None:
+        if value:
+            raise ValueError("logprobs are not supported; leave logprobs unset")
+        return value
+
+    def sampling(self) -> dict[str, Any]:
+        """Keyword arguments for the runtime (unset ones keep the model's preset)."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        values = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "seed": self.seed,
+            "stop": tuple(stop) if stop else None,
+        }
+        return {k: v for k, v in values.items() if v is not None and k in SamplingParams.__dataclass_fields__}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
+    # Qwen3 extras (also accepted the vLLM way, inside chat_template_kwargs)
+    enable_thinking: bool | None = None
+    thinking_budget: int | None = Field(default=None, ge=0)
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def thinking(self) -> bool | None:
+        if self.enable_thinking is not None:
+            return self.enable_thinking
+        value = (self.chat_template_kwargs or {}).get("enable_thinking")
+        return bool(value) if value is not None else None
+
+    def sampling(self) -> dict[str, Any]:
+        values = super().sampling()
+        if self.max_completion_tokens is not None:
+            values["max_tokens"] = self.max_completion_tokens
+        schema = _schema_of(self.response_format)
+        if schema is not None:
+            values["json_schema"] = schema
+        return values
+
+
+class CompletionRequest(_SamplingRequest):
+    prompt: str | list[str]
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("send exactly one prompt per request (a string, or a list of one string)")
+        return prompt
+
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+def _schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The JSON Schema a ``response_format`` asks for (``json_object`` means any object)."""
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "object"}
+    if kind == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema")
+        if isinstance(schema, dict):
+            return schema
+    raise ValueError(
+        "response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+        "{'type': 'json_schema', 'json_schema': {'schema': {...}}}"
+    )

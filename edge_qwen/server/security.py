@@ -1,0 +1,99 @@
+"""Who may call the server and how often: API-key check and per-client token buckets.
+
+Why constant time: comparing a secret with ``==`` returns as soon as a byte differs, which leaks
+how much of a guess was right through response timing. :func:`hmac.compare_digest` does not.
+Comparing SHA-256 digests of both sides also hides the key's length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+def key_matches(expected: str, presented: str | None) -> bool:
+    """True when ``presented`` is the API key, compared in constant time."""
+    if presented is None:
+        return False
+    want = hashlib.sha256(expected.encode("utf-8")).digest()
+    got = hashlib.sha256(presented.encode("utf-8")).digest()
+    return hmac.compare_digest(want, got)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None when absent or malformed)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def client_id(api_key: str | None, host: str | None) -> str:
+    """The rate-limit identity: a hash of the key when one was given, else the client address.
+
+    Why a hash: identities end up in memory and logs; the key itself must not.
+    """
+    if api_key:
+        return "key:" + hashlib.sha256(api_key.encode("utf-8")).hexdigest()[:16]
+    return f"ip:{host or 'unknown'}"
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Token buckets per client: ``rate_per_min`` requests a minute, bursts of up to ``burst``
+    (default: a minute's worth).
+
+    Each client's bucket refills continuously; a request takes one token or is refused with the
+    seconds until a token is back (the ``Retry-After`` value). At most ``max_clients`` buckets are
+    kept (least recently used ones are dropped, which only ever gives a client a full bucket).
+    """
+
+    def __init__(
+        self,
+        rate_per_min: float,
+        burst: int | None = None,
+        *,
+        max_clients: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if rate_per_min <= 0:
+            raise ValueError("rate_per_min must be > 0; leave the rate limit unset to disable it")
+        self.rate = rate_per_min / 60.0
+        self.burst = float(burst if burst is not None else max(1, math.ceil(rate_per_min)))
+        self.max_clients = max_clients
+        self._clock = clock
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str) -> float:
+        """Take one token for ``client``: 0.0 when allowed, else the seconds to wait before retrying."""
+        now = self._clock()
+        with self._lock:
+            bucket = self._buckets.pop(client, None) or _Bucket(self.burst, now)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+            bucket.updated = now
+            self._buckets[client] = bucket
+            while len(self._buckets) > self.max_clients:
+                self._buckets.popitem(last=False)
+            if bucket.tokens >= 1.0:
+                bucket.tokens -= 1.0
+                return 0.0
+            return (1.0 - bucket.tokens) / self.rate
+
+
+def content_hash(text: str) -> str:
+    """A short SHA-256 of request content for logs: correlates repeats without storing prompts."""
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]

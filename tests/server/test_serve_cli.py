@@ -1,0 +1,92 @@
+"""``edge-qwen serve``: option parsing, and SIGTERM letting a running stream finish before exiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from serverutil import free_port
+
+from edge_qwen.commands.serve import is_loopback, parse_models, parse_rate
+from edge_qwen.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(("text", "per_min"), [("60", 60), ("60/min", 60), ("2/s", 120), ("120/hour", 2)])
+def test_rates_read_as_requests_per_minute(text: str, per_min: float) -> None:
+    assert parse_rate(text) == per_min
+
+
+@pytest.mark.parametrize("text", ["fast", "0/min", "5/fortnight"])
+def test_bad_rates_say_how_to_write_one(text: str) -> None:
+    with pytest.raises(ConfigError, match="60/min"):
+        parse_rate(text)
+
+
+def test_models_are_named_after_their_files_or_explicitly(real_gguf: Path) -> None:
+    assert parse_models([str(real_gguf)]) == {"qwen2.5-coder-0.5b-instruct-q4_k_m": real_gguf}
+    assert parse_models([f"a={real_gguf},b={real_gguf}"]) == {"a": real_gguf, "b": real_gguf}
+    with pytest.raises(ConfigError, match="NAME=PATH"):
+        parse_models([str(real_gguf), str(real_gguf)])
+    with pytest.raises(ConfigError, match="neither a .gguf file"):
+        parse_models(["x=/nonexistent/model.gguf"])
+
+
+def test_only_loopback_addresses_count_as_local() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5")
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_sigterm_drains_the_running_stream_then_exits(real_gguf: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"qwen={real_gguf}", "--ctx", "512"]
+    cmd += ["--threads", "1", "--port", str(port), "--drain-timeout", "120", "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        body = {
+            "model": "qwen",
+            "messages": [{"role": "user", "content": "Write a long story about a robot."}],
+            "max_tokens": 24,
+            "temperature": 0,
+            "stream": True,
+        }
+        events = []
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data: {"):
+                    events.append(json.loads(line[6:]))
+                    if len(events) == 2:
+                        proc.send_signal(signal.SIGTERM)  # mid-stream
+                        break
+            rest = list(lines)
+        events += [json.loads(line[6:]) for line in rest if line.startswith("data: {")]
+        assert rest[-1] == "data: [DONE]" or "data: [DONE]" in rest
+        finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"][0]["finish_reason"]]
+        assert finish == ["length"]  # the whole answer, not cut off by the shutdown
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
