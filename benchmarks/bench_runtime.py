@@ -63,24 +63,20 @@ INTERESTING_FLAGS = (
 )
 
 
+CONTENDERS = ("engine", "raw", "llama_cpp_python")
+
+
 def main() -> None:
     args = _parse()
+    if args.only:  # one contender, one run, in this fresh process: print its metrics
+        print(json.dumps(_measure(args, args.only)))
+        return
     threads = args.threads or _llama.physical_cores()
-    model = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
-    prefill_prompt = _prompt_tokens(model, args.prompt_tokens)
-    contenders: dict[str, dict[str, Callable[[], float]]] = {
-        "engine": _engine_runs(model, prefill_prompt, args.decode_tokens),
-        "raw": _raw_runs(model, prefill_prompt, args.decode_tokens),
-    }
-    llama = _llama_cpp_python(args.model, threads)
-    contenders["llama_cpp_python"] = _llama_runs(llama, prefill_prompt, args.decode_tokens)
-    samples: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
-    _engine_warmup(model, prefill_prompt)
-    for _ in range(args.runs):
-        for name, metrics in contenders.items():
-            for metric, run in metrics.items():
-                samples[name].setdefault(metric, []).append(run())
-    model.close()
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in CONTENDERS}
+    for _ in range(args.runs):  # interleaved, so drift on a shared machine hits every contender
+        for name in CONTENDERS:
+            for metric, value in _measure_in_subprocess(args, name, threads).items():
+                samples[name].setdefault(metric, []).append(value)
     medians = {n: {m: statistics.median(v) for m, v in ms.items()} for n, ms in samples.items()}
     bench = _llama_bench(args, threads)
     if bench:
@@ -88,9 +84,6 @@ def main() -> None:
     report = {
         "model": str(args.model),
         "threads": threads,
-        "runs": args.runs,
-        "decode_tokens": args.decode_tokens,
-        "prompt_tokens": args.prompt_tokens,
         "machine": _machine(),
         "medians": medians,
         "samples": samples,
@@ -104,6 +97,47 @@ def main() -> None:
         write_json(args.out, report)
 
 
+def _measure_in_subprocess(args: argparse.Namespace, name: str, threads: int) -> dict[str, float]:
+    """Each contender runs alone in a fresh process. Two llama.cpp users in one process (two
+    OpenMP thread teams on few cores) slow each other down: libgomp throttles its spin-waits once
+    it manages more threads than there are CPUs, which costs ~35% decode speed here."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--only",
+        name,
+        "--model",
+        str(args.model),
+        "--threads",
+        str(threads),
+        "--decode-tokens",
+        str(args.decode_tokens),
+        "--prompt-tokens",
+        str(args.prompt_tokens),
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _measure(args: argparse.Namespace, name: str) -> dict[str, float]:
+    threads = args.threads or _llama.physical_cores()
+    if name == "llama_cpp_python":
+        llama = _llama_cpp_python(args.model, threads)
+        prompt = llama.tokenize(
+            " ".join(f"word{i}" for i in range(args.prompt_tokens)).encode(), add_bos=False
+        )
+        metrics = _llama_runs(llama, prompt[: args.prompt_tokens], args.decode_tokens)
+    else:
+        model = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
+        prompt = _prompt_tokens(model, args.prompt_tokens)
+        if name == "engine":
+            _engine_warmup(model, prompt)
+            metrics = _engine_runs(model, prompt, args.decode_tokens)
+        else:
+            metrics = _raw_runs(model, prompt, args.decode_tokens)
+    return {metric: run() for metric, run in metrics.items()}
+
+
 def _parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -115,6 +149,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--llama-bench", default=None, help="path of a llama-bench binary (default: PATH)")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3 (medians)")
