@@ -2,7 +2,7 @@
 
 Why: before downloading to a Pi or picking a quantization you want to know what a file *is*
 (architecture, size, quant mix, context, tokenizer, template) in a second, not after a model load.
-Only the header is parsed (``gguf.GGUFReader`` memory-maps the file; tensor data is never read).
+Only the header is parsed (:mod:`edge_qwen.gguf_header` skips the token arrays; no tensor data is read).
 All metadata keys come from gguf-py's ``gguf.Keys`` constants.
 
 ``gguf_info(path)`` returns a dict with these stable keys (``null`` when the file lacks the value)::
@@ -42,32 +42,31 @@ from typing import Any
 
 import gguf
 
-from .quantize import QUANT_TYPES, open_gguf
+from .gguf_header import GGUFHeader, TensorInfo, read_header
+from .quantize import QUANT_TYPES
 
 K = gguf.Keys
-# GGUFReader exposes the header's version as a pseudo-field; it is not a metadata key, so gguf.Keys
-# has no constant for it.
-_READER_VERSION_FIELD = "GGUF.version"
 
 
-def _get(reader: gguf.GGUFReader, key: str) -> Any:
-    field = reader.fields.get(key)
-    if field is None:
+def _get(header: GGUFHeader, key: str) -> Any:
+    return header.metadata.get(key)
+
+
+def _token(header: GGUFHeader, token_id: Any) -> str | None:
+    if not isinstance(token_id, int):
         return None
-    return field.contents()
+    return header.string_item(K.Tokenizer.LIST, token_id)
 
 
-def _token(reader: gguf.GGUFReader, token_id: Any) -> str | None:
-    field = reader.fields.get(K.Tokenizer.LIST)
-    if field is None or not isinstance(token_id, int) or not 0 <= token_id < len(field.data):
-        return None
-    text: str = field.contents(token_id)
-    return text
+def _array_len(header: GGUFHeader, key: str) -> int | None:
+    return header.array_lengths.get(key)
 
 
-def _array_len(reader: gguf.GGUFReader, key: str) -> int | None:
-    field = reader.fields.get(key)
-    return None if field is None else len(field.data)
+def _n_elements(t: TensorInfo) -> int:
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n
 
 
 def file_type_name(ftype: Any) -> str | None:
@@ -79,27 +78,27 @@ def file_type_name(ftype: Any) -> str | None:
     return name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
-def quant_mix(reader: gguf.GGUFReader) -> dict[str, dict[str, int]]:
+def quant_mix(header: GGUFHeader) -> dict[str, dict[str, int]]:
     """Tensor count and bytes per ggml type, largest share first."""
     mix: dict[str, dict[str, int]] = {}
-    for t in reader.tensors:
-        row = mix.setdefault(t.tensor_type.name, {"count": 0, "bytes": 0})
+    for t in header.tensors:
+        row = mix.setdefault(t.type_name, {"count": 0, "bytes": 0})
         row["count"] += 1
-        row["bytes"] += int(t.n_bytes)
+        row["bytes"] += t.n_bytes
     return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
-def estimated_file_sizes(reader: gguf.GGUFReader) -> dict[str, int]:
+def estimated_file_sizes(header: GGUFHeader) -> dict[str, int]:
     """Approximate output size for each quantization type of the table."""
-    header = int(reader.data_offset)
-    matrix = sum(int(t.n_elements) for t in reader.tensors if len(t.shape) >= 2)
-    vectors = sum(int(t.n_elements) for t in reader.tensors if len(t.shape) < 2)
+    matrix = sum(_n_elements(t) for t in header.tensors if len(t.shape) >= 2)
+    vectors = sum(_n_elements(t) for t in header.tensors if len(t.shape) < 2)
     return {
-        name: int(header + matrix * q.bits_per_weight / 8 + vectors * 4) for name, q in QUANT_TYPES.items()
+        name: int(header.data_offset + matrix * q.bits_per_weight / 8 + vectors * 4)
+        for name, q in QUANT_TYPES.items()
     }
 
 
-def _llm(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
+def _llm(header: GGUFHeader, arch: str) -> dict[str, Any]:
     keys = {
         "context_length": K.LLM.CONTEXT_LENGTH,
         "block_count": K.LLM.BLOCK_COUNT,
@@ -114,10 +113,10 @@ def _llm(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
         "expert_shared_count": K.LLM.EXPERT_SHARED_COUNT,
         "expert_feed_forward_length": K.LLM.EXPERT_FEED_FORWARD_LENGTH,
     }
-    return {name: _get(reader, key.format(arch=arch)) for name, key in keys.items()}
+    return {name: _get(header, key.format(arch=arch)) for name, key in keys.items()}
 
 
-def _rope(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
+def _rope(header: GGUFHeader, arch: str) -> dict[str, Any]:
     keys = {
         "freq_base": K.Rope.FREQ_BASE,
         "dimension_count": K.Rope.DIMENSION_COUNT,
@@ -125,22 +124,22 @@ def _rope(reader: gguf.GGUFReader, arch: str) -> dict[str, Any]:
         "scaling_factor": K.Rope.SCALING_FACTOR,
         "original_context_length": K.Rope.SCALING_ORIG_CTX_LEN,
     }
-    return {name: _get(reader, key.format(arch=arch)) for name, key in keys.items()}
+    return {name: _get(header, key.format(arch=arch)) for name, key in keys.items()}
 
 
-def _tokenizer(reader: gguf.GGUFReader) -> dict[str, Any]:
+def _tokenizer(header: GGUFHeader) -> dict[str, Any]:
     ids = {"bos": K.Tokenizer.BOS_ID, "eos": K.Tokenizer.EOS_ID, "pad": K.Tokenizer.PAD_ID}
     info: dict[str, Any] = {
-        "model": _get(reader, K.Tokenizer.MODEL),
-        "pre": _get(reader, K.Tokenizer.PRE),
-        "vocab_size": _array_len(reader, K.Tokenizer.LIST),
-        "merges": _array_len(reader, K.Tokenizer.MERGES),
+        "model": _get(header, K.Tokenizer.MODEL),
+        "pre": _get(header, K.Tokenizer.PRE),
+        "vocab_size": _array_len(header, K.Tokenizer.LIST),
+        "merges": _array_len(header, K.Tokenizer.MERGES),
     }
     for role, key in ids.items():
-        token_id = _get(reader, key)
+        token_id = _get(header, key)
         info[f"{role}_token_id"] = token_id
-        info[f"{role}_token"] = _token(reader, token_id)
-    info["add_bos_token"] = _get(reader, K.Tokenizer.ADD_BOS)
+        info[f"{role}_token"] = _token(header, token_id)
+    info["add_bos_token"] = _get(header, K.Tokenizer.ADD_BOS)
     return info
 
 
@@ -150,32 +149,32 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     Raises :class:`~edge_qwen.errors.GGUFFileError` for a missing, non-GGUF or truncated file.
     """
     p = Path(path)
-    reader = open_gguf(p)
-    arch = _get(reader, K.General.ARCHITECTURE) or ""
-    params = sum(int(t.n_elements) for t in reader.tensors)
-    tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
-    ftype = _get(reader, K.General.FILE_TYPE)
-    template = _get(reader, K.Tokenizer.CHAT_TEMPLATE)
+    header = read_header(p)
+    arch = header.architecture
+    params = sum(_n_elements(t) for t in header.tensors)
+    tensor_bytes = sum(t.n_bytes for t in header.tensors)
+    ftype = _get(header, K.General.FILE_TYPE)
+    template = _get(header, K.Tokenizer.CHAT_TEMPLATE)
     return {
         "path": str(p.resolve()),
         "file_size_bytes": p.stat().st_size,
-        "gguf_version": _get(reader, _READER_VERSION_FIELD),
+        "gguf_version": header.version,
         "architecture": arch or None,
-        "name": _get(reader, K.General.NAME),
-        "basename": _get(reader, K.General.BASENAME),
-        "size_label": _get(reader, K.General.SIZE_LABEL),
-        "finetune": _get(reader, K.General.FINETUNE),
+        "name": _get(header, K.General.NAME),
+        "basename": _get(header, K.General.BASENAME),
+        "size_label": _get(header, K.General.SIZE_LABEL),
+        "finetune": _get(header, K.General.FINETUNE),
         "file_type": file_type_name(ftype) if ftype is not None else None,
         "file_type_id": ftype,
-        "quantization_version": _get(reader, K.General.QUANTIZATION_VERSION),
-        "tensor_count": len(reader.tensors),
+        "quantization_version": _get(header, K.General.QUANTIZATION_VERSION),
+        "tensor_count": len(header.tensors),
         "parameter_count": params,
         "tensor_bytes": tensor_bytes,
         "bits_per_weight": round(tensor_bytes * 8 / params, 3) if params else None,
-        "quant_mix": quant_mix(reader),
-        **_llm(reader, arch),
-        "rope": _rope(reader, arch),
-        "tokenizer": _tokenizer(reader),
+        "quant_mix": quant_mix(header),
+        **_llm(header, arch),
+        "rope": _rope(header, arch),
+        "tokenizer": _tokenizer(header),
         "chat_template": {"present": template is not None, "length": len(template or "")},
-        "estimated_file_sizes": estimated_file_sizes(reader),
+        "estimated_file_sizes": estimated_file_sizes(header),
     }

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..gguf_header import read_header
 from ..runtime.results import ModelSettings
 from ..scheduler.device import device_profile, resolve_budget, system_memory
 from ..scheduler.estimate import estimate, host_cpu_features, largest_context, model_shape
-from ..scheduler.header import read_header
 
 MiB = 2**20
 KV_CHOICES = ("f16", "q8_0", "q4_0")

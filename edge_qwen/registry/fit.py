@@ -54,8 +54,8 @@ def weight_bytes(entry: ModelEntry, quant: str) -> int:
 
 def registry_shape(entry: ModelEntry, quant: str) -> object:
     """A scheduler ModelShape for ``entry`` at ``quant``, from models.yaml alone."""
+    from ..gguf_header import TensorInfo
     from ..scheduler.estimate import ModelShape
-    from ..scheduler.header import TensorInfo
 
     a = entry.arch
     n_bytes = weight_bytes(entry, quant)

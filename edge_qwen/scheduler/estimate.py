@@ -32,8 +32,8 @@ from typing import Any
 
 import gguf
 
+from ..gguf_header import GGUFHeader, TensorInfo, read_header
 from ..runtime.results import ModelSettings
-from .header import GGUFHeader, TensorInfo, read_header
 
 K = gguf.Keys
 Q = gguf.GGMLQuantizationType

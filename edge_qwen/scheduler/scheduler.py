@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BudgetExceededError, ConfigError, QueueFullError, QueueTimeoutError
+from ..gguf_header import read_header
 from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings
 from .device import resolve_budget
 from .estimate import (
@@ -33,7 +34,6 @@ from .estimate import (
     largest_context,
     model_shape,
 )
-from .header import read_header
 
 MiB = 2**20
 Loader = Callable[..., Any]  # Model.load(path, **settings) -> Model

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from edge_qwen import _llama
+from edge_qwen.gguf_header import read_header
 from edge_qwen.runtime.engine import Model
 from edge_qwen.scheduler.estimate import estimate_memory, kv_cache_bytes, model_shape
-from edge_qwen.scheduler.header import read_header
 
 MiB = 2**20
 TOLERANCE = 0.10
