@@ -37,6 +37,7 @@ _SCALAR: dict[int, str] = {
     VT.INT64: "<q",
     VT.FLOAT64: "<d",
 }
+_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
 _KEEP_ARRAY_MAX = 4096  # numeric arrays up to this length are kept (per-layer head counts etc.)
 
 
@@ -182,6 +183,22 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GGUFHeader:
         raise GGUFFileError(
             f"{p} has a truncated or corrupt GGUF header ({exc}); re-download or re-convert it"
         ) from None
+
+
+def check_gguf_file(path: str | os.PathLike[str]) -> Path:
+    """The path, once it is known to be an existing file starting with the GGUF magic: fail here with
+    a clear message rather than later inside llama.cpp with an obscure one."""
+    p = Path(path)
+    if not p.is_file():
+        raise GGUFFileError(f"{p} does not exist or is not a file; pass the path of a .gguf model file")
+    with p.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != _MAGIC:
+        raise GGUFFileError(
+            f"{p} is not a GGUF file (it starts with {magic!r}, not {_MAGIC!r}); pass a .gguf model "
+            "file, or convert a Hugging Face checkpoint with `edge-qwen convert`"
+        )
+    return p
 
 
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:

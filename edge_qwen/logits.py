@@ -21,30 +21,13 @@ import llama_cpp
 import numpy as np
 
 from edge_qwen._llama import LogCapture, capture_log, physical_cores
-from edge_qwen.errors import ContextOverflowError, GGUFFileError, ModelLoadError
+from edge_qwen.errors import ContextOverflowError, ModelLoadError
+from edge_qwen.gguf_header import check_gguf_file
 
-GGUF_MAGIC = b"GGUF"
 DEFAULT_BATCH = 512
 _GGML_TYPE_F32 = 0
 
 __all__ = ["token_logits", "tokenize"]
-
-
-def _check_gguf(path: str | os.PathLike[str]) -> Path:
-    """Fail with a clear message before llama.cpp does with an obscure one."""
-    gguf_path = Path(path)
-    if not gguf_path.is_file():
-        raise GGUFFileError(
-            f"{gguf_path} does not exist or is not a file; pass the path of a .gguf model file"
-        )
-    with gguf_path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        raise GGUFFileError(
-            f"{gguf_path} is not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}); "
-            "convert the checkpoint with `edge-qwen convert` first"
-        )
-    return gguf_path
 
 
 def _log_tail(log: LogCapture) -> str:
@@ -152,7 +135,7 @@ def token_logits(
     batches of ``n_batch`` into one fresh context (default size: just large enough), which is freed
     together with the model before returning, also on error.
     """
-    path = _check_gguf(gguf_path)
+    path = check_gguf_file(gguf_path)
     n_tokens = len(tokens)
     if n_ctx is not None and n_ctx < n_tokens:
         raise ContextOverflowError(n_tokens, n_ctx)
@@ -200,7 +183,7 @@ def tokenize(
     ``parse_special=True`` turns markers such as ``<|im_start|>`` into their single special ids,
     which is what a rendered chat prompt needs.
     """
-    path = _check_gguf(gguf_path)
+    path = check_gguf_file(gguf_path)
     data = text.encode("utf-8")
     with capture_log() as log, _loaded_model(path, log, vocab_only=True) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)

@@ -57,9 +57,9 @@ import gguf
 
 from ._atomic import atomic_path, write_json
 from .errors import GGUFFileError, QuantizeError, RequantizeRefusedError
+from .gguf_header import check_gguf_file
 
 MANIFEST_SCHEMA = 1
-_GGUF_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
 
 FT = gguf.LlamaFileType
 QT = gguf.GGMLQuantizationType
@@ -152,16 +152,7 @@ def default_output_name(in_path: str | os.PathLike[str], quant: str) -> str:
 
 def open_gguf(path: str | os.PathLike[str]) -> gguf.GGUFReader:
     """Open a GGUF read-only (memory-mapped), turning every failure into :class:`GGUFFileError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise GGUFFileError(f"{p} does not exist or is not a file; pass the path of a .gguf model file")
-    with p.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != _GGUF_MAGIC:
-        raise GGUFFileError(
-            f"{p} is not a GGUF file (it starts with {magic!r}, not {_GGUF_MAGIC!r}); pass a .gguf model "
-            "file, or convert a Hugging Face checkpoint with `edge-qwen convert`"
-        )
+    p = check_gguf_file(path)
     try:
         reader = gguf.GGUFReader(p, "r")
     except (ValueError, OSError, IndexError, KeyError, UnicodeDecodeError) as exc:
