@@ -63,7 +63,7 @@ INTERESTING_FLAGS = (
 )
 
 
-CONTENDERS = ("engine", "raw", "llama_cpp_python")
+CONTENDERS = ("engine", "engine_two_models", "raw", "llama_cpp_python")
 
 
 def main() -> None:
@@ -130,7 +130,10 @@ def _measure(args: argparse.Namespace, name: str) -> dict[str, float]:
     else:
         model = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
         prompt = _prompt_tokens(model, args.prompt_tokens)
-        if name == "engine":
+        if name == "engine_two_models":  # a second resident model that has computed too
+            other = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
+            _engine_warmup(other, prompt)
+        if name.startswith("engine"):
             _engine_warmup(model, prompt)
             metrics = _engine_runs(model, prompt, args.decode_tokens)
         else:
@@ -313,6 +316,7 @@ def _ratios(medians: dict[str, dict[str, float]]) -> dict[str, float]:
         "decode_vs_llama_cpp_python": engine["decode_tok_s"] / medians["llama_cpp_python"]["decode_tok_s"],
         "prefill_vs_llama_cpp_python": engine["prefill_tok_s"] / medians["llama_cpp_python"]["prefill_tok_s"],
         "ttft_overhead_ms": engine["ttft_ms"] - medians["raw"]["prefill_ms"],
+        "two_models_decode_vs_one": medians["engine_two_models"]["decode_tok_s"] / engine["decode_tok_s"],
     }
     return {k: round(v, 4) for k, v in out.items()}
 
