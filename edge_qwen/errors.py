@@ -145,3 +145,26 @@ class ChecksumError(DownloadError):
 
 class ModelTooLargeError(EdgeQwenError, ValueError):
     """The memory estimator says the model cannot run under the requested budget or device."""
+
+
+# --- LoRA adapters ------------------------------------------------------------------------------
+
+
+class AdapterError(EdgeQwenError, ValueError):
+    """A PEFT adapter folder is incomplete or inconsistent (config, tensor names, ranks)."""
+
+
+class UnsupportedAdapterError(AdapterError):
+    """The adapter uses a PEFT feature llama.cpp's LoRA cannot run (DoRA, biases, modules_to_save …)."""
+
+
+class AdapterShapeError(AdapterError):
+    """A LoRA tensor's rank or shape disagrees with adapter_config.json or with the base model."""
+
+
+class AdapterBaseMismatchError(AdapterError):
+    """The adapter was trained on a different base architecture than the one it is paired with."""
+
+
+class AdapterLoadError(ModelLoadError):
+    """llama.cpp could not load a GGUF LoRA adapter onto a model."""
