@@ -8,6 +8,7 @@ attention, CPU only unless asked otherwise, and every position's logits kept.
 >>> logits = token_logits("model.gguf", [9707, 11, 1879])    # doctest: +SKIP
 >>> logits.shape                                              # doctest: +SKIP
 (3, 151936)
+>>> tuned = token_logits("model.gguf", ids, adapters=[("sql-lora-f32.gguf", 1.0)])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import llama_cpp
 import numpy as np
 
 from edge_qwen._llama import LogCapture, capture_log, physical_cores
+from edge_qwen.adapters import apply_adapters, free_adapter, load_adapter
 from edge_qwen.errors import ContextOverflowError, ModelLoadError
 from edge_qwen.gguf_header import check_gguf_file
 
@@ -128,12 +130,14 @@ def token_logits(
     threads: int | None = None,
     n_batch: int = DEFAULT_BATCH,
     n_gpu_layers: int = 0,
+    adapters: Sequence[tuple[str | os.PathLike[str], float]] = (),
 ) -> np.ndarray:
     """Logits llama.cpp computes at every position of ``tokens``: float32 ``[len(tokens), n_vocab]``.
 
     Row ``i`` is the next-token distribution after ``tokens[: i + 1]``. Tokens are decoded in
     batches of ``n_batch`` into one fresh context (default size: just large enough), which is freed
-    together with the model before returning, also on error.
+    together with the model before returning, also on error. ``adapters`` are GGUF LoRA files with
+    their scales, applied to that context (see :mod:`edge_qwen.adapters`).
     """
     path = check_gguf_file(gguf_path)
     n_tokens = len(tokens)
@@ -146,6 +150,11 @@ def token_logits(
         vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         _check_tokens(tokens, n_vocab)
+        loaded = []
+        for adapter_path, scale in adapters:
+            adapter = load_adapter(model, adapter_path)
+            stack.callback(free_adapter, adapter)  # runs after the context is freed, before the model
+            loaded.append((adapter, scale))
         ctx = stack.enter_context(
             _context(
                 model,
@@ -155,6 +164,8 @@ def token_logits(
                 threads=threads or _default_threads(),
             )
         )
+        if loaded:
+            apply_adapters(ctx, loaded)
         batch = stack.enter_context(_batch(n_batch))
         out = np.empty((n_tokens, n_vocab), dtype=np.float32)
         for start in range(0, n_tokens, n_batch):

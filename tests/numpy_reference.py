@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
-from make_tiny_checkpoints import read_checkpoint  # noqa: E402
+from make_tiny_checkpoints import read_checkpoint, read_safetensors  # noqa: E402
 
 Weights = dict[str, np.ndarray]
 
@@ -163,10 +164,17 @@ def router_margins(checkpoint_dir: str | os.PathLike[str], token_ids: Sequence[i
 # --- the model --------------------------------------------------------------------------------
 
 
-def _forward(folder: Path, token_ids: Sequence[int], margins: list[np.ndarray] | None = None) -> np.ndarray:
+def _forward(
+    folder: Path,
+    token_ids: Sequence[int],
+    margins: list[np.ndarray] | None = None,
+    weights: Weights | None = None,
+) -> np.ndarray:
     cfg = json.loads((folder / "config.json").read_text())
     s = load_spec(cfg)
-    w = {name: t.astype(np.float64) for name, t in read_checkpoint(folder).items()}
+    if weights is None:
+        weights = {name: t.astype(np.float64) for name, t in read_checkpoint(folder).items()}
+    w = weights
     x = w["model.embed_tokens.weight"][np.asarray(token_ids)]
     for i in range(s.n_layer):
         p = f"model.layers.{i}"
@@ -188,3 +196,46 @@ def reference_logits(checkpoint_dir: str | os.PathLike[str], token_ids: Sequence
     """float64 logits ``[len(token_ids), vocab_size]`` of the checkpoint, as transformers computes them
     (in exact arithmetic on the stored weights)."""
     return _forward(Path(checkpoint_dir), token_ids)
+
+
+# --- LoRA -------------------------------------------------------------------------------------
+
+
+def merge_lora(
+    checkpoint_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str], scale: float = 1.0
+) -> Weights:
+    """float64 weights of the checkpoint with a PEFT LoRA merged in: ``W + scale · s · B·A`` per module.
+
+    ``s`` is PEFT's ``lora_alpha / r`` (``/ √r`` with ``use_rslora``), with ``rank_pattern`` and
+    ``alpha_pattern`` overrides. PEFT resets ``fan_in_fan_out`` to False for ``nn.Linear`` targets
+    (every Qwen projection), so the delta is ``B·A`` in the [out, in] layout either way.
+    """
+    cfg = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    w = {name: t.astype(np.float64) for name, t in read_checkpoint(checkpoint_dir).items()}
+    lora = read_safetensors(Path(adapter_dir) / "adapter_model.safetensors")
+    prefix, suffix = "base_model.model.", ".lora_A.weight"
+    for name in [n for n in lora if n.endswith(suffix)]:
+        module = name[len(prefix) : -len(suffix)]
+        a, b = lora[name].astype(np.float64), lora[f"{prefix}{module}.lora_B.weight"].astype(np.float64)
+        r = _pattern_value(cfg.get("rank_pattern") or {}, module, cfg["r"])
+        alpha = _pattern_value(cfg.get("alpha_pattern") or {}, module, cfg["lora_alpha"])
+        s = alpha / np.sqrt(r) if cfg.get("use_rslora") else alpha / r
+        w[f"{module}.weight"] = w[f"{module}.weight"] + scale * s * (b @ a)
+    return w
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: float) -> float:
+    for key, value in patterns.items():
+        if key == module or re.match(rf"(.*\.)?({key})$", module):
+            return float(value)
+    return float(default)
+
+
+def reference_logits_with_lora(
+    checkpoint_dir: str | os.PathLike[str],
+    adapter_dir: str | os.PathLike[str],
+    token_ids: Sequence[int],
+    scale: float = 1.0,
+) -> np.ndarray:
+    """float64 logits of the checkpoint with the adapter merged at ``scale`` (see :func:`merge_lora`)."""
+    return _forward(Path(checkpoint_dir), token_ids, weights=merge_lora(checkpoint_dir, adapter_dir, scale))
