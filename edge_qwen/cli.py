@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "recommend": "pick the most capable model and quant that fits a device or budget",
     "serve": "serve models over an OpenAI-compatible HTTP API (needs the server extra)",
     "plan": "estimate a GGUF's memory and whether it fits a budget or device",
+    "convert-lora": "convert a PEFT LoRA adapter to a GGUF LoRA adapter for its base model",
 }
 
 
@@ -47,7 +48,8 @@ def _build_parser(command: str | None) -> argparse.ArgumentParser:
 
 
 def _load(name: str) -> Any:
-    return importlib.import_module(f"edge_qwen.commands.{name}")
+    # a hyphenated command (convert-lora) lives in a module with an underscore (convert_lora.py)
+    return importlib.import_module(f"edge_qwen.commands.{name.replace('-', '_')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
