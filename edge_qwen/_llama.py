@@ -12,9 +12,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import llama_cpp.llama_cpp as L
@@ -126,13 +129,97 @@ def cpu_flags() -> frozenset[str]:
 
 
 def has_amx() -> bool:
+    """Whether this CPU has AMX-INT8 (what the *installed build* contains is :func:`build_has_amx`)."""
     return "amx_int8" in cpu_flags()
 
 
-def default_extra_buffers() -> bool:
-    """Whether llama.cpp may repack weights into its extra CPU buffer types.
+# --- what the installed build contains ----------------------------------------------------------
+#
+# The AMX crash. llama-cpp-python 0.3.36 built by GCC 12 with -march=native on an AMX CPU segfaults in
+# llama_decode on multi-token batches when weights sit in the AMX extra buffer (batch 1 takes an
+# AVX512-VNNI path, which is why single-token decoding works). The likely cause: GCC 12's
+# ``_tile_loadconfig`` intrinsic declares that it reads only 8 bytes of the 64-byte tile config, so
+# the optimiser drops the stores that fill ggml's stack ``tile_config_t`` before ``ldtilecfg``; the
+# tiles are then configured from a zero-filled block with only the palette byte set, and the first
+# tile load faults. Similar reports: llama.cpp issue #20824 (segfault in ggml_backend_amx_mul_mat);
+# ollama moved its builds to GCC 13. Not confirmed on an AMX machine by this project yet: an
+# ``objdump -d libggml-cpu.so`` there should show only a zero fill and the palette byte stored
+# before ``ldtilecfg``. Builds without AMX (``-mno-amx-int8``, or a CPU without it) contain no
+# ``ldtilecfg`` at all and keep the safe CPU_REPACK buffers. scripts/setup.sh builds with
+# clang/GCC >= 13 or with -mno-amx-int8 on such CPUs.
 
-    Off on CPUs with AMX: the AMX mat-mul of llama-cpp-python 0.3.36 segfaults in ``llama_decode``
-    on multi-token batches (seen on this project's machines) and decodes slower; on elsewhere.
+AMX_SAFE_GCC = 13  # first GCC whose _tile_loadconfig declares the full 64-byte read
+_GCC = re.compile(rb"GCC: \([^)]*\) (\d+)\.(\d+)")
+_CLANG = re.compile(rb"clang version (\d+)\.(\d+)")
+
+
+@functools.lru_cache(maxsize=1)
+def build_system_info() -> str:
+    """``llama_print_system_info()`` of the loaded library, e.g. ``CPU : SSE3 = 1 | ... | REPACK = 1 |``."""
+    init_backend()
+    return (L.llama_print_system_info() or b"").decode("utf-8", "replace").strip()
+
+
+def build_has_amx() -> bool:
+    """Whether ggml-cpu was compiled with AMX-INT8 kernels (``AMX_INT8 = 1``)."""
+    return re.search(r"\bAMX_INT8 = 1\b", build_system_info()) is not None
+
+
+def cpu_library() -> Path | None:
+    """The installed ggml CPU backend library (``libggml-cpu.so``), if it can be found."""
+    base = Path(str(getattr(L, "_base_path", "")))
+    for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def library_compiler(path: Path | None = None) -> tuple[str, int] | None:
+    """("gcc" | "clang", major version) that built a shared library, from its ELF ``.comment``
+    strings (``GCC: (Debian 12.2.0-14) 12.2.0``); ``None`` where none is recorded (macOS, stripped).
+    A clang-built library also carries the system GCC's crt strings, so clang wins when present."""
+    lib = path or cpu_library()
+    if lib is None:
+        return None
+    try:
+        data = lib.read_bytes()
+    except OSError:
+        return None
+    if (m := _CLANG.search(data)) is not None:
+        return "clang", int(m.group(1))
+    majors = [int(m.group(1)) for m in _GCC.finditer(data)]
+    return ("gcc", max(majors)) if majors else None
+
+
+def extra_buffers_decision(
+    build_amx: bool | None = None, compiler: tuple[str, int] | None | bool = False
+) -> tuple[bool, str]:
+    """(use llama.cpp's extra CPU buffer types?, why). Arguments default to the installed build's.
+
+    ``EDGE_QWEN_EXTRA_BUFFERS=0|1`` overrides. Otherwise on, except when the build contains AMX
+    kernels and was compiled by GCC < 13 (or by an unknown compiler): see the note above.
     """
-    return not has_amx()
+    forced = os.environ.get("EDGE_QWEN_EXTRA_BUFFERS", "").strip().lower()
+    if forced in ("0", "1", "false", "true", "off", "on", "no", "yes"):
+        return forced in ("1", "true", "on", "yes"), f"EDGE_QWEN_EXTRA_BUFFERS={forced}"
+    amx = build_has_amx() if build_amx is None else build_amx
+    if not amx:
+        return True, "this build has no AMX kernels; the CPU repack buffers are safe"
+    cc = library_compiler() if compiler is False else compiler
+    if isinstance(cc, tuple) and (cc[0] == "clang" or cc[1] >= AMX_SAFE_GCC):
+        return True, f"AMX kernels built by {cc[0]} {cc[1]}"
+    who = f"{cc[0]} {cc[1]}" if isinstance(cc, tuple) else "an unknown compiler"
+    return False, (
+        f"AMX kernels built by {who}: GCC < {AMX_SAFE_GCC} miscompiles the tile config (multi-token "
+        "batches crash); rebuild with scripts/setup.sh (clang/GCC >= 13, else -mno-amx-int8)"
+    )
+
+
+def default_extra_buffers() -> bool:
+    """Whether llama.cpp may repack weights into its extra CPU buffer types (CPU_REPACK, AMX).
+
+    Decided from what the installed build contains and who compiled it, not from the CPU flags:
+    see :func:`extra_buffers_decision`.
+    """
+    return extra_buffers_decision()[0]
