@@ -105,6 +105,26 @@ def test_adapter_logits_match_the_merged_reference(
     assert np.abs(expected - base).max() > 100 * F32_TOLERANCE * np.abs(base).max()
 
 
+def test_experts_the_adapter_leaves_alone_stay_the_base(
+    tiny_checkpoint, base_gguf, tokens: list[int], tmp_path: Path
+) -> None:
+    """Pairs for a few experts only: the others get zero pairs in the stacked tensor."""
+    from make_tiny_checkpoints import read_safetensors, write_safetensors
+
+    checkpoint = tiny_checkpoint("qwen3moe", dtype="f32")
+    adapter = make_adapter(tmp_path / "adapter", checkpoint, target_modules=["gate_proj", "down_proj"])
+    weights = read_safetensors(adapter / "adapter_model.safetensors")
+    keep = {k: v for k, v in weights.items() if ".experts.0." in k or ".experts.5." in k}
+    assert 0 < len(keep) < len(weights)
+    write_safetensors(adapter / "adapter_model.safetensors", keep, "f32")
+    lora = convert_lora(adapter, tmp_path / "out", outtype="f32").gguf
+    expected = reference_logits_with_lora(checkpoint, adapter, tokens)
+    actual = token_logits(base_gguf("qwen3moe"), tokens, threads=2, adapters=[(lora, 1.0)])
+    assert_close(actual, expected, F32_TOLERANCE)
+    base = reference_logits(checkpoint, tokens)
+    assert np.abs(expected - base).max() > 100 * F32_TOLERANCE * np.abs(base).max()
+
+
 def test_runtime_scale_multiplies_the_adapter_and_zero_is_the_base(
     tiny_checkpoint, base_gguf, tokens: list[int], tmp_path: Path
 ) -> None:
