@@ -239,15 +239,25 @@ def _per_layer(value: int | Sequence[int], n_layers: int) -> list[int]:
     return [int(v) for v in value]
 
 
-def offload_inputs(shape: ModelShape, settings: ModelSettings, *, parallel: int = 1) -> dict[str, Any]:
-    """:func:`plan_offload`'s arguments (all but ``free_device_bytes``) for a model under settings,
-    from the same formulas as :func:`edge_qwen.scheduler.estimate.estimate`."""
+def offload_inputs(
+    shape: ModelShape, settings: ModelSettings, *, parallel: int | None = None
+) -> dict[str, Any]:
+    """:func:`plan_offload`'s arguments (all but ``free_device_bytes``) for a model under settings.
+
+    Weights per layer come from the header's tensors; the KV cache and the device compute buffer
+    from :func:`edge_qwen.scheduler.estimate.estimate` itself (so however the estimator counts the
+    context of parallel sequences, the plan agrees with it).
+    """
+    import dataclasses
+
     from .scheduler import estimate as E
 
-    n_ctx = E.pad_ctx(settings.n_ctx) * parallel
-    n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
-    quantized_kv = settings.cache_type_k not in ("f16", "f32") or settings.cache_type_v not in ("f16", "f32")
-    flash = settings.flash_attn is not False or settings.cache_type_v not in ("f16", "f32")
+    extra: dict[str, Any] = {} if parallel is None else {"parallel": parallel}
+    one = E.estimate(shape, dataclasses.replace(settings, n_gpu_layers=1), gpu=True, **extra)
+    on_host = E.estimate(shape, dataclasses.replace(settings, n_gpu_layers=0), gpu=True, **extra)
+    k, v = settings.cache_type_k, settings.cache_type_v
+    per_cell = [E.kv_cache_bytes(shape, 1, k, v, [i]) for i in range(shape.n_layer)]
+    cells = on_host.kv_bytes // max(1, sum(per_cell))  # KV is linear in the cells: recover them
     per_layer = [0] * shape.n_layer
     output = 0
     for t in shape.tensors:
@@ -257,15 +267,11 @@ def offload_inputs(shape: ModelShape, settings: ModelSettings, *, parallel: int 
             output += t.n_bytes
     if shape.tied_output:  # the device gets its own copy of the embedding as the output matrix
         output += sum(t.n_bytes for t in shape.tensors if t.name.startswith("token_embd"))
-    kv = [
-        E.kv_cache_bytes(shape, n_ctx, settings.cache_type_k, settings.cache_type_v, [i])
-        for i in range(shape.n_layer)
-    ]
     return {
         "n_layers": shape.n_layer,
         "per_layer_bytes": per_layer,
-        "fixed_device_bytes": E.compute_buffer_bytes(shape, n_ctx, n_ubatch, flash, quantized_kv),
-        "kv_per_layer_bytes": kv,
+        "fixed_device_bytes": one.device_compute_bytes,
+        "kv_per_layer_bytes": [cells * c for c in per_cell],
         "output_bytes": output,
     }
 
@@ -275,7 +281,7 @@ def auto_gpu_layers(
     settings: ModelSettings,
     free_device_bytes: int,
     *,
-    parallel: int = 1,
+    parallel: int | None = None,
     margin_bytes: int = 0,
 ) -> int:
     """``n_gpu_layers="auto"``: as many layers as fit the device's free memory."""
@@ -283,4 +289,48 @@ def auto_gpu_layers(
         **offload_inputs(shape, settings, parallel=parallel),
         free_device_bytes=free_device_bytes,
         margin_bytes=margin_bytes,
+    )
+
+
+def offload_split(
+    shape: ModelShape,
+    settings: ModelSettings,
+    device_memory_bytes: int,
+    *,
+    cpu_features: frozenset[str] = frozenset(),
+    parallel: int | None = None,
+) -> dict[str, Any]:
+    """The host/device split of ``n_gpu_layers="auto"`` on a device with that much free memory
+    (``plan --device-memory``): bytes per side, from the estimator with the chosen layer count."""
+    import dataclasses
+
+    from .scheduler.estimate import estimate
+
+    n = auto_gpu_layers(shape, settings, device_memory_bytes, parallel=parallel)
+    extra: dict[str, Any] = {} if parallel is None else {"parallel": parallel}
+    placed = dataclasses.replace(settings, n_gpu_layers=n)
+    est = estimate(shape, placed, cpu_features=cpu_features, gpu=True, **extra)
+    return {
+        "device_memory_bytes": device_memory_bytes,
+        "n_gpu_layers": n,
+        "n_layers": shape.n_layer,
+        "output_on_device": n > shape.n_layer,
+        "host_bytes": est.total_bytes,
+        "device_bytes": est.device_bytes,
+        "device_weights_bytes": est.device_weights_bytes,
+        "device_kv_bytes": est.device_kv_bytes,
+        "device_compute_bytes": est.device_compute_bytes,
+    }
+
+
+def format_offload(split: dict[str, Any]) -> str:
+    """One line for ``plan``: how many layers go to the device, and the bytes on each side."""
+    mib = 2**20
+    layers = min(split["n_gpu_layers"], split["n_layers"])
+    output = " + output" if split["output_on_device"] else ""
+    return (
+        f"offload to a device with {split['device_memory_bytes'] / mib:,.0f} MiB free: "
+        f"{layers}/{split['n_layers']} layers{output} -> device {split['device_bytes'] / mib:,.1f} MiB "
+        f"(weights {split['device_weights_bytes'] / mib:,.1f}, KV {split['device_kv_bytes'] / mib:,.1f}, "
+        f"compute {split['device_compute_bytes'] / mib:,.1f}), host {split['host_bytes'] / mib:,.1f} MiB"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import shutil
 import stat
@@ -299,3 +300,18 @@ def test_setup_rebuilds_only_when_the_backend_changes(tmp_path: Path, fake_machi
     assert _setup(root, fake_machine, EDGE_QWEN_BACKEND="vulkan") == []
     (back,) = _setup(root, fake_machine)  # auto on this fake machine is the CPU again
     assert back.startswith("CMAKE_ARGS=[] -m pip install -q --force-reinstall")
+
+
+@pytest.mark.real
+def test_plan_shows_the_host_device_split(real_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edge_qwen import cli
+
+    assert cli.main(["plan", str(real_gguf), "--device-memory", "600MiB", "--json"]) == 0
+    split = json.loads(capsys.readouterr().out)["offload"]
+    assert split["n_layers"] == 24 and 0 < split["n_gpu_layers"] <= 25
+    assert split["device_bytes"] <= 600 * MiB and split["host_bytes"] > 0
+    assert split["device_bytes"] == (
+        split["device_weights_bytes"] + split["device_kv_bytes"] + split["device_compute_bytes"]
+    )
+    assert cli.main(["plan", str(real_gguf), "--device-memory", "8GiB"]) == 0
+    assert "offload to a device with 8,192 MiB free: 24/24 layers + output" in capsys.readouterr().out
