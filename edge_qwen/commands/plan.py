@@ -27,6 +27,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kv", choices=KV_CHOICES, default="f16", help="KV cache type (default f16)")
     parser.add_argument("--parallel", type=int, default=1, help="parallel sequences (default 1)")
     parser.add_argument("--ubatch", type=int, default=512, help="physical batch size n_ubatch (default 512)")
+    parser.add_argument(
+        "--device-memory", metavar="SIZE",
+        help="free GPU memory (e.g. 8GiB): how many layers offload, and the host/device split",
+    )  # fmt: skip
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--budget", help="memory budget, e.g. 3.5GB or 3000MiB (default: available minus headroom)"
@@ -84,6 +88,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "largest_context": by_kv[args.kv],
         "largest_context_by_kv": by_kv,
     }  # fmt: skip
+    if getattr(args, "device_memory", None):
+        from ..backends import offload_split
+        from ..scheduler.device import parse_size
+
+        device_memory = parse_size(args.device_memory)
+        result["offload"] = offload_split(
+            shape, settings, device_memory, cpu_features=features, parallel=args.parallel
+        )
     if not args.json:
         print(format_plan(result))
     return result
@@ -111,4 +123,8 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines.append(f"{verdict} the budget")
     ctx = ", ".join(f"{kv}: {n if n else 'none'}" for kv, n in plan["largest_context_by_kv"].items())
     lines.append(f"largest context that fits — {ctx}")
+    if "offload" in plan:
+        from ..backends import format_offload
+
+        lines.append(format_offload(plan["offload"]))
     return "\n".join(lines)
