@@ -168,3 +168,14 @@ class AdapterBaseMismatchError(AdapterError):
 
 class AdapterLoadError(ModelLoadError):
     """llama.cpp could not load a GGUF LoRA adapter onto a model."""
+
+
+# --- installation ---------------------------------------------------------------------------
+
+
+class MissingExtraError(EdgeQwenError, ImportError):
+    """A command needs an optional extra (e.g. the server's) that is not installed."""
+
+
+class ModelFileChangedError(ModelNotCachedError, ChecksumError):
+    """A cached model file no longer matches the size/sha256 recorded when it was pulled."""
