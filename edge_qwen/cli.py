@@ -10,13 +10,17 @@ its own human-readable output.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from .errors import EdgeQwenError
+from .errors import EdgeQwenError, MissingExtraError
 
 # name -> one-line help. The module edge_qwen.commands.<name> implements it.
 COMMANDS: dict[str, str] = {
@@ -38,7 +42,7 @@ COMMANDS: dict[str, str] = {
 
 
 def _build_parser(command: str | None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-qwen", description="Run Qwen models offline.")
+    parser = _Parser(prog="edge-qwen", description="Run Qwen models offline.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -48,31 +52,110 @@ def _build_parser(command: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+# top-level module of an optional dependency -> the extra that installs it
+OPTIONAL_MODULES: dict[str, str] = {
+    "uvicorn": "server",
+    "starlette": "server",
+    "pydantic": "server",
+    "prometheus_client": "server",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as ``{"error": ...}`` on stdout too when ``--json`` is on the command line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            _print_json({"error": {"type": "UsageError", "message": message}})
+        super().error(message)
+
+
 def _load(name: str) -> Any:
-    # a hyphenated command (convert-lora) lives in a module with an underscore (convert_lora.py)
-    return importlib.import_module(f"edge_qwen.commands.{name.replace('-', '_')}")
+    try:
+        # a hyphenated command (convert-lora) lives in a module with an underscore (convert_lora.py)
+        return importlib.import_module(f"edge_qwen.commands.{name.replace('-', '_')}")
+    except ModuleNotFoundError as exc:
+        raise _missing_extra(name, exc) from None
+
+
+def _missing_extra(command: str, exc: ModuleNotFoundError) -> Exception:
+    top = (exc.name or "").partition(".")[0]
+    extra = OPTIONAL_MODULES.get(top)
+    if extra is None:
+        return exc
+    return MissingExtraError(
+        f"`edge-qwen {command}` needs the '{extra}' extra ({top} is not installed): "
+        f"pip install 'edge-qwen[{extra}]'"
+    )
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, ensure_ascii=False))
+
+
+def _os_error_message(exc: OSError) -> str:
+    """An OSError as ``<what went wrong>; <what to do>``."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return f"{reason}{where}: the disk is full or a file-size limit was hit; free space and retry"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{reason}{where}: no permission to write there; choose a writable folder (e.g. -o DIR)"
+    return f"{reason}{where}"
+
+
+def _fail(json_mode: bool, kind: str, message: str, code: int) -> int:
+    if json_mode:
+        _print_json({"error": {"type": kind, "message": message}})
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _stdout_gone() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, as Unix tools do."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not raise again
+    return 128 + signal.SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; returns the exit status (0 ok, 2 error, 130 Ctrl-C, 141 stdout closed)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = _build_parser(command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    json_mode = "--json" in argv
     try:
+        return _main(argv, json_mode)
+    except BrokenPipeError:
+        return _stdout_gone()
+
+
+def _main(argv: list[str], json_mode: bool) -> int:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    _Parser.json_errors = json_mode
+    try:
+        parser = _build_parser(command if command in COMMANDS else None)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         result = _load(args.command).main(args)
     except EdgeQwenError as exc:
-        if args.json:
-            print(json.dumps({"error": {"type": type(exc).__name__, "message": str(exc)}}))
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(json_mode, type(exc).__name__, str(exc), 2)
+    except ModuleNotFoundError as exc:  # an optional extra imported lazily inside the command
+        missing = _missing_extra(str(command), exc)
+        if not isinstance(missing, MissingExtraError):
+            raise
+        return _fail(json_mode, type(missing).__name__, str(missing), 2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(json_mode, "KeyboardInterrupt", "interrupted", 130)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        return _fail(json_mode, type(exc).__name__, _os_error_message(exc), 2)
     if args.json and result is not None:
-        print(json.dumps(result, ensure_ascii=False))
+        _print_json(result)
     return 0
 
 

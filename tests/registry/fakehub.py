@@ -4,6 +4,7 @@ pointing at it, so the real huggingface_hub client is exercised without the netw
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +22,20 @@ FILENAME = "tiny-q4_k_m.gguf"
 
 
 def tiny_gguf_bytes(size: int = 3 * 2**20) -> bytes:
-    """GGUF magic followed by deterministic filler: enough for the header check, big enough to stream."""
-    filler = hashlib.sha256(b"edge-qwen").digest() * (size // 32 + 1)
-    return (gguf.GGUF_MAGIC.to_bytes(4, "little") + filler)[:size]
+    """A valid GGUF of exactly ``size`` bytes (a multiple of 32): one I8 tensor of deterministic
+    filler, enough for the header check and big enough to stream."""
+    key, arch = b"general.architecture", b"fakearch"  # not a Qwen arch: no model checks
+    header = gguf.GGUF_MAGIC.to_bytes(4, "little") + struct.pack("<IQQ", 3, 1, 1)
+    header += struct.pack("<Q", len(key)) + key
+    header += struct.pack("<IQ", gguf.GGUFValueType.STRING, len(arch)) + arch
+    name = b"filler"
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<I", 1)
+    data_offset = -(-(len(header) + len(info) + 8 + 4 + 8) // 32) * 32
+    n = size - data_offset
+    info += struct.pack("<QIQ", n, gguf.GGMLQuantizationType.I8, 0)
+    head = header + info
+    filler = hashlib.sha256(b"edge-qwen").digest() * (n // 32 + 1)
+    return head + b"\0" * (data_offset - len(head)) + filler[:n]
 
 
 @dataclass
