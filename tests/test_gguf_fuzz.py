@@ -93,7 +93,9 @@ def test_mutations_never_crash_info_and_it_agrees_with_llama_cpp(pristine: Path,
             continue
         assert code == 2 and out["error"]["type"] == "GGUFFileError", (what, out)
         message = out["error"]["message"]
-        assert " at byte " in message and ("edge-qwen pull --verify" in message or "convert" in message), message
+        assert " at byte " in message and ("edge-qwen pull --verify" in message or "convert" in message), (
+            message
+        )
         field = message.split(" at byte ")[0].split(": ", 1)[-1]
         refused[field] = refused.get(field, 0) + 1
         path.unlink()
