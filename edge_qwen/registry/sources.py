@@ -254,6 +254,8 @@ def download_hub(src: QuantSource, model: str, log: Log = _quiet, progress: bool
 
     local_only = offline("hub")
     (enable_progress_bars if progress else disable_progress_bars)()
+    if not local_only:
+        remove_stale_hub_partials(src.repo)
     paths = []
     for f in src.files:
         if not local_only:
@@ -285,6 +287,29 @@ def download_hub(src: QuantSource, model: str, log: Log = _quiet, progress: bool
             raise
         paths.append(path)
     return paths[0]
+
+
+def remove_stale_hub_partials(repo: str) -> list[Path]:
+    """Delete the partial blobs of killed downloads of ``repo``.
+
+    huggingface_hub (2.x) downloads into a process-unique ``<etag>.<id>.incomplete`` and deletes it
+    on any error, but a SIGKILL leaves it behind for good (no later download reuses it). A partial
+    is stale when the blob's download lock (``.locks/<repo folder>/<etag>.lock``) is free: no live
+    process is writing it."""
+    from filelock import FileLock, Timeout
+
+    folder = "models--" + repo.replace("/", "--")
+    removed = []
+    for partial in (hf_cache_dir() / folder / "blobs").glob("*.*.incomplete"):
+        etag = partial.name.split(".")[0]
+        lock = FileLock(str(hf_cache_dir() / ".locks" / folder / f"{etag}.lock"))
+        try:
+            with lock.acquire(timeout=0):
+                partial.unlink(missing_ok=True)
+                removed.append(partial)
+        except (Timeout, OSError):
+            continue
+    return removed
 
 
 def _not_cached(model: str, src: QuantSource, why: str) -> ModelNotCachedError:

@@ -46,6 +46,9 @@ class FakeHub:
     url: str = ""
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)  # (method, path, Range)
     cut_first_get_at: int | None = None  # drop the connection after this many bytes, once
+    stall_first_get_at: int | None = None  # send this many bytes, then hang until ``release`` (once)
+    stalled: threading.Event = field(default_factory=threading.Event)  # set once the stall began
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
@@ -95,6 +98,14 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             start = int(rng.split("=")[1].split("-")[0]) if rng else 0
             body = data[start:]
             self._headers(data, 206 if rng else 200, len(body), start)
+            if hub.stall_first_get_at is not None:
+                stall, hub.stall_first_get_at = hub.stall_first_get_at, None
+                self.wfile.write(body[:stall])
+                self.wfile.flush()
+                hub.stalled.set()
+                hub.release.wait(60)
+                self.close_connection = True
+                return
             if hub.cut_first_get_at is not None:
                 cut, hub.cut_first_get_at = hub.cut_first_get_at, None
                 self.wfile.write(body[:cut])
@@ -126,6 +137,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHu
     try:
         yield hub
     finally:
+        hub.release.set()
         server.shutdown()
         server.server_close()
 
