@@ -145,7 +145,7 @@ def _wait(condition: object, what: str, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
-def test_pull_killed_mid_download(fake_hub: FakeHub, tmp_path: Path) -> None:
+def test_pull_killed_mid_download(fake_hub: FakeHub, tmp_path: Path) -> None:  # noqa: F811
     """huggingface_hub 2.x downloads into a process-unique temp file and resumes only within one
     process (a dropped connection, see test_hub_source); after a kill the next pull sweeps the
     orphaned partial and fetches the file again."""
@@ -173,7 +173,7 @@ def test_pull_killed_mid_download(fake_hub: FakeHub, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("point", ["KILL@rename-src-before", "KILL@rename-src-after"])
-def test_pull_killed_at_the_rename(point: str, fake_hub: FakeHub) -> None:
+def test_pull_killed_at_the_rename(point: str, fake_hub: FakeHub) -> None:  # noqa: F811
     data = fake_hub.files[FILENAME]
     registry = tiny_registry(sha(data), len(data))
     extra = ("--tiny-registry", sha(data), str(len(data)))
