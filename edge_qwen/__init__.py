@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS: dict[str, str] = {
-    "Model": "edge_qwen.runtime.engine",
-    "GenerationStream": "edge_qwen.runtime.engine",
-    "AsyncGenerationStream": "edge_qwen.runtime.engine",
+    "Model": "edge_qwen.runtime.model",
+    "GenerationStream": "edge_qwen.runtime.model",
+    "AsyncGenerationStream": "edge_qwen.runtime.model",
     "ModelSettings": "edge_qwen.runtime.results",
     "GenerationChunk": "edge_qwen.runtime.results",
     "GenerationResult": "edge_qwen.runtime.results",
@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from .quality import evaluate_quality
     from .quantize import quantize
     from .registry.store import pull, resolve_model
-    from .runtime.engine import AsyncGenerationStream, GenerationStream, Model
+    from .runtime.model import AsyncGenerationStream, GenerationStream, Model
     from .runtime.presets import SamplingParams
     from .runtime.results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
     from .scheduler.estimate import MemoryEstimate, estimate_memory

@@ -34,7 +34,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace) -> Any:
     from ..registry import resolve_model
-    from ..runtime.engine import Model
+    from ..runtime.model import Model
 
     return Model.load(resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads)
 

@@ -10,6 +10,7 @@ compute_resident, output, overhead, total, committed, device), ``fits`` (bool),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 from ..gguf_header import read_header
@@ -23,9 +24,15 @@ KV_CHOICES = ("f16", "q8_0", "q4_0")
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .gguf model file")
-    parser.add_argument("--ctx", type=int, default=4096, help="context length per sequence (default 4096)")
+    parser.add_argument(
+        "--ctx", type=int, default=4096,
+        help="KV cells of the context, shared by the parallel sequences (default 4096)",
+    )  # fmt: skip
     parser.add_argument("--kv", choices=KV_CHOICES, default="f16", help="KV cache type (default f16)")
-    parser.add_argument("--parallel", type=int, default=1, help="parallel sequences (default 1)")
+    parser.add_argument(
+        "--parallel", type=int, default=ModelSettings.parallel,
+        help=f"sequences decoded together (default {ModelSettings.parallel}); they share the --ctx cells",
+    )  # fmt: skip
     parser.add_argument("--ubatch", type=int, default=512, help="physical batch size n_ubatch (default 512)")
     parser.add_argument(
         "--device-memory", metavar="SIZE",
@@ -56,8 +63,9 @@ def _shape(model: str) -> Any:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     shape = _shape(args.model)
     settings = ModelSettings(
-        n_ctx=args.ctx, n_ubatch=args.ubatch, cache_type_k=args.kv, cache_type_v=args.kv, n_gpu_layers=0
-    )
+        n_ctx=args.ctx, n_ubatch=args.ubatch, cache_type_k=args.kv, cache_type_v=args.kv, n_gpu_layers=0,
+        parallel=args.parallel,
+    )  # fmt: skip
     if args.device:
         profile = device_profile(args.device)
         budget, features, device = profile.budget_bytes, profile.cpu_features, profile.name
@@ -70,7 +78,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     est = estimate(shape, settings, parallel=args.parallel, cpu_features=features)
     by_kv = {
         kv: largest_context(
-            shape, ModelSettings(n_ubatch=args.ubatch, cache_type_k=kv, cache_type_v=kv, n_gpu_layers=0),
+            shape, dataclasses.replace(settings, cache_type_k=kv, cache_type_v=kv),
             budget, parallel=args.parallel, cpu_features=features,
         )
         for kv in KV_CHOICES
@@ -109,9 +117,11 @@ def format_plan(plan: dict[str, Any]) -> str:
     est, s = plan["estimate"], plan["settings"]
     rows = [
         ("weights", est["weights_bytes"], f"of which {est['repack_bytes'] / MiB:,.1f} MiB repacked"),
-        ("KV cache", est["kv_bytes"], f"n_ctx {s['n_ctx']} x {s['parallel']}, {s['cache_type']}"),
+        ("KV cache", est["kv_bytes"],
+         f"n_ctx {s['n_ctx']} shared by {s['parallel']} sequences (~{s['n_ctx'] // s['parallel']} each when "
+         f"all are busy), {s['cache_type']}"),
+        ("output", est["output_bytes"], f"logits rows of {s['parallel']} sequences"),
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
-        ("output", est["output_bytes"], "logits"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]

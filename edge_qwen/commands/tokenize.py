@@ -34,7 +34,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry import resolve_model
     from ..runtime.chat_template import render_plain
-    from ..runtime.engine import Model
+    from ..runtime.model import Model
 
     with Model.load(resolve_model(args.model), n_ctx=256) as model:
         if args.text is not None:

@@ -10,9 +10,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
-    "Model": "engine",
-    "GenerationStream": "engine",
-    "AsyncGenerationStream": "engine",
+    "Model": "model",
+    "GenerationStream": "model",
+    "AsyncGenerationStream": "model",
     "ModelSettings": "results",
     "GenerationChunk": "results",
     "GenerationResult": "results",
@@ -37,7 +37,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .chat_template import RenderedPrompt
-    from .engine import AsyncGenerationStream, GenerationStream, Model
+    from .model import AsyncGenerationStream, GenerationStream, Model
     from .presets import SamplingParams
     from .results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
 

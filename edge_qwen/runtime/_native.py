@@ -1,6 +1,6 @@
 """Thin, typed helpers over llama-cpp-python's low-level ctypes API (``llama_cpp.llama_cpp``).
 
-Only this module and :mod:`edge_qwen.runtime.engine` touch raw llama.cpp pointers. The high-level
+Only this module and :mod:`edge_qwen.runtime.model` touch raw llama.cpp pointers. The high-level
 ``llama_cpp.Llama`` class is deliberately not used: it sizes buffers from the *requested* n_ctx
 (llama.cpp pads it to 256), parses control tokens out of user text in its chat path, and its
 generate loop is slower than llama-bench.

@@ -21,6 +21,12 @@ class ModelSettings:
     is refused with :class:`~edge_qwen.errors.ConfigError`. ``extra_buffers`` controls llama.cpp's
     weight-repacking buffer types; ``None`` turns them off on CPUs with AMX, where this llama.cpp
     build's AMX path crashes on multi-token batches and decodes ~3x slower, and on elsewhere.
+
+    ``parallel`` sequences are decoded together (continuous batching). ``n_ctx`` is the total of KV
+    cells: with ``kv_unified`` (the default) every sequence may use up to all of them, and they share
+    what is free; with ``kv_unified=False`` each gets ``n_ctx / parallel``. ``prefill_chunk`` is how many
+    prompt tokens a step may add while other sequences are generating (a long prompt then cannot
+    stall their streams; alone, a prompt is prefilled in n_batch chunks).
     """
 
     n_ctx: int = 4096
@@ -36,6 +42,9 @@ class ModelSettings:
     cache_type_v: str = "f16"
     extra_buffers: bool | None = None
     queue_timeout: float | None = None
+    parallel: int = 4
+    kv_unified: bool = True
+    prefill_chunk: int = 256
 
 
 @dataclass(frozen=True)

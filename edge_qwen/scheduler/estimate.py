@@ -306,11 +306,17 @@ def estimate(
     shape: ModelShape,
     settings: ModelSettings,
     *,
-    parallel: int = 1,
+    parallel: int | None = None,
     cpu_features: frozenset[str] = frozenset(),
     gpu: bool = False,
 ) -> MemoryEstimate:
-    """The memory breakdown of one model under ``settings`` (see the module docstring)."""
+    """The memory breakdown of one model under ``settings`` (see the module docstring).
+
+    ``n_ctx`` is the context's total KV cells whatever ``parallel`` is (``settings.parallel`` unless
+    given): the sequences share them (unified cache) or split them; more sequences cost only their
+    logits rows.
+    """
+    parallel = settings.parallel if parallel is None else parallel
     n_ctx = pad_ctx(settings.n_ctx)
     n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
     quantized_kv = settings.cache_type_k not in ("f16", "f32") or settings.cache_type_v not in ("f16", "f32")
@@ -321,7 +327,7 @@ def estimate(
     host_w, repacked, device_w = weight_bytes(
         shape, cpu_features, use_extra, offloaded, output_on_device, settings.use_mmap
     )
-    kv_ctx = n_ctx * parallel
+    kv_ctx = n_ctx
     host_layers = [i for i in range(shape.n_layer) if i not in offloaded]
     kv_args = (kv_ctx, settings.cache_type_k, settings.cache_type_v)
     compute = compute_buffer_bytes(shape, kv_ctx, n_ubatch, flash, quantized_kv)

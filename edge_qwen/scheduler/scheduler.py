@@ -5,7 +5,8 @@ allocates anything — the budget is charged a model's estimate while it loads a
 resident, so concurrent loads cannot overshoot it together.
 
 Requests for one model are served in arrival order (a ticket per request; a request passes its
-turn on only after it has been queued on the model's own FIFO worker). A model with a request
+turn on as soon as it has been queued on the model, whose step loop then runs up to ``parallel``
+of them together). A model with a request
 queued or running is never evicted; pinned models are never evicted; an idle model whose
 ``keep_alive`` ran out is unloaded by a background reaper.
 """
@@ -40,7 +41,7 @@ Loader = Callable[..., Any]  # Model.load(path, **settings) -> Model
 
 
 def _default_loader(path: Path, **settings: Any) -> Any:
-    from ..runtime.engine import Model
+    from ..runtime.model import Model
 
     return Model.load(path, **settings)
 
@@ -76,13 +77,15 @@ class _Entry:
     last_used: float = 0.0
     measured_bytes: int | None = None
     loads: int = 0
+    freeing: int = 0  # bytes of an unloaded model the compute thread has not freed yet
 
     @property
     def charged(self) -> int:
-        """Bytes of the budget this model holds (while loading too)."""
+        """Bytes of the budget this model holds (while loading, and until an unload is complete)."""
+        held = self.freeing
         if (self.model is not None or self.loading) and self.estimate is not None:
-            return self.estimate.total_bytes
-        return 0
+            held += self.estimate.total_bytes
+        return held
 
 
 class Scheduler:
@@ -250,11 +253,21 @@ class Scheduler:
     # -- residency -------------------------------------------------------------------------------
 
     def _unload_locked(self, entry: _Entry) -> None:
+        """Start unloading; never waits. The compute thread frees the memory after its current step,
+        and the bytes stay charged until then — so a load that needs them waits on the condition,
+        not on the compute thread with the lock held (that would stall ``/health`` and every lease)."""
         model, entry.model = entry.model, None
         entry.effective = None
         if model is not None:
-            model.close()
+            bytes_ = entry.estimate.total_bytes if entry.estimate is not None else 0
+            entry.freeing += bytes_
+            model.close(wait=False, on_freed=lambda: self._freed(entry, bytes_))
         self._cond.notify_all()
+
+    def _freed(self, entry: _Entry, bytes_: int) -> None:
+        with self._cond:
+            entry.freeing -= bytes_
+            self._cond.notify_all()
 
     def _ensure_resident(self, entry: _Entry, deadline: float | None) -> None:
         """With the lock held and the entry's turn: make its model resident (may wait, evict, load)."""
@@ -262,9 +275,11 @@ class Scheduler:
             if not entry.loading:
                 settings, est, notes = self._plan(entry)
                 victims = self._victims(entry, est.total_bytes)
-                if victims is not None:
+                if victims:  # start unloading them; their bytes count until the compute thread freed them
                     for victim in victims:
                         self._unload_locked(victim)
+                    continue
+                if victims is not None:
                     self._load_locked(entry, settings, est, notes)
                     continue
             self._wait(deadline)
@@ -476,6 +491,7 @@ class Scheduler:
                     "idle_s": round(now - e.last_used, 3) if e.model is not None else None,
                     "adjustments": list(e.adjustments),
                     "loads": e.loads,
+                    **_slots(e.model),
                 }
                 for e in self._entries.values()
             ]
@@ -489,19 +505,30 @@ class Scheduler:
             }
 
     def close(self) -> None:
-        """Unload every model; waiting requests fail."""
+        """Unload every model (waiting requests fail), then wait until their memory is freed."""
         with self._cond:
             self._closed = True
             for entry in self._entries.values():
                 if entry.model is not None:
                     self._unload_locked(entry)
             self._cond.notify_all()
+            while any(e.freeing for e in self._entries.values()):
+                self._cond.wait(0.5)
 
     def __enter__(self) -> Scheduler:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _slots(model: Any) -> dict[str, int]:
+    """Sequence slots of a resident model (``parallel`` and how many are generating now)."""
+    usage = getattr(model, "slot_usage", None)
+    if model is None or usage is None:
+        return {"slots_total": 0, "slots_busy": 0}
+    out = usage()
+    return {"slots_total": int(out["slots_total"]), "slots_busy": int(out["slots_busy"])}
 
 
 def _collect(chunks: Iterator[GenerationChunk]) -> GenerationResult:

@@ -47,7 +47,7 @@ from .provider import ModelProvider
 from .schemas import ChatCompletionRequest, CompletionRequest
 
 if TYPE_CHECKING:
-    from ..runtime.engine import AsyncGenerationStream, Model
+    from ..runtime.model import AsyncGenerationStream, Model
 
 log = logging.getLogger("edge_qwen.server")
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """How the server reaches models: a small interface, so the memory-budget scheduler plugs in.
 
-The server never holds a :class:`~edge_qwen.runtime.engine.Model` beyond one request. It asks a
+The server never holds a :class:`~edge_qwen.runtime.model.Model` beyond one request. It asks a
 provider for a *lease* (an async context manager yielding a loaded model), generates, and lets the
 lease go; a scheduler can then evict, queue or refuse (``QueueTimeoutError`` → 503). ``snapshot()``
 feeds ``/health`` and ``/metrics``.
@@ -8,7 +8,7 @@ feeds ``/health`` and ``/metrics``.
 :class:`SchedulerProvider` is the real one: the memory-budget :class:`~edge_qwen.scheduler.Scheduler`
 (load on demand, LRU eviction, FIFO turns, max queue and queue timeout). :class:`StaticProvider`
 serves models loaded up front, with no budget and no eviction, for embedding the app around
-:class:`~edge_qwen.runtime.engine.Model` objects one already has.
+:class:`~edge_qwen.runtime.model.Model` objects one already has.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..errors import UnknownModelError
 
 if TYPE_CHECKING:
-    from ..runtime.engine import Model
+    from ..runtime.model import Model
     from ..scheduler import Scheduler
 
 

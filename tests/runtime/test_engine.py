@@ -35,6 +35,15 @@ def binary_search_answer(model: Model) -> GenerationResult:
     return model.chat(BINARY_SEARCH, temperature=0, max_tokens=96)
 
 
+@pytest.fixture(scope="module")
+def binary_search_cached(model: Model, binary_search_answer: GenerationResult) -> GenerationResult:
+    """The same request with its prompt already cached (only the last prompt token is evaluated): the
+    reference for requests that follow a cancelled one, which leave the same cache behind."""
+    model.reset()
+    model.chat(BINARY_SEARCH, temperature=0, max_tokens=1)
+    return model.chat(BINARY_SEARCH, temperature=0, max_tokens=96)
+
+
 def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
@@ -55,6 +64,10 @@ def test_context_is_padded_to_256_and_buffers_follow_it(model: Model) -> None:
 def test_greedy_answer_writes_code_and_is_deterministic(
     model: Model, binary_search_answer: GenerationResult
 ) -> None:
+    # From the same (empty) cache. With the prompt's prefix cached, only its last token is evaluated,
+    # in a batch of one; llama.cpp's kernels round that differently from the whole-prompt batch,
+    # and on this prompt the first token is a near-tie on some CPUs (AMD Zen 3: "Binary" vs "Here's").
+    model.reset()
     again = model.chat(BINARY_SEARCH, temperature=0, max_tokens=96)
 
     assert "def " in binary_search_answer.text
@@ -143,12 +156,12 @@ def test_control_tokens_come_from_the_vocabulary(model: Model) -> None:
 
 
 def test_breaking_out_of_a_stream_cancels_it_and_the_model_stays_usable(
-    model: Model, binary_search_answer: GenerationResult
+    model: Model, binary_search_cached: GenerationResult
 ) -> None:
     for n, _chunk in enumerate(model.chat_stream(BINARY_SEARCH, temperature=0, max_tokens=200)):
         if n == 2:
             break
-    assert model.chat(BINARY_SEARCH, temperature=0, max_tokens=96).text == binary_search_answer.text
+    assert model.chat(BINARY_SEARCH, temperature=0, max_tokens=96).text == binary_search_cached.text
 
 
 def test_explicit_cancel_ends_the_stream_as_cancelled(model: Model) -> None:
@@ -164,7 +177,7 @@ def test_explicit_cancel_ends_the_stream_as_cancelled(model: Model) -> None:
 
 
 def test_cancelling_the_asyncio_task_stops_generation(
-    model: Model, binary_search_answer: GenerationResult
+    model: Model, binary_search_cached: GenerationResult
 ) -> None:
     async def scenario() -> GenerationResult:
         seen = asyncio.Event()
@@ -180,7 +193,7 @@ def test_cancelling_the_asyncio_task_stops_generation(
             await task
         return await model.achat(BINARY_SEARCH, temperature=0, max_tokens=96)
 
-    assert asyncio.run(scenario()).text == binary_search_answer.text
+    assert asyncio.run(scenario()).text == binary_search_cached.text
 
 
 def test_fifty_concurrent_achats_match_their_sequential_answers(model: Model) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 
 from edge_qwen import _llama
-from edge_qwen.runtime.engine import Model
+from edge_qwen.runtime.model import Model
 from edge_qwen.scheduler import Scheduler
 from edge_qwen.scheduler.scheduler import process_rss
 

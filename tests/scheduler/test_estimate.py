@@ -11,7 +11,7 @@ import pytest
 
 from edge_qwen import _llama
 from edge_qwen.gguf_header import read_header
-from edge_qwen.runtime.engine import Model
+from edge_qwen.runtime.model import Model
 from edge_qwen.scheduler.estimate import estimate_memory, kv_cache_bytes, model_shape
 
 MiB = 2**20

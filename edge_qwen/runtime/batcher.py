@@ -1,0 +1,356 @@
+"""Continuous batching: the step loop of one model's context.
+
+Each :meth:`BatchEngine.step` admits waiting requests into free slots (FIFO; the slot with the
+longest cached prefix), builds **one** batch — a token for every generating sequence, then prompt
+chunks of sequences still prefilling, under a per-step prefill budget so a long prompt cannot stall
+running streams — decodes it once, and hands every sequence the logits row it asked for. Only rows
+where a token is sampled ask for logits.
+
+When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
+sequence is preempted: its cells are freed and it goes back to the head of the queue with every
+token it has so far, to be re-prefilled (its sampler, text and counters live in its
+:class:`~edge_qwen.runtime.sequence.Sequence`, so the stream just pauses). A request whose prompt
+cannot fit even when the others finish was refused before it was queued.
+
+The engine talks to llama.cpp only through a :class:`Decoder`, so the scheduling logic is tested
+with a fake one. It runs on the compute thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..errors import ContextOverflowError, GenerationError, ModelClosedError
+from .request import STARTED, Request
+from .results import GenerationChunk, Timings
+from .sequence import Sequence
+from .slots import Slot, choose_slot, idle_caches_to_drop, used_cells
+
+
+@dataclass
+class BatchEntry:
+    """Consecutive tokens of one sequence in a batch; ``row`` is the batch index of its logits."""
+
+    seq_id: int
+    tokens: Seq[int]
+    pos: int
+    logits: bool
+    row: int = -1
+
+
+class Decoder(Protocol):
+    """What the step loop needs from a llama.cpp context (see :mod:`edge_qwen.runtime.decoder`)."""
+
+    def decode(self, entries: Seq[BatchEntry]) -> int: ...
+    def sample(self, sampler: Any, row: int) -> int: ...
+    def is_eog(self, token: int) -> bool: ...
+    def seq_rm(self, seq_id: int, p0: int) -> bool: ...
+    def seq_cp(self, src: int, dst: int, n_tokens: int) -> None: ...
+    def last_error(self) -> str: ...
+
+
+SequenceFactory = Callable[[Request, int], Sequence]
+
+
+@dataclass
+class EngineStats:
+    steps: int = 0
+    decoded_tokens: int = 0
+    preemptions: int = 0
+
+
+class BatchEngine:
+    """The slots, the queue and the step loop of one context."""
+
+    def __init__(
+        self,
+        decoder: Decoder,
+        make_sequence: SequenceFactory,
+        *,
+        parallel: int,
+        n_ctx: int,
+        n_batch: int,
+        unified: bool = True,
+        prefill_chunk: int = 256,
+        name: str = "model",
+    ) -> None:
+        self.decoder = decoder
+        self._make = make_sequence
+        self.slots = [Slot(i) for i in range(parallel)]
+        self.n_ctx = n_ctx
+        self.unified = unified
+        self.n_ctx_seq = n_ctx if unified else n_ctx // parallel
+        self.n_batch = n_batch
+        self.prefill_chunk = max(1, prefill_chunk)
+        self.name = name
+        self.waiting: deque[Request | Sequence] = deque()
+        self.running: dict[int, Sequence] = {}
+        self.stats = EngineStats()
+        self.closed = False
+
+    # -- the queue (compute thread) -------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        if self.closed:
+            request.sink(ModelClosedError(f"{self.name} was closed before this request ran"))
+            return
+        self.waiting.append(request)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self.running)
+
+    # -- one step -------------------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Admit, build one batch, decode it, sample every sequence that asked for logits."""
+        self._drop_cancelled()
+        self._admit()
+        if not self.running:
+            return
+        while True:
+            entries = self._plan()
+            rc = self.decoder.decode(entries)
+            if rc == 0:
+                break
+            if rc == 1 and self._make_room():
+                continue
+            self._fail_batch(entries, rc)
+            return
+        self.stats.steps += 1
+        self._advance(entries)
+
+    def _plan(self) -> list[BatchEntry]:
+        entries: list[BatchEntry] = []
+        prefilling: list[tuple[int, Sequence, list[int]]] = []
+        n_decode = 0
+        for seq_id, seq in self.running.items():
+            slot = self.slots[seq_id]
+            pending = seq.tokens[len(slot.tokens) :]
+            if seq.prefilling:
+                prefilling.append((seq_id, seq, pending))
+            else:
+                entries.append(BatchEntry(seq_id, pending, len(slot.tokens), True))
+                n_decode += len(pending)
+        room = self.n_batch - n_decode
+        budget = min(room, self.prefill_chunk) if n_decode else room
+        for seq_id, _seq, pending in prefilling:
+            if budget <= 0:
+                break
+            chunk = pending[:budget]
+            budget -= len(chunk)
+            pos = len(self.slots[seq_id].tokens)
+            entries.append(BatchEntry(seq_id, chunk, pos, len(chunk) == len(pending)))
+        return entries
+
+    def _advance(self, entries: list[BatchEntry]) -> None:
+        decoder = self.decoder
+        now = time.monotonic()
+        for entry in entries:
+            slot = self.slots[entry.seq_id]
+            slot.tokens.extend(entry.tokens)
+            slot.last_used = now
+            self.stats.decoded_tokens += len(entry.tokens)
+            if not entry.logits:
+                continue
+            seq = self.running[entry.seq_id]
+            if seq.prefilling:
+                seq.prefilling = False
+                seq.prefilled()
+            token = decoder.sample(seq.sampler, entry.row)
+            seq.on_token(token, decoder.is_eog(token))
+            if seq.finish is not None:
+                self._finish(entry.seq_id)
+
+    # -- admission ------------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self.waiting:
+            item = self.waiting[0]
+            if isinstance(item, Request) and self._settle_without_slot(item):
+                self.waiting.popleft()
+                continue
+            placement = choose_slot(self.slots, item.tokens, allow_copy=self.unified)
+            if placement is None:
+                return
+            slot = placement.slot
+            if self.unified and not self._room_for(item.tokens, placement.cached, slot):
+                return
+            self.waiting.popleft()
+            seq = item if isinstance(item, Sequence) else self._start(item)
+            if seq is None:
+                continue
+            self._place(seq, slot, placement.reuse, placement.donor, placement.donor_tokens)
+
+    def _settle_without_slot(self, request: Request) -> bool:
+        """Requests that need no slot: expired, cancelled while queued, cache resets, too long."""
+        if request.expired:
+            return True
+        if request.cancelled.is_set() or not request.tokens or len(request.tokens) >= self.n_ctx_seq:
+            if not request.claim():
+                return True
+            queue_ms = (time.perf_counter() - request.submitted) * 1e3
+            if request.cancelled.is_set():
+                timings = Timings(queue_ms=queue_ms)
+                request.sink(GenerationChunk("", finish_reason="cancelled", timings=timings))
+            elif not request.tokens:
+                self.drop_idle_caches()
+                request.sink(GenerationChunk("", finish_reason="stop", timings=Timings(queue_ms=queue_ms)))
+            else:
+                request.sink(ContextOverflowError(len(request.tokens), self.n_ctx_seq))
+            return True
+        return False
+
+    def _room_for(self, tokens: Seq[int], cached: int, slot: Slot) -> bool:
+        """Make (by dropping idle caches) or find room for the prompt's new cells plus one."""
+        freed_by_truncation = max(0, slot.own_cells - max(0, cached - slot.shared))
+        free = self.n_ctx - self._committed_cells() + freed_by_truncation
+        drop = idle_caches_to_drop(self.slots, slot, len(tokens) - cached + 1, free)
+        if drop is None:
+            return False
+        for other in drop:
+            self._clear(other)
+        return True
+
+    def _committed_cells(self) -> int:
+        """Cells held by idle caches plus every running sequence's whole prompt-so-far (admitted
+        prompts count before they are prefilled)."""
+        running = sum(max(0, len(seq.tokens) - self.slots[i].shared) for i, seq in self.running.items())
+        return running + used_cells([s for s in self.slots if not s.busy])
+
+    def _start(self, request: Request) -> Sequence | None:
+        if not request.claim():
+            return None
+        request.sink(STARTED)
+        try:
+            return self._make(request, self.n_ctx_seq)
+        except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: the caller's error
+            request.sink(exc)
+            return None
+
+    def _place(self, seq: Sequence, slot: Slot, reuse: int, donor: Slot | None, donor_tokens: int) -> None:
+        if donor is not None:
+            self._clear(slot)
+            self.decoder.seq_cp(donor.seq_id, slot.seq_id, donor_tokens)
+            slot.tokens = list(seq.tokens[:donor_tokens])
+            slot.shared = donor_tokens
+            reuse = donor_tokens
+        else:
+            self._truncate(slot, reuse)
+        slot.busy = True
+        seq.prefilling = True
+        seq.start(reuse)
+        self.running[slot.seq_id] = seq
+
+    # -- KV bookkeeping ----------------------------------------------------------------------------------
+
+    def _truncate(self, slot: Slot, keep: int) -> None:
+        if keep >= len(slot.tokens):
+            return
+        if not self.decoder.seq_rm(slot.seq_id, keep):
+            self.decoder.seq_rm(slot.seq_id, 0)
+            keep = 0
+        del slot.tokens[keep:]
+        slot.shared = min(slot.shared, keep)
+
+    def _clear(self, slot: Slot) -> None:
+        if slot.tokens:
+            self.decoder.seq_rm(slot.seq_id, 0)
+        slot.tokens = []
+        slot.shared = 0
+
+    def drop_idle_caches(self) -> None:
+        for slot in self.slots:
+            if not slot.busy:
+                self._clear(slot)
+
+    def _make_room(self) -> bool:
+        """llama.cpp found no KV cells for the batch: drop an idle cache, else preempt the youngest."""
+        idle = [s for s in self.slots if not s.busy and s.tokens]
+        if idle:
+            self._clear(min(idle, key=lambda s: s.last_used))
+            return True
+        if len(self.running) < 2:
+            return False
+        seq_id = max(self.running, key=lambda i: self.running[i].admitted_at)
+        seq = self.running.pop(seq_id)
+        slot = self.slots[seq_id]
+        self._clear(slot)
+        slot.busy = False
+        seq.prefilling = True
+        self.waiting.appendleft(seq)
+        self.stats.preemptions += 1
+        return True
+
+    # -- endings --------------------------------------------------------------------------------------
+
+    def _finish(self, seq_id: int, reason: Any = None) -> None:
+        seq = self.running.pop(seq_id)
+        slot = self.slots[seq_id]
+        slot.busy = False
+        slot.last_used = time.monotonic()
+        seq.close(reason)
+
+    def _drop_cancelled(self) -> None:
+        for seq_id in [i for i, s in self.running.items() if s.cancelled]:
+            self._finish(seq_id, "cancelled")
+        if any(isinstance(w, Sequence) and w.cancelled for w in self.waiting):
+            for seq in [w for w in self.waiting if isinstance(w, Sequence) and w.cancelled]:
+                self.waiting.remove(seq)
+                seq.close("cancelled")
+
+    def _fail_batch(self, entries: list[BatchEntry], rc: int) -> None:
+        """A decode that failed: undo its partial writes, end its sequences, keep the context usable."""
+        detail = self.decoder.last_error() or "no details"
+        for entry in entries:
+            seq_id = entry.seq_id
+            slot = self.slots[seq_id]
+            self.decoder.seq_rm(seq_id, len(slot.tokens))
+            if seq_id not in self.running:
+                continue
+            if rc == 1:  # the single remaining sequence has no room to grow: the context is full
+                self._finish(seq_id, "length")
+                continue
+            seq = self.running.pop(seq_id)
+            slot.busy = False
+            seq.fail(
+                GenerationError(
+                    f"llama_decode failed with code {rc}; the request was dropped and the model is still "
+                    f"usable. If it repeats, reload the model (llama.cpp: {detail})"
+                )
+            )
+
+    def fail_all(self, exc: BaseException) -> None:
+        """A step raised: every request gets the error, every cache is dropped (its state is unknown)."""
+        while self.waiting:
+            item = self.waiting.popleft()
+            if isinstance(item, Sequence):
+                item.fail(exc)
+            elif item.claim():
+                item.sink(exc)
+        for seq_id in list(self.running):
+            self.running.pop(seq_id).fail(exc)
+            self.slots[seq_id].busy = False
+        for slot in self.slots:
+            self._clear(slot)
+
+    def close(self) -> None:
+        """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""
+        self.closed = True
+        while self.waiting:
+            item = self.waiting.popleft()
+            if isinstance(item, Sequence):
+                item.close("cancelled")
+            elif not item.expired:
+                item.sink(ModelClosedError(f"{self.name} was closed before this request ran"))
+        for seq_id in list(self.running):
+            self._finish(seq_id, "cancelled")

@@ -1,0 +1,91 @@
+"""Loading a GGUF and creating its llama.cpp context, every failure a clear error.
+
+``n_ctx`` is the context's total KV cells; ``parallel`` sequences share them (unified cache) or
+split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.slots`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+
+from .. import _llama
+from ..errors import ConfigError, ModelLoadError
+from . import _native
+from .results import ModelSettings
+
+
+def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
+    """Load the weights and create the context, turning every failure into ModelLoadError."""
+    if not path.is_file():
+        raise ModelLoadError(f"cannot load {path}: no such file; pass the path of a .gguf file")
+    cparams = context_params(settings)
+    _llama.init_backend()
+    _llama.take_recent_errors()
+    mparams = L.llama_model_default_params()
+    mparams.n_gpu_layers = settings.n_gpu_layers
+    mparams.load_mode = _native.LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
+    extra = settings.extra_buffers
+    mparams.use_extra_bufts = _llama.default_extra_buffers() if extra is None else extra
+    model = L.llama_model_load_from_file(os.fsencode(path), mparams)
+    if not model:
+        reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
+        raise ModelLoadError(
+            f"cannot load {path}: {reason}. Check that it is a complete GGUF file of a model this "
+            "llama.cpp supports (edge-qwen info PATH), or re-convert it"
+        )
+    ctx = L.llama_init_from_model(model, cparams)
+    if not ctx:
+        reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
+        L.llama_model_free(model)
+        raise ModelLoadError(
+            f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
+        )
+    return model, ctx
+
+
+def context_params(settings: ModelSettings) -> Any:
+    """llama_context_params from settings, validated before any memory is allocated."""
+    for name in ("cache_type_k", "cache_type_v"):
+        value = getattr(settings, name)
+        if value not in _native.CACHE_TYPES:
+            choices = sorted(_native.CACHE_TYPES)
+            raise ConfigError(f"{name}={value!r} is not a KV cache type; use one of {choices}")
+    flash = settings.flash_attn
+    if settings.cache_type_v in _native.QUANTIZED_CACHE_TYPES:
+        if flash is False:
+            raise ConfigError(
+                f"cache_type_v={settings.cache_type_v!r} needs flash attention, but flash_attn=False; "
+                "enable flash_attn (or leave it unset) or use cache_type_v='f16'"
+            )
+        flash = True
+    if settings.n_ctx <= 0 or settings.n_batch <= 0 or settings.n_ubatch <= 0:
+        raise ConfigError("n_ctx, n_batch and n_ubatch must be positive")
+    if not 1 <= settings.parallel <= 256:
+        raise ConfigError(f"parallel must be between 1 and 256 sequences, got {settings.parallel!r}")
+    if settings.prefill_chunk <= 0:
+        raise ConfigError("prefill_chunk must be a positive number of tokens")
+    threads = settings.n_threads or _llama.physical_cores()
+    n_ctx = _native.pad_ctx(settings.n_ctx)
+    n_batch = min(settings.n_batch, n_ctx)
+    if not settings.kv_unified and n_ctx // settings.parallel < _native.CTX_PAD:
+        raise ConfigError(
+            f"n_ctx {n_ctx} split over parallel={settings.parallel} sequences leaves under {_native.CTX_PAD} "
+            "tokens each; raise n_ctx, lower parallel, or keep the unified KV cache (kv_unified=True)"
+        )
+    params = L.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = min(settings.n_ubatch, n_batch)
+    params.n_seq_max = settings.parallel
+    params.kv_unified = settings.kv_unified
+    params.n_threads = threads
+    params.n_threads_batch = settings.n_threads_batch or threads
+    params.flash_attn_type = _native.FLASH_ATTN[flash]
+    params.type_k = _native.CACHE_TYPES[settings.cache_type_k]
+    params.type_v = _native.CACHE_TYPES[settings.cache_type_v]
+    params.no_perf = True
+    return params

@@ -1,0 +1,391 @@
+"""The :class:`Model` facade: load a GGUF, render and tokenize on the caller's thread, then hand
+typed requests to the model's step loop (:mod:`~edge_qwen.runtime.batcher`) on the process's one
+compute thread (:mod:`~edge_qwen.runtime.compute`).
+
+Blocking (``generate``/``chat``), streaming (``stream``/``chat_stream``), async and batch twins all
+take the same path; chunks travel back through a per-request queue (:mod:`~edge_qwen.runtime.handles`)
+and exceptions travel the same way, re-raised on the caller's side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+
+from ..errors import ConfigError, ContextOverflowError, ModelClosedError
+from . import _native
+from .batcher import BatchEngine
+from .chat_template import RenderedPrompt, render_chat
+from .compute import ComputeThread
+from .decoder import NativeDecoder
+from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
+from .loader import load_native
+from .presets import SamplingParams, preset_for, resolve
+from .request import Request, RequestSpec, Sink
+from .results import GenerationResult, ModelSettings
+from .sampling import build_sampler
+from .sequence import Sequence as Sequence_
+from .thinking import THINK_CLOSE
+
+Message = Mapping[str, Any]
+
+__all__ = ["AsyncGenerationStream", "GenerationStream", "Model"]
+
+
+class Model:
+    """A loaded GGUF with its own llama.cpp context. Use ``Model.load(path)``.
+
+    All requests — sync, async, streamed, batched — are queued FIFO and admitted into the
+    context's ``parallel`` sequence slots; admitted ones are decoded together, one token each per
+    step, on the process's compute thread, the only thread that touches the context (steps of
+    several models interleave there). ``close()`` (or ``with``) frees the context, the model and
+    the batch buffers.
+    """
+
+    def __init__(self, path: Path, settings: ModelSettings, model: Any, ctx: Any) -> None:
+        self.path = path
+        self.settings = settings
+        self._closed = False
+        self._model = model
+        self._ctx = ctx
+        self._vocab = L.llama_model_get_vocab(model)
+        self.n_ctx = int(L.llama_n_ctx(ctx))
+        self.n_batch = int(L.llama_n_batch(ctx))
+        self.architecture = _native.meta_value(model, "general.architecture") or "unknown"
+        self.chat_template = _native.meta_value(model, "tokenizer.chat_template")
+        self._piece = _native.PieceCache(self._vocab, special=False)
+        self._special_piece = _native.PieceCache(self._vocab, special=True)
+        self._control: dict[int, str] | None = None
+        self._think_close = self.tokenize(THINK_CLOSE, parse_special=True)
+        self.parallel = int(L.llama_n_seq_max(ctx))
+        self._decoder = NativeDecoder(ctx, self._vocab, self.n_batch)
+        self._engine = BatchEngine(
+            self._decoder,
+            self._make_sequence,
+            parallel=self.parallel,
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            unified=settings.kv_unified,
+            prefill_chunk=settings.prefill_chunk,
+            name=path.name,
+        )
+        self.n_ctx_seq = self._engine.n_ctx_seq
+        self._lock = threading.Lock()
+        self._freed = threading.Event()
+        self._compute = ComputeThread.get()
+        self._compute.register(self._engine)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], **settings: Any) -> Model:
+        """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`."""
+        try:
+            config = ModelSettings(**settings)
+        except TypeError as exc:
+            names = ", ".join(f.name for f in dataclasses.fields(ModelSettings))
+            raise ConfigError(f"{exc}; Model.load accepts {names}") from None
+        path = Path(path)
+        model, ctx = load_native(path, config)
+        return cls(path, config, model, ctx)
+
+    def close(self, *, wait: bool = True, on_freed: Callable[[], None] | None = None) -> None:
+        """Queued requests fail with ModelClosedError, running ones end "cancelled", then llama.cpp's
+        memory is freed on the compute thread. ``wait=False`` returns at once (``on_freed`` runs on
+        the compute thread once the memory is gone): a caller holding a lock that others need, like
+        the scheduler, must never wait for the compute thread."""
+        with self._lock:
+            already = self._closed
+            self._closed = True
+        if not already:
+            self._compute.submit(lambda: self._free(on_freed))
+        elif on_freed is not None:
+            self._compute.submit(on_freed)
+        if wait and not self._compute.on_thread:
+            self._freed.wait()
+
+    def _free(self, on_freed: Callable[[], None] | None) -> None:
+        """On the compute thread: end every request, drop the engine, free the context and weights."""
+        try:
+            self._engine.close()
+            self._compute.unregister(self._engine)
+            self._decoder.free()
+            L.llama_free(self._ctx)
+            L.llama_model_free(self._model)
+            self._ctx = self._model = None
+        finally:
+            self._freed.set()
+            if on_freed is not None:
+                on_freed()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({str(self.path)!r}, architecture={self.architecture!r}, n_ctx={self.n_ctx}, "
+            f"parallel={self.parallel})"
+        )
+
+    # -- vocabulary helpers ----------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``parse_special=False`` treats ``<|im_start|>`` in it as plain text."""
+        self._check_open()
+        return _native.tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
+
+    def token_piece(self, token: int, *, special: bool = True) -> bytes:
+        """Raw bytes of one token (a piece may be part of a UTF-8 character)."""
+        return (self._special_piece if special else self._piece)(token)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    @property
+    def control_tokens(self) -> dict[int, str]:
+        """id -> text of every CONTROL token (only these may come out of a chat template as specials)."""
+        if self._control is None:
+            self._control = _native.control_tokens(self._vocab)
+        return self._control
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return _native.metadata(self._model)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: bool | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> RenderedPrompt:
+        """Render a conversation with the GGUF's own chat template (ChatML when it has none)."""
+        kwargs: dict[str, Any] = {}
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        if tools:
+            kwargs["tools"] = list(tools)
+        return render_chat(
+            [dict(m) for m in messages],
+            template=self.chat_template,
+            special_tokens=self.control_tokens.values(),
+            bos_token=self._special_token_text(L.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_token_text(L.llama_vocab_eos(self._vocab)),
+            add_generation_prompt=add_generation_prompt,
+            **kwargs,
+        )
+
+    def prompt_tokens(self, rendered: RenderedPrompt) -> list[int]:
+        """Tokenize each rendered segment with its own parse_special flag (user text stays text)."""
+        tokens: list[int] = []
+        for text, parse_special in rendered.segments:
+            tokens += self.tokenize(text, parse_special=parse_special)
+        bos = L.llama_vocab_bos(self._vocab)
+        if L.llama_vocab_get_add_bos(self._vocab) and bos >= 0 and (not tokens or tokens[0] != bos):
+            tokens.insert(0, bos)
+        return tokens
+
+    def _special_token_text(self, token: int) -> str:
+        return self.token_piece(token).decode("utf-8", "replace") if token >= 0 else ""
+
+    # -- request preparation (caller thread) ---------------------------------------------------------
+
+    def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
+        if isinstance(prompt, str):
+            tokens = self.tokenize(prompt, add_special=True, parse_special=False)
+        else:
+            tokens = [int(t) for t in prompt]
+        if not tokens:
+            raise ConfigError("the prompt is empty; pass some text or token ids")
+        self._check_fits(tokens)
+        return RequestSpec(tuple(tokens), self._params(enable_thinking=None, sampling=sampling))
+
+    def _chat_request(
+        self,
+        messages: Sequence[Message],
+        sampling: dict[str, Any],
+        *,
+        enable_thinking: bool | None,
+        thinking_budget: int | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+        truncate: bool,
+    ) -> RequestSpec:
+        msgs = [dict(m) for m in messages]
+        while True:
+            rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
+            tokens = self.prompt_tokens(rendered)
+            if len(tokens) < self.n_ctx_seq:
+                break
+            if not truncate or not _drop_oldest_turn(msgs):
+                raise ContextOverflowError(len(tokens), self.n_ctx_seq)
+        if thinking_budget is not None and thinking_budget < 0:
+            raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
+        return RequestSpec(
+            tuple(tokens),
+            self._params(enable_thinking=enable_thinking, sampling=sampling),
+            thinking_open=rendered.thinking_open,
+            thinking_budget=thinking_budget,
+        )
+
+    def _params(self, *, enable_thinking: bool | None, sampling: dict[str, Any]) -> SamplingParams:
+        preset = preset_for(self.architecture, enable_thinking is not False)
+        return resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
+
+    def _check_fits(self, tokens: Sequence[int]) -> None:
+        if len(tokens) >= self.n_ctx_seq:
+            raise ContextOverflowError(len(tokens), self.n_ctx_seq)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ModelClosedError(f"{self.path.name} was closed; load it again with Model.load(path)")
+
+    # -- the compute thread's side ----------------------------------------------------------------
+
+    def _submitter(self, spec: RequestSpec) -> Submit:
+        def submit(sink: Sink) -> Request:
+            request = Request(spec, sink)
+            with self._lock:
+                self._check_open()
+                self._compute.submit(lambda: self._engine.submit(request))
+            return request
+
+        return submit
+
+    def _stream(self, spec: RequestSpec) -> GenerationStream:
+        return GenerationStream(self._submitter(spec), self.settings.queue_timeout)
+
+    def _astream(self, spec_factory: Callable[[], RequestSpec]) -> AsyncGenerationStream:
+        def submit(sink: Sink) -> Request:
+            return self._submitter(spec_factory())(sink)
+
+        return AsyncGenerationStream(submit, self.settings.queue_timeout)
+
+    def _make_sequence(self, request: Request, n_ctx_seq: int) -> Sequence_:
+        """On the compute thread, at admission: the request's own sampler chain and text state."""
+        return Sequence_(
+            request,
+            sampler=build_sampler(request.params, self._vocab),
+            piece=self._piece,
+            think_close=self._think_close,
+            n_ctx_seq=n_ctx_seq,
+            free_sampler=L.llama_sampler_free,
+        )
+
+    def slot_usage(self) -> dict[str, int]:
+        """Sequence slots busy and requests waiting (a racy read, for health pages and metrics)."""
+        return {"slots_total": self.parallel, "slots_busy": self._engine.slots_in_use,
+                "waiting": len(self._engine.waiting)}  # fmt: skip
+
+    # -- public API: text prompts ---------------------------------------------------------------------
+
+    def stream(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationStream:
+        """Stream a plain completion of ``prompt`` (text or token ids; no chat template)."""
+        return self._stream(self._plain_request(prompt, sampling))
+
+    def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
+        """Complete ``prompt`` and return the whole answer (blocking)."""
+        return drain(self.stream(prompt, **sampling))
+
+    def generate_batch(
+        self, prompts: Sequence[str | Sequence[int]], **sampling: Any
+    ) -> list[GenerationResult]:
+        """Run every prompt together (up to ``parallel`` at a time, the rest queued); results come back
+        in the order of ``prompts``."""
+        streams = [self.stream(p, **sampling) for p in prompts]
+        return [drain(s) for s in streams]
+
+    def astream(self, prompt: str | Sequence[int], **sampling: Any) -> AsyncGenerationStream:
+        return self._astream(lambda: self._plain_request(prompt, sampling))
+
+    async def agenerate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
+        return await adrain(self.astream(prompt, **sampling))
+
+    # -- public API: chat ---------------------------------------------------------------------------
+
+    def chat_stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        truncate: bool = False,
+        **sampling: Any,
+    ) -> GenerationStream:
+        """Stream the assistant's reply to ``messages`` rendered with the model's chat template."""
+        spec = self._chat_request(
+            messages,
+            sampling,
+            enable_thinking=enable_thinking,
+            thinking_budget=thinking_budget,
+            tools=tools,
+            truncate=truncate,
+        )
+        return self._stream(spec)
+
+    def chat(self, messages: Sequence[Message], **kwargs: Any) -> GenerationResult:
+        """The assistant's whole reply (blocking); keywords as :meth:`chat_stream`."""
+        return drain(self.chat_stream(messages, **kwargs))
+
+    def chat_batch(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list[GenerationResult]:
+        """Answer every conversation together (see :meth:`generate_batch`)."""
+        streams = [self.chat_stream(c, **kwargs) for c in conversations]
+        return [drain(s) for s in streams]
+
+    def achat_stream(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: bool | None = None,
+        thinking_budget: int | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        truncate: bool = False,
+        **sampling: Any,
+    ) -> AsyncGenerationStream:
+        def spec() -> RequestSpec:
+            return self._chat_request(
+                messages,
+                sampling,
+                enable_thinking=enable_thinking,
+                thinking_budget=thinking_budget,
+                tools=tools,
+                truncate=truncate,
+            )
+
+        return self._astream(spec)
+
+    async def achat(self, messages: Sequence[Message], **kwargs: Any) -> GenerationResult:
+        return await adrain(self.achat_stream(messages, **kwargs))
+
+    def reset(self) -> None:
+        """Empty the KV cache (after the requests already queued); the next prompt is prefilled whole."""
+        drain(self._stream(RequestSpec((), self._params(enable_thinking=None, sampling={}))))
+
+
+def _drop_oldest_turn(messages: list[dict[str, Any]]) -> bool:
+    """Remove the oldest non-system turn (a user message and the replies up to the next user message)."""
+    first = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
+    if first is None:
+        return False
+    nxt = next((i for i in range(first + 1, len(messages)) if messages[i].get("role") == "user"), None)
+    if nxt is None:
+        return False
+    del messages[first:nxt]
+    return True

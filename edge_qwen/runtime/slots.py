@@ -1,0 +1,103 @@
+"""Sequence slots of one llama.cpp context and the pure decisions about them.
+
+A context holds ``parallel`` sequences (llama.cpp ``n_seq_max``). Each :class:`Slot` remembers
+exactly which tokens' K/V sit in its sequence, so a new request can pick the free slot whose cache
+shares the longest prefix with its prompt (llama.cpp's server does the same: prompt-similarity slot
+selection), and can borrow a longer prefix from any other sequence with ``llama_memory_seq_cp``.
+
+What ``n_ctx`` means: the context's **total** KV cells. With the unified cache (the default, as in
+llama.cpp's server when it picks the slot count itself) all sequences draw on those cells, so one
+request may use up to ``n_ctx`` while the others are short; copying a prefix costs no cells. With a
+split cache each sequence owns ``n_ctx / parallel`` cells. Nothing here touches llama.cpp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Slot:
+    """One sequence id of the context and the tokens whose K/V it holds, in position order."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    shared: int = 0  # leading tokens whose cells were copied from another sequence (cost no cells)
+    busy: bool = False
+    last_used: float = 0.0
+
+    @property
+    def own_cells(self) -> int:
+        return max(0, len(self.tokens) - self.shared)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a prompt goes: its slot, how many leading tokens that slot already holds (``reuse``),
+    and optionally another sequence to copy a longer prefix from (``donor``, ``donor_tokens``)."""
+
+    slot: Slot
+    reuse: int
+    donor: Slot | None = None
+    donor_tokens: int = 0
+
+    @property
+    def cached(self) -> int:
+        return max(self.reuse, self.donor_tokens)
+
+
+def choose_slot(slots: Sequence[Slot], prompt: Sequence[int], *, allow_copy: bool) -> Placement | None:
+    """The free slot for ``prompt``: longest cached prefix first; among equals, an empty slot, then the
+    least recently used (its cache is the least likely to be wanted again). None when all are busy.
+
+    At least one prompt token is always left to evaluate (its logits give the first output token).
+    With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
+    is borrowed instead of recomputed.
+    """
+    free = [s for s in slots if not s.busy]
+    if not free or not prompt:
+        return None
+    limit = len(prompt) - 1
+
+    def score(s: Slot) -> tuple[int, int, float]:
+        return (min(common_prefix(s.tokens, prompt), limit), -len(s.tokens), -s.last_used)
+
+    slot = max(free, key=score)
+    reuse = min(common_prefix(slot.tokens, prompt), limit)
+    if allow_copy:
+        donors = [(min(common_prefix(s.tokens, prompt), limit), s) for s in slots if s is not slot]
+        best = max(donors, key=lambda d: d[0], default=(0, None))
+        if best[1] is not None and best[0] > reuse:
+            return Placement(slot, reuse, best[1], best[0])
+    return Placement(slot, reuse)
+
+
+def used_cells(slots: Sequence[Slot]) -> int:
+    """KV cells the slots hold (an estimate when copied prefixes outlive their donor; llama.cpp's
+    "no KV slot" answer is the backstop)."""
+    return sum(s.own_cells for s in slots)
+
+
+def idle_caches_to_drop(slots: Sequence[Slot], keep: Slot, need: int, free: int) -> list[Slot] | None:
+    """Idle slots whose caches to drop (least recently used first) so ``need`` cells fit in ``free``;
+    None when even dropping every idle cache is not enough (the request must wait)."""
+    if need <= free:
+        return []
+    chosen: list[Slot] = []
+    idle = [s for s in slots if not s.busy and s is not keep and s.tokens]
+    for s in sorted(idle, key=lambda s: s.last_used):
+        chosen.append(s)
+        free += s.own_cells
+        if need <= free:
+            return chosen
+    return None

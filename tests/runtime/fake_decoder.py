@@ -1,0 +1,172 @@
+"""A fake llama.cpp context for testing the step loop without a model.
+
+It keeps a real cell table (position, token, the set of sequences that hold it) with a fixed
+number of cells, like llama.cpp's unified KV cache, and refuses a batch that does not fit (code 1,
+the state unchanged). Its "model" is deterministic and depends on a sequence's *whole* cached
+history, so a token fed at a wrong position or into the wrong sequence changes every later token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_qwen.runtime.batcher import BatchEngine, BatchEntry
+from edge_qwen.runtime.presets import SamplingParams
+from edge_qwen.runtime.request import STARTED, Request, RequestSpec
+from edge_qwen.runtime.results import GenerationChunk, ResultBuilder
+from edge_qwen.runtime.sequence import Sequence as Seq
+
+VOCAB = 97
+EOG = 0
+
+
+def next_token(history: Sequence[int]) -> int:
+    """The fake model: a hash of the whole history, never EOG unless the history ends in 13, 13."""
+    if len(history) >= 2 and history[-1] == 13 and history[-2] == 13:
+        return EOG
+    h = 7
+    for i, t in enumerate(history):
+        h = (h * 31 + t * (i + 3)) % 1_000_003
+    return 1 + h % (VOCAB - 1)
+
+
+@dataclass
+class FakeDecoder:
+    n_cells: int
+    cells: list[tuple[int, int, set[int]]] = field(default_factory=list)
+    batches: list[list[tuple[int, int, int, bool]]] = field(default_factory=list)
+    _rows: dict[int, int] = field(default_factory=dict)
+    fail_next: int = 0
+
+    def history(self, seq_id: int) -> list[int]:
+        return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
+
+    def decode(self, entries: Sequence[BatchEntry]) -> int:
+        if self.fail_next:
+            self.fail_next -= 1
+            return -3
+        new = sum(len(e.tokens) for e in entries)
+        if len(self.cells) + new > self.n_cells:
+            return 1
+        self.batches.append([(e.seq_id, len(e.tokens), e.pos, e.logits) for e in entries])
+        row = 0
+        for e in entries:
+            assert e.pos == len(self.history(e.seq_id)), "a token fed at the wrong position"
+            for j, tok in enumerate(e.tokens):
+                self.cells.append((e.pos + j, tok, {e.seq_id}))
+            row += len(e.tokens)
+            if e.logits:
+                e.row = row - 1
+                self._rows[row - 1] = next_token(self.history(e.seq_id))
+        return 0
+
+    def sample(self, sampler: Any, row: int) -> int:
+        return self._rows[row]
+
+    def is_eog(self, token: int) -> bool:
+        return token == EOG
+
+    def seq_rm(self, seq_id: int, p0: int) -> bool:
+        kept = []
+        for pos, tok, seqs in self.cells:
+            if seq_id in seqs and pos >= p0:
+                seqs = seqs - {seq_id}
+            if seqs:
+                kept.append((pos, tok, seqs))
+        self.cells = kept
+        return True
+
+    def seq_cp(self, src: int, dst: int, n_tokens: int) -> None:
+        for pos, _tok, seqs in self.cells:
+            if src in seqs and pos < n_tokens:
+                seqs.add(dst)
+
+    def last_error(self) -> str:
+        return ""
+
+
+def solo(prompt: Sequence[int], max_tokens: int) -> list[int]:
+    """What a sequence generates alone: the reference for every batched run."""
+    history, out = list(prompt), []
+    while len(out) < max_tokens:
+        token = next_token(history)
+        if token == EOG:
+            break
+        out.append(token)
+        history.append(token)
+    return out
+
+
+class Collector:
+    """A request's sink: every chunk, the STARTED marker, or an exception."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def __call__(self, item: object) -> None:
+        self.items.append(item)
+
+    @property
+    def chunks(self) -> list[GenerationChunk]:
+        return [i for i in self.items if isinstance(i, GenerationChunk)]
+
+    @property
+    def done(self) -> bool:
+        failed = any(isinstance(i, BaseException) for i in self.items)
+        return failed or any(c.finish_reason for c in self.chunks)
+
+    @property
+    def started(self) -> bool:
+        return STARTED in self.items
+
+    def result(self) -> Any:
+        return ResultBuilder().extend(self.chunks)
+
+
+def make_engine(
+    *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True, n_batch: int = 512
+) -> tuple[BatchEngine, FakeDecoder]:
+    decoder = FakeDecoder(n_cells=n_ctx)
+
+    def make(request: Request, n_ctx_seq: int) -> Seq:
+        return Seq(
+            request,
+            sampler=None,
+            piece=lambda t: f"<{t}>".encode(),
+            think_close=[],
+            n_ctx_seq=n_ctx_seq,
+            free_sampler=lambda s: None,
+        )
+
+    engine = BatchEngine(
+        decoder, make, parallel=parallel, n_ctx=n_ctx, n_batch=n_batch, unified=unified,
+        prefill_chunk=prefill_chunk,
+    )  # fmt: skip
+    return engine, decoder
+
+
+def submit(
+    engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, **params: Any
+) -> tuple[Request, Collector]:
+    sink = Collector()
+    sampling = SamplingParams(max_tokens=max_tokens, temperature=0, **params)
+    request = Request(RequestSpec(tuple(prompt), sampling), sink)
+    engine.submit(request)
+    return request, sink
+
+
+def run(engine: BatchEngine, limit: int = 10_000) -> int:
+    steps = 0
+    while engine.has_work and steps < limit:
+        engine.step()
+        steps += 1
+    assert not engine.has_work, "the engine did not finish"
+    return steps
+
+
+def out_tokens(sink: Collector) -> list[int]:
+    """The token ids a request streamed (the fake pieces are "<id>")."""
+    text = sink.result().text
+    return [int(t) for t in text.replace("><", " ").strip("<>").split()] if text else []
