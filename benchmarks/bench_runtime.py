@@ -16,11 +16,16 @@ runs on are often shared, so drift hits every contender alike), medians of ``--r
 * ``llama_bench``: ``llama-bench -p 512 -n 128`` when a binary is on PATH or given.
 
 Prints one JSON object (machine info, medians, ratios); ``--out`` also writes it to a file.
+
+``--contention K`` measures decode only, solo and then beside K busy processes (one spinning
+Python each): ``llama-bench -t N`` and ``-t 1`` (bare ``llama_decode`` without a binary) and the
+engine, as ratios to solo. scripts/build_llama_tools.sh builds llama-bench from the same llama.cpp.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -29,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +77,9 @@ def main() -> None:
         print(json.dumps(_measure(args, args.only)))
         return
     threads = args.threads or _llama.physical_cores()
+    if args.contention:
+        _report(args, _contention(args, threads))
+        return
     samples: dict[str, dict[str, list[float]]] = {name: {} for name in CONTENDERS}
     for _ in range(args.runs):  # interleaved, so drift on a shared machine hits every contender
         for name in CONTENDERS:
@@ -97,7 +105,9 @@ def main() -> None:
         write_json(args.out, report)
 
 
-def _measure_in_subprocess(args: argparse.Namespace, name: str, threads: int) -> dict[str, float]:
+def _measure_in_subprocess(
+    args: argparse.Namespace, name: str, threads: int, metric: str | None = None
+) -> dict[str, float]:
     """Each contender runs alone in a fresh process. Two llama.cpp users in one process (two
     OpenMP thread teams on few cores) slow each other down: libgomp throttles its spin-waits once
     it manages more threads than there are CPUs, which costs ~35% decode speed here."""
@@ -114,6 +124,7 @@ def _measure_in_subprocess(args: argparse.Namespace, name: str, threads: int) ->
         str(args.decode_tokens),
         "--prompt-tokens",
         str(args.prompt_tokens),
+        *(["--metric", metric] if metric else []),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return dict(json.loads(out.strip().splitlines()[-1]))
@@ -138,7 +149,7 @@ def _measure(args: argparse.Namespace, name: str) -> dict[str, float]:
             metrics = _engine_runs(model, prompt, args.decode_tokens)
         else:
             metrics = _raw_runs(model, prompt, args.decode_tokens)
-    return {metric: run() for metric, run in metrics.items()}
+    return {metric: run() for metric, run in metrics.items() if args.metric in (None, metric)}
 
 
 def _parse() -> argparse.Namespace:
@@ -153,6 +164,11 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--llama-bench", default=None, help="path of a llama-bench binary (default: PATH)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--only", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--metric", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--contention", type=int, default=0, metavar="K",
+        help="decode speed with K competing busy processes, as ratios to solo (llama-bench, engine)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.runs < 3:
         parser.error("--runs must be at least 3 (medians)")
@@ -228,11 +244,11 @@ def _raw_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Calla
 
 
 def _llama_cpp_python(path: Path, threads: int) -> Any:
-    """llama_cpp.Llama on the same file. On AMX CPUs extra buffer types are turned off, as the
-    engine does, because that llama.cpp path crashes on multi-token batches there."""
+    """llama_cpp.Llama on the same file, with extra buffer types only where the engine uses them
+    (not in GCC 12 builds with AMX kernels, whose multi-token batches crash: _llama)."""
     import llama_cpp
 
-    if _llama.has_amx():
+    if not _llama.default_extra_buffers():
         original = L.llama_model_default_params
 
         def without_extra_buffers() -> Any:
@@ -302,6 +318,73 @@ def _llama_bench(args: argparse.Namespace, threads: int) -> dict[str, float] | N
         key = "prefill_tok_s" if row.get("n_prompt") else "decode_tok_s"
         results[key] = float(row["avg_ts"])
     return results
+
+
+# --- contention: a desktop app shares the CPU -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def _busy(k: int) -> Iterator[None]:
+    """K competing processes, each spinning on one core (what a busy app or a build looks like)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(k)]
+    try:
+        time.sleep(0.5)  # let them get scheduled before measuring
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _decode_speeds(args: argparse.Namespace, threads: int) -> dict[str, float]:
+    """Median decode tok/s: llama-bench (or bare llama_decode) with N and 1 threads, and the engine."""
+    binary = args.llama_bench or shutil.which("llama-bench")
+    speeds: dict[str, list[float]] = {}
+    for _ in range(args.runs):
+        for n in sorted({threads, 1}, reverse=True):
+            if binary:
+                speeds.setdefault(f"llama_bench_t{n}", []).append(_llama_bench_decode(args, binary, n))
+            else:
+                raw = _measure_in_subprocess(args, "raw", n, "decode_tok_s")["decode_tok_s"]
+                speeds.setdefault(f"raw_t{n}", []).append(raw)
+        engine = _measure_in_subprocess(args, "engine", threads, "decode_tok_s")["decode_tok_s"]
+        speeds.setdefault("engine", []).append(engine)
+    return {name: statistics.median(values) for name, values in speeds.items()}
+
+
+def _llama_bench_decode(args: argparse.Namespace, binary: str, threads: int) -> float:
+    cmd = [binary, "-m", str(args.model), "-t", str(threads), "-p", "0", "-n", str(args.decode_tokens),
+           "-r", "1", "-o", "json", "--repack", "1" if _llama.default_extra_buffers() else "0"]  # fmt: skip
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(out)[0]["avg_ts"])
+
+
+def _contention(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """Solo, then with ``--contention`` busy processes: decode speeds and their ratios to solo.
+    Goals (issue 13): the engine keeps >= 0.65x of its solo speed with one competitor, and load-aware
+    threads cost nothing alone (>= 0.98x of the pinned count)."""
+    solo = _decode_speeds(args, threads)
+    reference = next(name for name in solo if name.endswith(f"_t{threads}"))
+    with _busy(args.contention):
+        loaded = _decode_speeds(args, threads)
+    return {
+        "model": str(args.model),
+        "threads": threads,
+        "contention": args.contention,
+        "machine": _machine(),
+        "solo_decode_tok_s": solo,
+        "loaded_decode_tok_s": loaded,
+        "ratio_to_solo": {name: round(loaded[name] / solo[name], 3) for name in solo},
+        "engine_solo_vs_reference_solo": round(solo["engine"] / solo[reference], 3),
+    }
+
+
+def _report(args: argparse.Namespace, report: dict[str, Any]) -> None:
+    print(json.dumps(report, indent=2))
+    if args.out:
+        from edge_qwen._atomic import write_json
+
+        write_json(args.out, report)
 
 
 # --- report ------------------------------------------------------------------------------------
