@@ -36,7 +36,7 @@ COMMANDS: dict[str, str] = {
     "recommend": "pick the most capable model and quant that fits a device or budget",
     "serve": "serve models over an OpenAI-compatible HTTP API (needs the server extra)",
     "plan": "estimate a GGUF's memory and whether it fits a budget or device",
-    "doctor": "what this machine and llama.cpp build can do (backends, devices, CPU, memory), and what to fix",
+    "doctor": "what this machine and its llama.cpp build can do (backends, devices, memory); what to fix",
     "convert-lora": "convert a PEFT LoRA adapter to a GGUF LoRA adapter for its base model",
 }
 
