@@ -179,3 +179,18 @@ class MissingExtraError(EdgeQwenError, ImportError):
 
 class ModelFileChangedError(ModelNotCachedError, ChecksumError):
     """A cached model file no longer matches the size/sha256 recorded when it was pulled."""
+
+
+# --- multimodal conversion ----------------------------------------------------------------------
+
+
+class MultimodalNotSupportedError(UnsupportedArchitectureError):
+    """A multimodal Qwen architecture (e.g. Qwen3-VL) that edge-qwen cannot convert yet."""
+
+    def __init__(self, architecture: str, supported: list[str]) -> None:
+        super().__init__(architecture, supported)
+        self.args = (
+            f"{architecture} is not supported yet; edge-qwen converts {', '.join(supported)}. "
+            "Use an official GGUF + mmproj of this model, or convert it with llama.cpp's "
+            "convert_hf_to_gguf.py (once with --mmproj).",
+        )

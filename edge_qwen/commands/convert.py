@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from ..convert import convert
+from ..convert.mmproj import MMPROJ_TYPES
 from ..convert.tensors import OUTTYPES
 
 
@@ -20,6 +21,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", required=True, help="output folder")
     parser.add_argument("-q", "--quants", default="", help="comma-separated quant types, e.g. q4_k_m,q8_0")
     parser.add_argument("--outtype", default="f16", choices=sorted(OUTTYPES), help="unquantized output type")
+    parser.add_argument(
+        "--mmproj-type",
+        choices=sorted(MMPROJ_TYPES),
+        help="Qwen-VL: type of the vision projector GGUF (default f16; f32 with --outtype f32)",
+    )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     parser.add_argument(
         "--ctx", type=int, help="target context; above the native one writes YaRN rope scaling"
@@ -41,9 +47,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         evaluate=not args.no_eval,
         threads=args.threads,
         quiet=args.quiet or args.json,
+        mmproj_type=args.mmproj_type,
     ).as_dict()
     if not args.json:
-        for out in result["outputs"]:
+        for out in result["outputs"] + [m for m in [result.get("mmproj")] if m]:
             print(f"{out['quant_type']:>7}  {out['size'] / 2**20:9.1f} MiB  {out['path']}")
         rated = [out["quality"] for out in result["outputs"] if out.get("quality")]
         if rated:

@@ -8,13 +8,14 @@ producing a model that computes something else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gguf
 
-from ..errors import CheckpointError, UnsupportedArchitectureError
+from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
+from .vision import mrope_sections
 
 T = gguf.MODEL_TENSOR
 
@@ -28,6 +29,8 @@ class Architecture:
     llama_norm_topk: bool | None = None
     # Tensors kept in F32 whatever the output type (llama.cpp's converter does the same).
     f32_tensors: frozenset[gguf.MODEL_TENSOR] = frozenset()
+    # A vision-language checkpoint: the language model plus an mmproj GGUF (see .vision / .mmproj).
+    vision: bool = False
 
     @property
     def gguf_name(self) -> str:
@@ -53,8 +56,19 @@ ARCHITECTURES: dict[str, Architecture] = {
             llama_norm_topk=False,
             f32_tensors=frozenset({T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP}),
         ),
+        Architecture("Qwen2VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
+        Architecture("Qwen2_5_VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
     )
 }
+# Multimodal Qwen architectures edge-qwen knows of but cannot convert yet.
+NOT_YET_SUPPORTED = (
+    "Qwen2AudioForConditionalGeneration",
+    "Qwen2_5OmniForConditionalGeneration",
+    "Qwen2_5OmniModel",
+    "Qwen3VLForConditionalGeneration",
+    "Qwen3VLMoeForConditionalGeneration",
+    "Qwen3OmniMoeForConditionalGeneration",
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class HParams:
     n_expert_used: int = 0
     n_ff_exp: int = 0
     n_ff_shexp: int = 0
+    mrope_sections: tuple[int, ...] = ()  # Qwen-VL: rotary frequencies per (t, h, w, -) position
 
 
 def load_hparams(folder: Path) -> HParams:
@@ -96,6 +111,10 @@ def load_hparams(folder: Path) -> HParams:
     cfg = json.loads(path.read_text())
     names = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
     arch = ARCHITECTURES.get(names[0])
+    if names[0] in NOT_YET_SUPPORTED:
+        raise MultimodalNotSupportedError(names[0], list(ARCHITECTURES))
+    if arch is not None and arch.vision:  # newer transformers nest the text keys
+        cfg = {**cfg, **(cfg.get("text_config") or {})}
     if arch is None:
         raise UnsupportedArchitectureError(names[0], list(ARCHITECTURES))
 
@@ -129,6 +148,8 @@ def load_hparams(folder: Path) -> HParams:
     )
     if arch.moe:
         _check_moe(path, hp)
+    if arch.vision:
+        hp = replace(hp, mrope_sections=mrope_sections(folder, cfg, hp.head_dim))
     return hp
 
 

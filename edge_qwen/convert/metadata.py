@@ -42,6 +42,8 @@ def add_hparams(writer: gguf.GGUFWriter, hp: HParams, ctx: int | None) -> int:
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)
     writer.add_rope_freq_base(hp.rope_theta)
+    if hp.mrope_sections:
+        writer.add_rope_dimension_sections(list(hp.mrope_sections))
     writer.add_layer_norm_rms_eps(hp.rms_eps)
     if hp.arch.moe:
         writer.add_expert_count(hp.n_expert)
@@ -63,6 +65,8 @@ def _add_rope_scaling(writer: gguf.GGUFWriter, hp: HParams, ctx: int | None) -> 
     kind = scaling.get("rope_type") or scaling.get("type")
     native = int(scaling.get("original_max_position_embeddings") or hp.n_ctx)
     factor = float(scaling.get("factor") or 1.0) if kind == "yarn" else 1.0
+    if kind == "mrope":  # Qwen-VL's name for M-RoPE without scaling (sections written above)
+        kind = None
     if kind not in (None, "default", "yarn"):
         raise CheckpointError(f"rope_scaling type {kind!r} is not supported; Qwen uses 'yarn' or none")
     if ctx is not None and ctx > native * factor:

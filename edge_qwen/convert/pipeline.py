@@ -14,10 +14,12 @@ from .._atomic import atomic_path
 from ._io import HashingFile
 from .architectures import HParams, load_hparams
 from .metadata import Source, add_general, add_hparams
+from .mmproj import MMPROJ_TYPES, MmprojPlan, default_mmproj_type, finish_mmproj, prepare_mmproj
 from .safetensors import open_checkpoint
 from .source import resolve_source
 from .tensors import OUTTYPES, PlannedTensor, describe, parameter_count, plan_tensors
 from .tokenizer import Vocab, load_vocab
+from .vision import split_checkpoint
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ConvertResult:
     architecture: str
     n_params: int
     outputs: list[dict[str, Any]] = field(default_factory=list)  # manifests, unquantized first
+    mmproj: dict[str, Any] | None = None  # the vision projector's manifest (Qwen-VL checkpoints)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +40,7 @@ class ConvertResult:
             "architecture": self.architecture,
             "n_params": self.n_params,
             "outputs": self.outputs,
+            "mmproj": self.mmproj,
         }
 
 
@@ -51,6 +55,7 @@ def convert(
     evaluate: bool = True,
     threads: int | None = None,
     quiet: bool = False,
+    mmproj_type: str | None = None,
 ) -> ConvertResult:
     """Convert a checkpoint folder or hub repo id to GGUF, then quantize and evaluate.
 
@@ -64,6 +69,9 @@ def convert(
         evaluate: compute the quality report of each quantized output against the unquantized one.
         threads: threads for quantization and evaluation (default: llama.cpp's choice).
         quiet: no progress bars.
+        mmproj_type: ``f16`` / ``f32`` / ``q8_0`` for a Qwen-VL checkpoint's vision projector
+            (default: f32 beside an F32 model, else f16). Every output's manifest names the mmproj
+            (``mmproj``) and the mmproj's names the model (``model``).
 
     Returns:
         A :class:`ConvertResult`; manifests are also written beside every output.
@@ -75,14 +83,23 @@ def convert(
     """
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    if mmproj_type is not None and mmproj_type not in MMPROJ_TYPES:
+        raise ValueError(f"mmproj_type must be one of {', '.join(MMPROJ_TYPES)}, got {mmproj_type!r}")
     started = time.perf_counter()
     source = resolve_source(src, revision)
     hp = load_hparams(source.folder)
     vocab = load_vocab(source.folder, hp.n_vocab)
-    planned = plan_tensors(open_checkpoint(source.folder), hp, outtype)
+    refs = open_checkpoint(source.folder)
+    mmproj: MmprojPlan | None = None
+    if hp.arch.vision:  # checked before anything is written
+        refs, vision_refs = split_checkpoint(refs)
+        mm_type = mmproj_type or default_mmproj_type(outtype)
+        mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)
+    planned = plan_tensors(refs, hp, outtype)
     out = Path(outdir) / f"{source.name.lower()}-{outtype}.gguf"
     extra = write_gguf(out, hp, vocab, planned, source, outtype, ctx=ctx, progress=not quiet)
     result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
+    link: dict[str, Any] = {"mmproj": str(mmproj.path.resolve())} if mmproj is not None else {}
 
     from ..quantize import quantize, read_manifest, update_manifest, write_manifest
 
@@ -94,8 +111,11 @@ def convert(
             elapsed_s=time.perf_counter() - started,
             tensor_types=describe(planned),
             **extra,
+            **link,
         )
     )
+    if mmproj is not None:
+        result.mmproj = finish_mmproj(mmproj, source, out, progress=not quiet)
     quantized = [quantize(out, q, out_dir=out.parent, threads=threads, quiet=quiet) for q in quants]
     quality: dict[str, dict[str, Any]] = {}
     if evaluate and quantized:
@@ -104,7 +124,9 @@ def convert(
         for q in evaluate_quality(out, [r.path for r in quantized], threads=threads):
             quality[q.path] = q.as_dict()
     for r in quantized:
-        update_manifest(r.path, source=source.as_dict(), reference=str(out), quality=quality.get(str(r.path)))
+        update_manifest(
+            r.path, source=source.as_dict(), reference=str(out), quality=quality.get(str(r.path)), **link
+        )
         result.outputs.append(read_manifest(r.path))
     return result
 

@@ -21,6 +21,8 @@ HUB_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
     "README.md",
     "LICENSE",
 ]

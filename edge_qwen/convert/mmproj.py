@@ -1,0 +1,294 @@
+"""Write the mmproj GGUF of a Qwen-VL checkpoint: vision tower + patch merger, for llama.cpp's clip.
+
+Names come from gguf-py's ``TensorNameMap(MODEL_ARCH.MMPROJ)`` and keys from ``GGUFWriter``'s
+``add_clip_*`` / ``add_vision_*`` helpers. Two tensors are reshaped on the way, as clip.cpp expects:
+
+* ``attn.qkv`` (one [3·width, width] matrix) becomes separate q, k and v tensors (row slices);
+* the Conv3d patch embedding [width, 3, 2, p, p] becomes two Conv2d kernels, one per temporal
+  frame (``v.patch_embd.weight`` and ``v.patch_embd.weight.1``); a still image is the same frame
+  twice, so clip adds both convolutions of it.
+
+Data is streamed in row blocks like the text converter's, and the file is written atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import gguf
+import numpy as np
+
+from .._atomic import atomic_path
+from ..errors import CheckpointError
+from ._io import HashingFile, ordered_map
+from .metadata import Source
+from .safetensors import TensorRef
+from .vision import NOMINAL_IMAGE_SIZE, VISION_EPS, VisionConfig, load_vision_config
+
+Q = gguf.GGMLQuantizationType
+T = gguf.MODEL_TENSOR
+# --mmproj-type -> (type of 2-D weights, GGUF file type)
+MMPROJ_TYPES: dict[str, tuple[Q, gguf.LlamaFileType]] = {
+    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
+    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+}
+_STORAGE: dict[Q, np.dtype] = {
+    Q.F32: np.dtype(np.float32),
+    Q.F16: np.dtype(np.float16),
+    Q.Q8_0: np.dtype(np.uint8),
+}
+PATCH = gguf.TENSOR_NAMES[T.V_ENC_EMBD_PATCH] + ".weight"
+
+
+def default_mmproj_type(outtype: str) -> str:
+    """F32 beside an F32 language model (exact comparisons), F16 otherwise (also for quantized ones)."""
+    return "f32" if outtype == "f32" else "f16"
+
+
+@dataclass
+class MmprojTensor:
+    """One mmproj tensor: rows ``[start, stop)`` of a checkpoint tensor, optionally sliced further.
+
+    Duck-types the ndarray attributes ``GGUFWriter.add_tensor`` reads, like ``PlannedTensor``.
+    """
+
+    name: str
+    logical_shape: tuple[int, ...]
+    ref: TensorRef
+    rows: tuple[int, int]
+    ggml_type: Q
+    take: Callable[[np.ndarray], np.ndarray] | None = None
+
+    @property
+    def dtype(self) -> np.dtype:
+        return _STORAGE[self.ggml_type]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Storage shape: Q8_0 rows are bytes (gguf-py turns them back into the logical shape)."""
+        if self.ggml_type == Q.Q8_0:
+            block, size = gguf.GGML_QUANT_SIZES[Q.Q8_0]
+            return (*self.logical_shape[:-1], self.logical_shape[-1] // block * size)
+        return self.logical_shape
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def tofile(self, fout: IO[bytes]) -> None:
+        start, stop = self.rows
+        jobs = [(start + a, n) for a, n in self.ref.row_blocks() if start + a < stop]
+        jobs = [(a, min(n, stop - a)) for a, n in jobs]
+        for block in ordered_map(self._encoded, jobs):
+            fout.write(block.data)
+
+    def _encoded(self, job: tuple[int, int]) -> np.ndarray:
+        block = self.ref.read_rows(*job)
+        if self.take is not None:
+            block = self.take(block)
+        if self.ggml_type == Q.Q8_0:
+            return np.ascontiguousarray(gguf.quants.quantize(block.reshape(block.shape[0], -1), Q.Q8_0))
+        return np.ascontiguousarray(block.astype(self.dtype, copy=False))
+
+
+def plan_mmproj(refs: dict[str, TensorRef], vc: VisionConfig, mmproj_type: str) -> list[MmprojTensor]:
+    """Every mmproj tensor from the checkpoint's ``visual.*`` tensors.
+
+    Raises:
+        CheckpointError: a vision tensor gguf-py cannot name, or a missing one.
+    """
+    # merger.mlp.{0,2} are block-numbered too, so the map must reach index 2 even for tiny towers
+    name_map = gguf.TensorNameMap(gguf.MODEL_ARCH.MMPROJ, max(vc.depth, 3))
+    planned: list[MmprojTensor] = []
+    for hf_name, ref in refs.items():
+        for part_name, rows, take in _parts(hf_name, ref):
+            if hf_name.endswith("patch_embed.proj.weight"):
+                gguf_name = PATCH + ("" if part_name.endswith("#0") else ".1")
+                kind = T.V_ENC_EMBD_PATCH
+            else:
+                mapped = name_map.get_type_and_name(part_name, try_suffixes=(".weight", ".bias"))
+                if mapped is None:
+                    raise CheckpointError(
+                        f"checkpoint tensor {hf_name!r} has no place in llama.cpp's Qwen-VL mmproj; "
+                        "the checkpoint does not match its config.json architecture"
+                    )
+                kind, gguf_name = mapped
+            shape = _shape(ref, rows, take)
+            planned.append(
+                MmprojTensor(gguf_name, shape, ref, rows, _ggml_type(kind, shape, mmproj_type), take)
+            )
+    _check_complete(planned, vc)
+    return planned
+
+
+def _parts(hf_name: str, ref: TensorRef):
+    """(name, rows, take) pieces of one checkpoint tensor."""
+    n = ref.shape[0]
+    if ".attn.qkv." in hf_name:
+        third = n // 3
+        return [
+            (hf_name.replace(".qkv.", f".{x}."), (i * third, (i + 1) * third), None)
+            for i, x in enumerate("qkv")
+        ]
+    if hf_name.endswith("patch_embed.proj.weight"):
+        if len(ref.shape) != 5 or ref.shape[2] != 2:
+            raise CheckpointError(
+                f"{hf_name}: shape {list(ref.shape)}, expected a Conv3d [width, 3, 2, p, p]"
+            )
+        return [(f"{hf_name}#{t}", (0, n), _frame(t)) for t in (0, 1)]
+    return [(hf_name, (0, n), None)]
+
+
+def _frame(t: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda block: block[:, :, t]
+
+
+def _shape(
+    ref: TensorRef, rows: tuple[int, int], take: Callable[[np.ndarray], np.ndarray] | None
+) -> tuple[int, ...]:
+    shape = (rows[1] - rows[0], *ref.shape[1:])
+    if take is not None:
+        shape = take(np.empty((1, *shape[1:]), dtype=np.float32)).shape
+        shape = (rows[1] - rows[0], *shape[1:])
+    return tuple(int(d) for d in shape)
+
+
+def _ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], mmproj_type: str) -> Q:
+    """Norms and biases F32; the patch kernels F16 at most (ggml's conv_2d); matrices as asked."""
+    if len(shape) <= 1:
+        return Q.F32
+    want = MMPROJ_TYPES[mmproj_type][0]
+    if kind == T.V_ENC_EMBD_PATCH:
+        return Q.F32 if want == Q.F32 else Q.F16
+    if want == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
+        return Q.F16  # rows not a whole number of Q8_0 blocks
+    return want
+
+
+def _check_complete(planned: list[MmprojTensor], vc: VisionConfig) -> None:
+    names = {p.name for p in planned}
+    need = [PATCH, PATCH + ".1", gguf.TENSOR_NAMES[T.V_POST_NORM] + ".weight"]
+    need += [gguf.TENSOR_NAMES[T.V_MMPROJ].format(bid=b) + ".weight" for b in (0, 2)]
+    per_block = [T.V_ENC_ATTN_Q, T.V_ENC_ATTN_K, T.V_ENC_ATTN_V, T.V_ENC_ATTN_O, T.V_ENC_INPUT_NORM]
+    per_block += [T.V_ENC_POST_ATTN_NORM, T.V_ENC_FFN_UP, T.V_ENC_FFN_DOWN]
+    need += [gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in per_block for b in range(vc.depth)]
+    missing = [n for n in need if n not in names]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint lacks the vision tensors that become {missing[:4]}; it is incomplete"
+        )
+
+
+def add_vision_metadata(writer: gguf.GGUFWriter, vc: VisionConfig) -> None:
+    """Every key clip.cpp reads for Qwen2-VL / Qwen2.5-VL (through gguf-py's helpers)."""
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(vc.projector)
+    writer.add_vision_projection_dim(vc.out_dim)
+    writer.add_vision_image_size(NOMINAL_IMAGE_SIZE)
+    writer.add_vision_patch_size(vc.patch)
+    writer.add_vision_embedding_length(vc.width)
+    writer.add_vision_feed_forward_length(vc.n_ff)
+    writer.add_vision_block_count(vc.depth)
+    writer.add_vision_head_count(vc.n_head)
+    writer.add_vision_attention_layernorm_eps(VISION_EPS)
+    writer.add_vision_image_mean(list(vc.image_mean))
+    writer.add_vision_image_std(list(vc.image_std))
+    writer.add_vision_spatial_merge_size(2)
+    if vc.qwen25:
+        writer.add_vision_use_silu(True)
+        writer.add_vision_n_wa_pattern(vc.n_wa_pattern)
+        writer.add_vision_window_size(vc.window)
+
+
+def write_mmproj(
+    path: Path,
+    vc: VisionConfig,
+    planned: list[MmprojTensor],
+    source: Source,
+    mmproj_type: str,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write the mmproj GGUF atomically; return manifest fields (sha256, name)."""
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
+        hashing: HashingFile | None = None
+        try:
+            for tensor in planned:
+                writer.add_tensor(tensor.name, tensor, raw_dtype=tensor.ggml_type)  # type: ignore[arg-type]
+            writer.add_type(gguf.GGUFType.MMPROJ)
+            writer.add_name(f"{source.name} vision projector")
+            writer.add_file_type(MMPROJ_TYPES[mmproj_type][1])
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            add_vision_metadata(writer, vc)
+            writer.open_output_file()
+            assert writer.fout is not None
+            hashing = HashingFile(writer.fout[0])
+            writer.fout = [hashing]  # type: ignore[list-item]
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file(progress=progress)
+        finally:
+            writer.close()
+    assert hashing is not None
+    return {"sha256": hashing.sha256, "n_params": sum(int(np.prod(p.logical_shape)) for p in planned)}
+
+
+def tensor_types(planned: list[MmprojTensor]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for p in planned:
+        counts[p.ggml_type.name] = counts.get(p.ggml_type.name, 0) + 1
+    return counts
+
+
+# --- the convert pipeline's two steps ----------------------------------------------------------
+
+
+@dataclass
+class MmprojPlan:
+    """A checked, not yet written mmproj: where it goes and every tensor in it."""
+
+    path: Path
+    config: VisionConfig
+    tensors: list[MmprojTensor]
+    mmproj_type: str
+
+
+def prepare_mmproj(
+    source: Source, n_embd_text: int, refs: dict[str, TensorRef], outdir: Path, mmproj_type: str
+) -> MmprojPlan:
+    """Check the vision config and plan every tensor (before the language model is written).
+
+    Raises:
+        CheckpointError: see :func:`~.vision.load_vision_config` and :func:`plan_mmproj`.
+    """
+    import json
+
+    raw = json.loads((source.folder / "config.json").read_text())
+    vc = load_vision_config(source.folder, raw, n_embd_text)
+    path = outdir / f"mmproj-{source.name.lower()}-{mmproj_type}.gguf"
+    return MmprojPlan(path, vc, plan_mmproj(refs, vc, mmproj_type), mmproj_type)
+
+
+def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bool = False) -> dict[str, Any]:
+    """Write the mmproj and its manifest (which names the language model it belongs to)."""
+    from ..quantize import write_manifest
+
+    started = time.perf_counter()
+    fields = write_mmproj(plan.path, plan.config, plan.tensors, source, plan.mmproj_type, progress=progress)
+    return write_manifest(
+        plan.path,
+        quant_type=plan.mmproj_type.upper(),
+        source=source.as_dict(),
+        elapsed_s=time.perf_counter() - started,
+        tensor_types=tensor_types(plan.tensors),
+        kind="mmproj",
+        projector=plan.config.projector,
+        model=str(model.resolve()),
+        **fields,
+    )
