@@ -194,6 +194,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _proc_cpu_flags() -> frozenset[str]:
+    """/proc/cpuinfo's flags without llama_cpp (edge_qwen._llama imports it)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def _version(dist: str) -> str | None:
     from importlib import metadata
 
@@ -261,14 +272,15 @@ SIMD_FLAGS = (
 
 
 def gather(check_hub: bool = True, hub_timeout: float = 2.0) -> dict[str, Any]:
-    """Every fact ``doctor`` reports, as one JSON-ready dict (``facts`` holds :class:`Facts`)."""
-    from . import _llama
+    """Every fact ``doctor`` reports, as one JSON-ready dict. A llama.cpp that cannot be loaded is
+    reported (``llama_cpp.load_error``), not raised: the rest of the report says why."""
     from .scheduler.device import system_memory
 
     report: dict[str, Any] = {}
     facts = Facts(system=platform.system(), machine=platform.machine())
+    _llama: Any = None
     try:
-        from . import backends
+        from . import _llama, backends
 
         info = backends.build_info()
         extra, why = _llama.extra_buffers_decision()
@@ -284,16 +296,16 @@ def gather(check_hub: bool = True, hub_timeout: float = 2.0) -> dict[str, Any]:
             "repack_in_build": info.feature("REPACK") == "1",
             "amx_in_build": info.has_amx,
         }
-    except (ImportError, OSError, AttributeError) as exc:
+    except (ImportError, OSError, AttributeError, RuntimeError) as exc:  # RuntimeError: library load
         facts.llama_error = f"{type(exc).__name__}: {exc}"
         report["llama_cpp"] = {"load_error": facts.llama_error}
-    flags = _llama.cpu_flags()
+    flags = _llama.cpu_flags() if _llama else _proc_cpu_flags()
     facts.cpu_amx = "amx_int8" in flags
     report["cpu"] = {
         "model": _cpu_model(),
         "machine": platform.machine(),
         "logical_cores": os.cpu_count(),
-        "physical_cores": _llama.physical_cores(),
+        "physical_cores": _llama.physical_cores() if _llama else os.cpu_count(),
         "simd": [f for f in SIMD_FLAGS if f in flags],
         "amx": facts.cpu_amx,
         "compiler": _compiler_version(),

@@ -118,3 +118,16 @@ def test_doctor_runs_for_real(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["doctor", "--offline"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("llama.cpp: llama-cpp-python") and report["verdict"] in text
+
+
+def test_a_library_that_fails_to_load_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_qwen import backends
+
+    def broken() -> None:
+        raise OSError("libggml-cuda.so: cannot open shared object file")
+
+    monkeypatch.setattr(backends, "build_info", broken)
+    report = doctor.gather(check_hub=False)
+    assert report["llama_cpp"] == {"load_error": "OSError: libggml-cuda.so: cannot open shared object file"}
+    assert report["verdict"].startswith("not ready") and report["cpu"]["physical_cores"] >= 1
+    assert doctor.format_report(report).startswith("llama.cpp: cannot load (OSError: libggml-cuda.so")
