@@ -4,12 +4,17 @@ forward pass (tests/numpy_reference_vision.py) of the Hugging Face checkpoint.
 
 Tolerances, relative to the largest reference value:
 
-* image embeddings, F32 mmproj: 2e-3 (observed ~6e-4). Not float32 rounding: llama.cpp's CPU GELU
-  is the tanh approximation read from an F16 lookup table, where transformers' is erf-exact
-  (erf vs tanh alone accounts for ~2.5e-4 here);
-* logits over text + image + text, F32 pair: 5e-3 (observed ~1e-3), the embedding difference
-  carried through the language model; with mtmd's own embeddings fed to the reference, 1e-4;
-* F16 / Q8_0 mmproj against the F32 one: 1e-2 / 3e-2.
+* image embeddings, F32 mmproj: 2e-3 (observed 4.9e-4 Qwen2-VL, 5.7e-4 Qwen2.5-VL). Not float32
+  rounding: llama.cpp's CPU GELU is the tanh approximation read from an F16 lookup table, where
+  transformers' is erf-exact (erf vs tanh alone accounts for 5.7e-4 absolute here);
+* logits of the text after the image, F32 pair: 2e-3 (observed 2.4e-4 to 3.4e-4); with mtmd's own
+  image embeddings fed to the reference (the language model alone), 5e-4 (observed 7e-5 to 9e-5).
+  That residual is llama.cpp's ``qwen2vl`` graph itself: the very same weights written as a
+  ``qwen2`` GGUF match the reference to 3e-7, as ``qwen2vl`` to 9e-5, already at position 0;
+* F16 / Q8_0 mmproj against the F32 one: 5e-3 / 3e-2 (observed 6e-4 to 9e-4 / 1.5e-2 to 1.8e-2).
+
+The tiny checkpoints use rope_theta 10 (see scripts/make_tiny_multimodal.py), so the height and
+width M-RoPE sections rotate fast enough that a wrong image position fails the logits test (checked).
 
 The image is 168x112: a multiple of patch x merge (28) with at least clip's 8 tokens, so neither
 mtmd nor the reference resizes it, and wider than 2.5-VL's 112-pixel window, so the windows differ
@@ -46,8 +51,8 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 ARCHS = ["qwen2vl", "qwen25vl"]
 WIDTH, HEIGHT = 168, 112
 EMBD_F32_TOLERANCE = 2e-3
-LOGITS_TOLERANCE = 5e-3
-LM_ONLY_TOLERANCE = 1e-4
+LOGITS_TOLERANCE = 2e-3
+LM_ONLY_TOLERANCE = 5e-4
 
 
 @pytest.fixture(scope="module")
@@ -213,9 +218,12 @@ def test_logits_after_image_match_reference(
     error = relative_error(actual, expected)
     assert error <= LOGITS_TOLERANCE, f"max |llama.cpp - reference| / max |reference| = {error:.3g}"
     assert (actual.argmax(axis=1) == expected.argmax(axis=1)).all()
-    # the image matters to those logits (else the comparison above proves nothing about it)
+    # the image and its 2-D positions matter to those logits (else the comparison proves nothing)
     blank = logits(np.zeros_like(embd, dtype=np.float64))
     assert relative_error(blank, expected) > 20 * LOGITS_TOLERANCE
+    x = np.concatenate([text_before, ref.image_embeddings(folder, image), text_after])
+    flat = np.tile(np.arange(x.shape[0]), (3, 1))  # image tokens numbered like text instead
+    assert relative_error(ref.lm_logits(folder, x, flat)[-n_after:], expected) > 20 * LOGITS_TOLERANCE
 
 
 @pytest.mark.parametrize(("width", "height"), [(112, 56), (168, 112), (84, 252)])
@@ -245,7 +253,7 @@ def test_quantized_model_gets_f16_mmproj_and_q8_stays_close(
     assert (
         json.loads(Path(f16["outputs"][1]["path"] + ".json").read_text())["mmproj"] == f16["mmproj"]["path"]
     )
-    assert relative_error(mtmd_embeddings(f16, image), exact) <= 1e-2
+    assert relative_error(mtmd_embeddings(f16, image), exact) <= 5e-3
     args = ["convert", str(checkpoints["qwen2vl"]), "-o", str(tmp_path / "q8"), "--mmproj-type", "q8_0"]
     assert cli.main([*args, "--no-eval", "--json"]) == 0
     q8 = json.loads(capsys.readouterr().out)
