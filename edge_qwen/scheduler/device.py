@@ -160,6 +160,22 @@ def system_memory(root: str | Path = "/") -> SystemMemory:
     return SystemMemory(total, available, source)
 
 
+def default_parallel(cores: int, memory: SystemMemory | None = None) -> int:
+    """How many sequences a served model decodes together by default.
+
+    On a CPU, decode is bound by memory bandwidth: batching P sequences costs little more per step
+    than one, so aggregate speed grows with P (measured on 2 cores: 1.9x at 4, 2.8x at 8). Each
+    sequence costs only a row of logits (~0.6 MB for Qwen's 152k vocabulary) since the KV cells are
+    shared. So: 4 on any desktop CPU, 8 with 8+ cores and 8 GB, 2 below 2 GB (a small board).
+    """
+    mem = memory or system_memory()
+    if mem.total_bytes and mem.total_bytes < 2 * 2**30:
+        return 2
+    if cores >= 8 and mem.total_bytes >= 8 * 2**30:
+        return 8
+    return 4
+
+
 def automatic_budget(memory: SystemMemory | None = None) -> int:
     """Available memory minus :func:`headroom`."""
     mem = memory or system_memory()

@@ -215,8 +215,8 @@ class _Server:
                 "Shorten the conversation",
                 code="prompt_too_long",
             )
-        if n_tokens >= model.n_ctx:
-            raise api_error(ContextOverflowError(n_tokens, model.n_ctx))
+        if n_tokens >= model.n_ctx_seq:
+            raise api_error(ContextOverflowError(n_tokens, model.n_ctx_seq))
 
     # -- endpoints --------------------------------------------------------------------------------
 

@@ -50,11 +50,21 @@ class _SnapshotCollector(Collector):
         in_flight = GaugeMetricFamily(
             "edge_qwen_model_requests_in_flight", "Requests holding or awaiting the model", labels=["model"]
         )
+        slots_busy = GaugeMetricFamily(
+            "edge_qwen_model_slots_busy", "Sequence slots generating now", labels=["model"]
+        )
+        slots_total = GaugeMetricFamily(
+            "edge_qwen_model_slots_total", "Sequence slots of the loaded context (parallel)", labels=["model"]
+        )
         for m in snap.get("models", []):
             resident.add_metric([m["name"]], 1.0 if m.get("resident") else 0.0)
             in_flight.add_metric([m["name"]], m.get("in_flight", 0))
+            slots_busy.add_metric([m["name"]], m.get("slots_busy", 0))
+            slots_total.add_metric([m["name"]], m.get("slots_total", 0))
         yield resident
         yield in_flight
+        yield slots_busy
+        yield slots_total
         memory = snap.get("memory", {})
         for key, help_text in (
             ("used_bytes", "Memory the scheduler accounts to resident models"),

@@ -89,6 +89,7 @@ class StaticProvider:
                 "resident": not model.closed,
                 "n_ctx": model.n_ctx,
                 "in_flight": self._in_flight[name],
+                **(model.slot_usage() if not model.closed else {"slots_total": 0, "slots_busy": 0}),
             }
             for name, model in self._models.items()
         ]
