@@ -145,7 +145,8 @@ def test_a_seeded_sample_reproduces_inside_a_batch(model: Model) -> None:
 def test_a_full_kv_cache_preempts_and_every_answer_completes(real_gguf: Path) -> None:
     with Model.load(real_gguf, n_ctx=256, parallel=4, n_threads=2) as small:
         tasks = ["a stack class", "a queue class", "a binary tree class", "a linked list class"]
-        answers = small.chat_batch([ask(f"Write {t} in Python.") for t in tasks], temperature=0, max_tokens=70)
+        prompts = [ask(f"Write {t} in Python.") for t in tasks]
+        answers = small.chat_batch(prompts, temperature=0, max_tokens=70)
         assert small._engine.stats.preemptions > 0  # 24 shared + 4 x (~14 prompt + 70) cells > 256
         assert all(a.usage.completion_tokens == 70 for a in answers)
         assert all(a.finish_reason in ("stop", "length") and a.text for a in answers)
@@ -156,7 +157,8 @@ def test_a_full_kv_cache_preempts_and_every_answer_completes(real_gguf: Path) ->
 def test_two_models_interleave_on_the_compute_thread(real_gguf: Path, model: Model) -> None:
     with Model.load(real_gguf, n_ctx=512, parallel=1, n_threads=2) as other:
         model.reset()
-        long_stream = model.stream("# A long Python module of utility functions\n", temperature=0, max_tokens=150)
+        module = "# A long Python module of utility functions\n"
+        long_stream = model.stream(module, temperature=0, max_tokens=150)
         next(long_stream)
         done_a: list[float] = []
 
