@@ -204,6 +204,11 @@ def test_logits_after_image_match_reference(
             n_past = mtmd.eval_chunk(ctx, before, 0)
             n_past = mtmd.eval_chunk(ctx, img, n_past)
             actual = decode_all(ctx, model, after.tokens, n_past)
+            # mtmd's one-call path (what the runtime uses) agrees with the chunk-by-chunk one
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+            assert mtmd.eval_chunks(ctx, chunks, 0, logits_last=True) == n_past + len(after.tokens)
+            last = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=actual.shape[1:])
+            assert relative_error(last, actual[-1]) < 1e-5
     cols, rows = img.grid
     positions = ref.mrope_positions(len(before.tokens), (rows, cols), len(after.tokens))
     assert n_past == positions[:, : len(before.tokens) + img.n_tokens].max() + 1
