@@ -14,6 +14,19 @@ Qwen2.5-Coder-0.5B Q4_K_M) are made with scripts/make_tiny_adapters.py, converte
   RSS a process gains loading the 3 adapters onto the loaded base.
 
 Goals from issue 11: adapter decode >= 0.9x the base; base + 3 adapters <= 0.4x three merged models.
+
+Measured 2026-12-01 on the shared 2-core EPYC under load (load average 6-8, so absolute speeds are
+low and noisy; ratios come from interleaved runs), real 0.5B Q4_K_M base, rank 16 on all seven
+projections, ``--threads 1 --runs 2 --decode 32``:
+
+| adapters | decode vs base: 1 adapter / 3 | switch | base + 3 vs 3 merged |
+|---|---|---|---|
+| F16 (16.8 MiB each) | 0.82x / 0.66x (0.74x / 0.66x in a 3-run repeat) | 12-15 ms | 0.369 |
+| F32 (33.6 MiB each) | 0.91x / 0.86x | 27 ms | 0.405 |
+
+llama.cpp converts the activations to F16 for every F16 pair (14 extra mat-muls per layer), which
+costs more than the F32 pairs' extra bytes at this size. ``apply_adapters`` itself takes ~0.13 ms;
+the switch cost is the graph rebuild on the next decode.
 """
 
 from __future__ import annotations
@@ -63,7 +76,7 @@ def config_from_gguf(path: Path) -> dict[str, Any]:
     }
 
 
-def make_adapters(base: Path, workdir: Path, rank: int, count: int) -> list[Path]:
+def make_adapters(base: Path, workdir: Path, rank: int, count: int, outtype: str) -> list[Path]:
     from make_tiny_adapters import make_adapter
 
     from edge_qwen.convert.lora import convert_lora
@@ -74,7 +87,7 @@ def make_adapters(base: Path, workdir: Path, rank: int, count: int) -> list[Path
     files = []
     for i in range(count):
         folder = make_adapter(workdir / f"adapter{i}", shapes, seed=i + 1, r=rank, lora_alpha=2 * rank)
-        files.append(convert_lora(folder, workdir / "out", base=base, outtype="f16").gguf)
+        files.append(convert_lora(folder, workdir / "out", base=base, outtype=outtype).gguf)
     return files
 
 
@@ -189,16 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("gguf", nargs="?", type=Path, default=DEFAULT_GGUF, help="base model GGUF")
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--outtype", default="f16", help="adapter type (f32, f16, bf16, q8_0)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--decode", type=int, default=64, help="tokens per decode measurement")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        files = make_adapters(args.gguf, Path(tmp), args.rank, 3)
+        files = make_adapters(args.gguf, Path(tmp), args.rank, 3, args.outtype)
         result = {
             "base": str(args.gguf),
             "rank": args.rank,
+            "outtype": args.outtype,
             "threads": args.threads,
             **measure(args.gguf, files, args.threads, args.runs, args.decode),
         }
