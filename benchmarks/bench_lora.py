@@ -43,7 +43,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gguf
 import llama_cpp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,32 +51,8 @@ DEFAULT_GGUF = Path.home() / ".cache/edge-qwen/assets/qwen2.5-coder-0.5b-instruc
 MiB = 2**20
 
 
-def config_from_gguf(path: Path) -> dict[str, Any]:
-    """A Hugging Face config.json with the GGUF's shapes (all make_tiny_adapters needs)."""
-    from edge_qwen.gguf_header import read_header
-
-    h = read_header(path)
-    value = h.arch_value
-    K = gguf.Keys
-    names = {t.name for t in h.tensors}
-    return {
-        "architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[h.architecture]],
-        "hidden_size": value(K.LLM.EMBEDDING_LENGTH),
-        "num_hidden_layers": value(K.LLM.BLOCK_COUNT),
-        "intermediate_size": value(K.LLM.FEED_FORWARD_LENGTH),
-        "num_attention_heads": value(K.Attention.HEAD_COUNT),
-        "num_key_value_heads": value(K.Attention.HEAD_COUNT_KV),
-        "head_dim": value(K.Attention.KEY_LENGTH)
-        or value(K.LLM.EMBEDDING_LENGTH) // value(K.Attention.HEAD_COUNT),
-        "vocab_size": h.array_lengths.get(K.Tokenizer.LIST, 151936),
-        "tie_word_embeddings": "output.weight" not in names,
-        "max_position_embeddings": value(K.LLM.CONTEXT_LENGTH),
-        "rms_norm_eps": value(K.Attention.LAYERNORM_RMS_EPS),
-    }
-
-
 def make_adapters(base: Path, workdir: Path, rank: int, count: int, outtype: str) -> list[Path]:
-    from make_tiny_adapters import make_adapter
+    from make_tiny_adapters import config_from_gguf, make_adapter
 
     from edge_qwen.convert.lora import convert_lora
 

@@ -74,6 +74,30 @@ def adapter_config(base_dir: Path, **fields: Any) -> dict[str, Any]:
     return config
 
 
+def config_from_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A config.json with a dense Qwen GGUF's shapes: enough to make adapters for a real base file."""
+    import gguf
+
+    from edge_qwen.gguf_header import read_header
+
+    h = read_header(path)
+    value, K = h.arch_value, gguf.Keys
+    n_embd, n_head = value(K.LLM.EMBEDDING_LENGTH), value(K.Attention.HEAD_COUNT)
+    return {
+        "architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[h.architecture]],
+        "hidden_size": n_embd,
+        "num_hidden_layers": value(K.LLM.BLOCK_COUNT),
+        "intermediate_size": value(K.LLM.FEED_FORWARD_LENGTH),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": value(K.Attention.HEAD_COUNT_KV),
+        "head_dim": value(K.Attention.KEY_LENGTH) or n_embd // n_head,
+        "vocab_size": h.array_lengths.get(K.Tokenizer.LIST, 151936),
+        "tie_word_embeddings": "output.weight" not in {t.name for t in h.tensors},
+        "max_position_embeddings": value(K.LLM.CONTEXT_LENGTH),
+        "rms_norm_eps": value(K.Attention.LAYERNORM_RMS_EPS),
+    }
+
+
 def make_lora_tensors(base_dir: Path, config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
     """Random lora_A / lora_B for every base projection named in ``target_modules``."""
     base = json.loads((base_dir / "config.json").read_text())

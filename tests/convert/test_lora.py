@@ -26,7 +26,7 @@ from edge_qwen.logits import token_logits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from make_tiny_adapters import make_adapter  # noqa: E402
+from make_tiny_adapters import config_from_gguf, make_adapter  # noqa: E402
 from make_tiny_checkpoints import make_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -216,3 +216,24 @@ def test_primitives_hot_swap_on_one_context_and_refuse_foreign_adapters(
             for adapter in adapters.values():
                 free_adapter(adapter)
                 free_adapter(adapter)  # idempotent
+
+
+def test_adapter_for_the_real_quantized_base(real_gguf: Path, tmp_path: Path) -> None:
+    """Against the real Qwen2.5-Coder-0.5B Q4_K_M: the GGUF header alone is a base (same file as from
+    config.json), llama.cpp loads the pairs onto the quantized weights, and they change the output."""
+    import json
+
+    shapes = tmp_path / "config-only"
+    shapes.mkdir()
+    (shapes / "config.json").write_text(json.dumps(config_from_gguf(real_gguf)))
+    adapter = make_adapter(
+        tmp_path / "adapter", shapes, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
+    )
+    lora = convert_lora(adapter, tmp_path / "a", base=real_gguf, outtype="f16")
+    assert lora.manifest["sha256"] == convert_lora(adapter, tmp_path / "b", base=shapes).manifest["sha256"]
+    assert lora.manifest["lora"]["n_pairs"] == 2 * 24
+
+    prompt = [151644, 872, 198, 750, 75698, 1445, 982]  # <|im_start|> and six ordinary ids
+    base = token_logits(real_gguf, prompt, threads=2)
+    tuned = token_logits(real_gguf, prompt, threads=2, adapters=[(lora.gguf, 1.0)])
+    assert np.isfinite(tuned).all() and np.abs(tuned - base).max() > 1.0
