@@ -12,7 +12,8 @@ engine / llama-batched-bench.
 a request with a long prompt arrives; for each ``prefill_chunk`` it reports that request's time to
 first token and the running streams' inter-token latency meanwhile (mean and worst gap).
 
-    python benchmarks/bench_batch.py --batched-bench "$(scripts/build_llama_tools.sh llama-batched-bench)"/llama-batched-bench
+    tools=$(scripts/build_llama_tools.sh llama-batched-bench)
+    python benchmarks/bench_batch.py --batched-bench "$tools/llama-batched-bench"
     python benchmarks/bench_batch.py --prefill-sweep
 
 Prints one JSON object. Performance is never asserted here.
@@ -165,7 +166,9 @@ def in_subprocess(argv: list[str]) -> Any:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: the real 0.5B asset)")
     parser.add_argument("--batched-bench", default=None, help="path of llama-batched-bench")
     parser.add_argument("--parallel", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16])
@@ -178,7 +181,9 @@ def main() -> None:
     parser.add_argument("--kvu", action=argparse.BooleanOptionalAction, default=True,
                         help="unified KV cache (the engine's default; -kvu for llama-batched-bench)")
     parser.add_argument("--prefill-sweep", action="store_true")
-    parser.add_argument("--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512, 2048])
+    parser.add_argument(
+        "--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512, 2048]
+    )
     parser.add_argument("--streams", type=int, default=4)
     parser.add_argument("--long-prompt", type=int, default=1024)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -200,7 +205,9 @@ def main() -> None:
               "--streams", str(args.streams), "--long-prompt", str(args.long_prompt)]  # fmt: skip
     report: dict[str, Any] = {"machine": machine(), "model": args.model.name, "threads": args.threads}
     if args.prefill_sweep:
-        report["prefill_sweep"] = [in_subprocess([*common, "--worker", "sweep", "--value", str(c)]) for c in args.chunks]
+        report["prefill_sweep"] = [
+            in_subprocess([*common, "--worker", "sweep", "--value", str(c)]) for c in args.chunks
+        ]
         print(json.dumps(report, indent=2))
         return
     ref = batched_bench(args.batched_bench, args.model, args) if args.batched_bench else {}

@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
-"""Server benchmark: ``edge-qwen serve`` against llama-cpp-python's own server, same GGUF and threads.
+"""Server benchmark: ``edge-qwen serve`` against llama.cpp's ``llama-server`` (continuous batching,
+``-np P``) and llama-cpp-python's own server, same GGUF, threads, context and slots.
 
-    python benchmarks/bench_server.py [--model GGUF] [--threads 1] [--ctx 2048] \
-        [--concurrency 1,4,16] [--requests 16] [--max-tokens 32] [--lcp-extra-buffers auto|on|off] \
-        [--lcp-path DIR] [--out results.json]
+    python benchmarks/bench_server.py [--model GGUF] [--threads 2] [--ctx 4096] [--parallel 8] \
+        [--concurrency 1,4,8,16] [--requests 16] [--max-tokens 64] \
+        [--llama-server "$(scripts/build_llama_tools.sh llama-server)/llama-server"] \
+        [--lcp-extra-buffers auto|on|off] [--lcp-path DIR] [--out results.json]
 
 Each server runs as a subprocess on 127.0.0.1 (a free port), gets one warm-up request, then for
 every concurrency level ``c`` the same ``--requests`` streamed chat completions (distinct prompts,
 greedy, ``max_tokens`` each) are sent by ``c`` concurrent clients. Per request: time to the first
 content token (TTFT) and total latency; per level: wall time, requests/s, generated tokens/s
-(aggregate), p50/p90/p99 of TTFT and latency, errors. Both servers run one request at a time on
-one llama.cpp context, so the comparison is the serving path (HTTP, queueing, streaming), not the
-math. llama-cpp-python's server is started with ``--interrupt_requests false``: by default it
+(aggregate), p50/p90/p99 of TTFT and latency, errors. edge-qwen and llama-server decode up to
+``--parallel`` requests together in one context whose ``--ctx`` KV cells the slots share (unified
+cache, ``-kvu``); llama-cpp-python's server runs one request at a time. llama-cpp-python's server is started with ``--interrupt_requests false``: by default it
 aborts the running stream whenever a new request arrives, so concurrent clients would get errors.
 
 llama-cpp-python's server needs its ``[server]`` extra (fastapi, sse-starlette, starlette-context,
@@ -89,6 +91,7 @@ def edge_qwen_command(args: argparse.Namespace, port: int) -> tuple[list[str], d
     cmd = [
         sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"bench={args.model}",
         "--ctx", str(args.ctx), "--threads", str(args.threads), "--port", str(port), "--log-level", "warning",
+        "--parallel", str(args.parallel), "--max-concurrency", str(max(64, 4 * max(args.concurrency))),
     ]  # fmt: skip
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     return cmd, env
@@ -110,6 +113,16 @@ def llama_cpp_command(args: argparse.Namespace, port: int) -> tuple[list[str], d
         cmd = [sys.executable, "-c", LCP_LAUNCHER.format(extra=extra), *server_args]
     paths = [args.lcp_path, os.environ.get("PYTHONPATH")]
     return cmd, {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+
+
+def llama_server_command(args: argparse.Namespace, port: int) -> tuple[list[str], dict[str, str]]:
+    if not args.llama_server:
+        raise SystemExit("--llama-server PATH is needed (scripts/build_llama_tools.sh llama-server builds it)")
+    cmd = [
+        args.llama_server, "-m", str(args.model), "-a", "bench", "-c", str(args.ctx), "-np", str(args.parallel),
+        "-kvu", "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    return cmd, {}
 
 
 class Server:
@@ -273,11 +286,16 @@ def main() -> None:
         import fetch_assets
 
         args.model = fetch_assets.fetch_gguf(log=lambda msg: None)
-    contenders = {"edge-qwen": edge_qwen_command, "llama-cpp-python": llama_cpp_command}
+    contenders = {
+        "edge-qwen": edge_qwen_command,
+        "llama-server": llama_server_command,
+        "llama-cpp-python": llama_cpp_command,
+    }
     report: dict[str, Any] = {
         "model": Path(args.model).name,
         "threads": args.threads,
         "n_ctx": args.ctx,
+        "parallel": args.parallel,
         "max_tokens": args.max_tokens,
         "requests_per_level": args.requests,
         "lcp_extra_buffers": args.lcp_extra_buffers,
@@ -306,12 +324,18 @@ def _parse() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=None, help="GGUF (default: fetched Qwen2.5-Coder-0.5B)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--ctx", type=int, default=2048)
-    parser.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--ctx", type=int, default=4096, help="KV cells per server, shared by its slots")
+    parser.add_argument("--parallel", type=int, default=8, help="slots (sequences decoded together)")
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 8, 16]
+    )
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--servers", type=lambda s: s.split(","), default=["edge-qwen", "llama-cpp-python"])
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--servers", type=lambda s: s.split(","), default=["edge-qwen", "llama-server", "llama-cpp-python"]
+    )
+    parser.add_argument("--llama-server", default=None, help="path of llama-server (same llama.cpp)")
     parser.add_argument("--lcp-extra-buffers", choices=["auto", "on", "off"], default="auto")
     parser.add_argument(
         "--lcp-path", default=None, help="extra PYTHONPATH with llama-cpp-python's [server] deps"

@@ -69,11 +69,11 @@ class ComputeThread:
 
     def _run(self) -> None:
         while True:
+            self._run_pending_tasks()
             busy = [e for e in self._engines if e.has_work]
             if not busy:
                 _run_task(self._tasks.get())
                 continue
-            self._run_pending_tasks()
             for engine in busy:
                 try:
                     engine.step()

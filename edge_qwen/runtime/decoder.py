@@ -6,6 +6,7 @@ bindings. It is used from the compute thread only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 
 from .. import _llama
 from .batcher import BatchEntry
+from .threads import ThreadGovernor
 
 
 class NativeDecoder:
@@ -25,8 +27,10 @@ class NativeDecoder:
     (the first maximum).
     """
 
-    def __init__(self, ctx: Any, vocab: Any, n_batch: int) -> None:
+    def __init__(self, ctx: Any, vocab: Any, n_batch: int, governor: ThreadGovernor | None = None) -> None:
         self.ctx = ctx
+        self.governor = governor
+        self.n_threads = int(L.llama_n_threads(ctx))
         self.vocab = vocab
         self.memory = L.llama_get_memory(ctx)
         self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
@@ -57,7 +61,18 @@ class NativeDecoder:
                 logits[n - 1] = 1
                 entry.row = n - 1
         self.raw.n_tokens = n
+        if self.governor is not None:
+            self._follow_governor()
         return int(L.llama_decode(self.ctx, self.raw))
+
+    def _follow_governor(self) -> None:
+        """Use the cores other processes leave free (a desktop app shares the CPU); one comparison
+        per step between the governor's readings."""
+        assert self.governor is not None
+        n = self.governor.threads(time.monotonic())
+        if n != self.n_threads:
+            L.llama_set_n_threads(self.ctx, n, n)
+            self.n_threads = n
 
     def sample(self, sampler: Any, row: int) -> int:
         if sampler is not None:

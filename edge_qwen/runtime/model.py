@@ -33,6 +33,7 @@ from .results import GenerationResult, ModelSettings
 from .sampling import build_sampler
 from .sequence import Sequence as Sequence_
 from .thinking import THINK_CLOSE
+from .threads import ThreadGovernor
 
 Message = Mapping[str, Any]
 
@@ -65,7 +66,8 @@ class Model:
         self._control: dict[int, str] | None = None
         self._think_close = self.tokenize(THINK_CLOSE, parse_special=True)
         self.parallel = int(L.llama_n_seq_max(ctx))
-        self._decoder = NativeDecoder(ctx, self._vocab, self.n_batch)
+        governor = ThreadGovernor(int(L.llama_n_threads(ctx)), pinned=settings.n_threads)
+        self._decoder = NativeDecoder(ctx, self._vocab, self.n_batch, governor)
         self._engine = BatchEngine(
             self._decoder,
             self._make_sequence,
