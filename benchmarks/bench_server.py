@@ -13,7 +13,8 @@ greedy, ``max_tokens`` each) are sent by ``c`` concurrent clients. Per request: 
 content token (TTFT) and total latency; per level: wall time, requests/s, generated tokens/s
 (aggregate), p50/p90/p99 of TTFT and latency, errors. edge-qwen and llama-server decode up to
 ``--parallel`` requests together in one context whose ``--ctx`` KV cells the slots share (unified
-cache, ``-kvu``); llama-cpp-python's server runs one request at a time. llama-cpp-python's server is started with ``--interrupt_requests false``: by default it
+cache, ``-kvu``); llama-cpp-python's server runs one request at a time. llama-cpp-python's
+server is started with ``--interrupt_requests false``: by default it
 aborts the running stream whenever a new request arrives, so concurrent clients would get errors.
 
 llama-cpp-python's server needs its ``[server]`` extra (fastapi, sse-starlette, starlette-context,
@@ -117,9 +118,10 @@ def llama_cpp_command(args: argparse.Namespace, port: int) -> tuple[list[str], d
 
 def llama_server_command(args: argparse.Namespace, port: int) -> tuple[list[str], dict[str, str]]:
     if not args.llama_server:
-        raise SystemExit("--llama-server PATH is needed (scripts/build_llama_tools.sh llama-server builds it)")
+        raise SystemExit("--llama-server PATH is needed (scripts/build_llama_tools.sh llama-server)")
     cmd = [
-        args.llama_server, "-m", str(args.model), "-a", "bench", "-c", str(args.ctx), "-np", str(args.parallel),
+        args.llama_server, "-m", str(args.model), "-a", "bench", "-c", str(args.ctx),
+        "-np", str(args.parallel),
         "-kvu", "-t", str(args.threads), "-tb", str(args.threads), "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     return cmd, {}
