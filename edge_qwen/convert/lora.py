@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ._io import HashingFile
 from .lora_base import TARGETS, BaseModel, find_declared_base, resolve_base
-from .lora_config import LoraConfig, read_lora_config
+from .lora_config import LoraConfig, read_lora_config, resolve_adapter
 from .metadata import Source
 from .safetensors import TensorRef, read_header
 from .source import REPO_ID
@@ -47,7 +47,6 @@ LORA_OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] =
     "bf16": (QT.BF16, gguf.LlamaFileType.MOSTLY_BF16),
     "q8_0": (QT.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
 LORA_NAME = re.compile(r"^base_model\.model\.(.+)\.lora_([AB])(?:\.[\w-]+)?\.weight$")
 EXPERT = re.compile(r"^(.+\.mlp\.experts)\.(\d+)\.(\w+)$")
 
@@ -185,33 +184,6 @@ def convert_lora(
         tensor_types=_describe(tensors),
     )
     return LoraResult(out, source, base_model, config, manifest)
-
-
-def resolve_adapter(adapter: str | Path, revision: str | None) -> Source:
-    """A local adapter folder as is; ``org/name`` from the hub (or its cache), adapter files only."""
-    path = Path(adapter).expanduser()
-    if path.is_dir():
-        return Source(path)
-    if path.exists():
-        raise AdapterError(f"{path} is a file; pass the adapter folder that holds adapter_config.json")
-    if not REPO_ID.match(str(adapter)):
-        raise AdapterError(f"{adapter}: no such folder, and not a hub repo id like org/my-qwen-lora")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-    from ..errors import DownloadError
-
-    try:
-        folder = snapshot_download(str(adapter), revision=revision, allow_patterns=ADAPTER_FILES)
-    except LocalEntryNotFoundError as exc:
-        raise DownloadError(
-            f"{adapter}@{revision or 'main'} is not in the local Hugging Face cache and the hub cannot be "
-            "reached (offline or HF_HUB_OFFLINE=1). Download it on a connected machine "
-            f"(`huggingface-cli download {adapter}`) and copy the cache, or pass a local folder."
-        ) from exc
-    except HfHubHTTPError as exc:
-        raise DownloadError(f"downloading {adapter}: {exc}; check the repo id, revision and token") from exc
-    return Source(Path(folder), repo_id=str(adapter), revision=Path(folder).name)
 
 
 def check_architecture(config: LoraConfig, base: BaseModel, *, explicit_base: bool) -> None:

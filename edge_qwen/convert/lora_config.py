@@ -1,4 +1,5 @@
-"""``adapter_config.json`` as PEFT writes it: what the adapter computes, and what llama.cpp cannot run.
+"""The adapter folder (local, or from the hub) and its ``adapter_config.json`` as PEFT writes it:
+what the adapter computes, and what llama.cpp cannot run.
 
 PEFT's LoRA adds ``scale · B·A·x`` to a projection's output, with ``scale = alpha / r`` (or
 ``alpha / √r`` with ``use_rslora``); ``rank_pattern`` / ``alpha_pattern`` override ``r`` / ``alpha``
@@ -17,7 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AdapterError, UnsupportedAdapterError
+from .metadata import Source
+from .source import REPO_ID
 
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "README.md"]
 MERGE_HINT = (
     "merge it into the base with PEFT (`model.merge_and_unload()`, then `save_pretrained`) and convert "
     "the merged checkpoint with `edge-qwen convert`"
@@ -150,3 +154,30 @@ def _refuse_unsupported(path: Path, cfg: dict[str, Any]) -> None:
         raise UnsupportedAdapterError(
             f"{path}: layer_replication changes the number of layers of the base; {MERGE_HINT}"
         )
+
+
+def resolve_adapter(adapter: str | Path, revision: str | None) -> Source:
+    """A local adapter folder as is; ``org/name`` from the hub (or its cache), adapter files only."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return Source(path)
+    if path.exists():
+        raise AdapterError(f"{path} is a file; pass the adapter folder that holds adapter_config.json")
+    if not REPO_ID.match(str(adapter)):
+        raise AdapterError(f"{adapter}: no such folder, and not a hub repo id like org/my-qwen-lora")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from ..errors import DownloadError
+
+    try:
+        folder = snapshot_download(str(adapter), revision=revision, allow_patterns=ADAPTER_FILES)
+    except LocalEntryNotFoundError as exc:
+        raise DownloadError(
+            f"{adapter}@{revision or 'main'} is not in the local Hugging Face cache and the hub cannot be "
+            "reached (offline or HF_HUB_OFFLINE=1). Download it on a connected machine "
+            f"(`huggingface-cli download {adapter}`) and copy the cache, or pass a local folder."
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise DownloadError(f"downloading {adapter}: {exc}; check the repo id, revision and token") from exc
+    return Source(Path(folder), repo_id=str(adapter), revision=Path(folder).name)
