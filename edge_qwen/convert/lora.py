@@ -33,6 +33,7 @@ from ..errors import (
     UnsupportedAdapterError,
 )
 from ._io import HashingFile
+from .architectures import ARCHITECTURES
 from .lora_base import TARGETS, BaseModel, find_declared_base, resolve_base
 from .lora_config import LoraConfig, read_lora_config, resolve_adapter
 from .metadata import Source
@@ -194,7 +195,8 @@ def check_architecture(config: LoraConfig, base: BaseModel, *, explicit_base: bo
         if declared is not None:
             cfg = json.loads((declared / "config.json").read_text())
             trained_on = (cfg.get("architectures") or [None])[0]
-    if trained_on is not None and trained_on != base.arch.hf_name:
+    trained = ARCHITECTURES.get(trained_on) if trained_on else None
+    if trained_on is not None and (trained is None or trained.gguf_arch != base.arch.gguf_arch):
         raise AdapterBaseMismatchError(
             f"the adapter was trained on a {trained_on} ({config.base_model or 'base_model_class'}) but "
             f"--base {base.source} is a {base.arch.hf_name}; pass the base the adapter was trained on"

@@ -36,6 +36,11 @@ TARGETS: frozenset[gguf.MODEL_TENSOR] = frozenset(
     }
 )
 
+# The text architectures whose adapters are converted (multimodal entries of ARCHITECTURES share
+# GGUF names with them but not the tensor layout of a PEFT adapter).
+TEXT_ARCHS = ("Qwen2ForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM")
+BY_GGUF: dict[str, Architecture] = {ARCHITECTURES[n].gguf_name: ARCHITECTURES[n] for n in TEXT_ARCHS}
+
 
 @dataclass(frozen=True)
 class BaseModel:
@@ -54,6 +59,10 @@ class BaseModel:
 def base_from_checkpoint(folder: Path) -> BaseModel:
     """Shapes implied by ``config.json`` (raises CheckpointError / UnsupportedArchitectureError)."""
     hp = load_hparams(folder)
+    if hp.arch.hf_name not in TEXT_ARCHS:
+        raise AdapterError(
+            f"{folder}: a {hp.arch.hf_name} base; edge-qwen converts adapters for {', '.join(TEXT_ARCHS)}"
+        )
     allowed = set(gguf.MODEL_TENSORS[hp.arch.gguf_arch]) & TARGETS
     shapes: dict[str, tuple[int, ...]] = {}
     for kind in allowed:
@@ -74,12 +83,11 @@ def base_from_gguf(path: Path) -> BaseModel:
     kind = header.metadata.get(gguf.Keys.General.TYPE, gguf.GGUFType.MODEL)
     if kind != gguf.GGUFType.MODEL:
         raise AdapterError(f"{path} is a GGUF of type {kind!r}, not a model; pass the base model's GGUF")
-    by_gguf = {a.gguf_name: a for a in ARCHITECTURES.values()}
-    arch = by_gguf.get(header.architecture)
+    arch = BY_GGUF.get(header.architecture)
     if arch is None:
         raise AdapterError(
             f"{path}: architecture {header.architecture!r}; edge-qwen converts adapters for "
-            f"{', '.join(by_gguf)} bases"
+            f"{', '.join(BY_GGUF)} bases"
         )
     n_layer = int(header.arch_value(gguf.Keys.LLM.BLOCK_COUNT) or 0)
     n_expert = int(header.arch_value(gguf.Keys.LLM.EXPERT_COUNT) or 0)
