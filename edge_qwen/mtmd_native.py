@@ -167,21 +167,27 @@ class Mtmd:
         return bool(M.mtmd_support_audio(self._ctx))
 
     @property
+    def sample_rate(self) -> int:
+        """Audio input rate in Hz (-1 without an audio encoder)."""
+        return int(M.mtmd_get_audio_sample_rate(self._ctx))
+
+    @property
     def uses_mrope(self) -> bool:
         return bool(M.mtmd_decode_use_mrope(self._ctx))
 
     # --- work --------------------------------------------------------------------------------
 
-    def tokenize(self, text: str, images: Sequence[np.ndarray] = (), *, add_special: bool = False) -> Chunks:
-        """Split ``text`` at its markers, one per image (uint8 RGB ``[height, width, 3]``).
+    def tokenize(self, text: str, media: Sequence[np.ndarray] = (), *, add_special: bool = False) -> Chunks:
+        """Split ``text`` at its markers, one per media item, in order: an image is uint8 RGB
+        ``[height, width, 3]``, an audio clip float32 mono ``[samples]`` at :attr:`sample_rate`.
 
-        mtmd preprocesses each image here (resize to its grid, normalize), so the arrays are not
-        needed afterwards.
+        mtmd preprocesses each item here (image: resize to its grid, normalize; audio: log-mel
+        spectrogram), so the arrays are not needed afterwards.
 
         Raises:
-            ValueError: a malformed image, or markers and images that do not pair up.
+            ValueError: a malformed item, or markers and items that do not pair up.
         """
-        bitmaps = [_bitmap(img) for img in images]
+        bitmaps = [_bitmap(item) for item in media]
         try:
             raw = text.encode()
             inp = M.mtmd_input_text(raw, len(raw), add_special, True)
@@ -194,8 +200,8 @@ class Mtmd:
         if rc != 0:
             M.mtmd_input_chunks_free(handle)
             why = {
-                1: "the number of media markers differs from the number of images",
-                2: "image preprocessing failed",
+                1: "the number of media markers differs from the number of media items",
+                2: "media preprocessing failed",
             }
             raise ValueError(f"mtmd_tokenize failed: {why.get(rc, f'error {rc}')}")
         return Chunks(handle)
@@ -263,9 +269,17 @@ class Mtmd:
         self.close()
 
 
-def _bitmap(image: np.ndarray) -> Any:
-    """An mtmd bitmap (owned by the caller) holding a copy of an RGB uint8 image."""
-    img = np.ascontiguousarray(image)
+def _bitmap(item: np.ndarray) -> Any:
+    """An mtmd bitmap (owned by the caller) holding a copy of an RGB uint8 image or float32 audio."""
+    if item.ndim == 1:
+        pcm = np.ascontiguousarray(item, dtype=np.float32)
+        if pcm.size == 0 or not np.isfinite(pcm).all():
+            raise ValueError("audio must be a non-empty, finite float32 array")
+        bitmap = M.mtmd_bitmap_init_from_audio(pcm.size, pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise ValueError(f"mtmd could not take {pcm.size} audio samples")
+        return bitmap
+    img = np.ascontiguousarray(item)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
         raise ValueError(f"an image must be uint8 [height, width, 3], got {img.dtype} {list(img.shape)}")
     data = img.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))

@@ -45,7 +45,7 @@ from make_tiny_checkpoints import (  # noqa: E402
     write_safetensors,
 )
 
-ARCHS = ("qwen2vl", "qwen25vl")
+ARCHS = ("qwen2vl", "qwen25vl", "qwen2audio")
 # Real Qwen2-VL special token ids (present in the Qwen2.5/Qwen3 tokenizer too).
 VISION_START, VISION_END, VISION_PAD, IMAGE_PAD, VIDEO_PAD = 151652, 151653, 151654, 151655, 151656
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]  # the real preprocessor_config.json values
@@ -122,6 +122,8 @@ NESTED_LAYOUT = {"qwen2vl": False, "qwen25vl": True}
 def build_config(arch: str, dtype: str, tied: bool) -> dict[str, Any]:
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; use one of {', '.join(ARCHS)}")
+    if arch == "qwen2audio":
+        return audio_config(dtype)
     text = {**_TEXT, "tie_word_embeddings": tied, "torch_dtype": TORCH_DTYPES[dtype]}
     top: dict[str, Any] = {
         "architectures": [HF_ARCHS[arch]],
@@ -183,6 +185,8 @@ def _init_vision(name: str, shape: tuple[int, ...], rng: np.random.Generator) ->
 
 
 def make_tensors(arch: str, config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    if arch == "qwen2audio":
+        return audio_tensors(config, seed)
     rng = np.random.default_rng(seed)
     text = config.get("text_config") or config
     tensors = {name: init_tensor(name, shape, rng) for name, shape in tensor_shapes("qwen2", text)}
@@ -203,6 +207,8 @@ def nested_name(hub_name: str) -> str:
 
 
 def preprocessor_config(arch: str, v: dict[str, Any]) -> dict[str, Any]:
+    if arch == "qwen2audio":
+        return dict(WHISPER_FEATURES)
     return {
         "do_convert_rgb": True,
         "do_normalize": True,
@@ -246,7 +252,7 @@ def make_multimodal_checkpoint(
     final = Path(out_dir)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; remove it or pass overwrite=True")
-    config = build_config(arch, dtype, tied if tied is not None else arch == "qwen2vl")
+    config = build_config(arch, dtype, bool(tied) if tied is not None else arch == "qwen2vl")
     tensors = make_tensors(arch, config, seed)
     tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else default_tokenizer_dir()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +260,8 @@ def make_multimodal_checkpoint(
     try:
         tmp.mkdir()
         _write_json(tmp / "config.json", config)
-        _write_json(tmp / "preprocessor_config.json", preprocessor_config(arch, config["vision_config"]))
+        media = config.get("vision_config") or config["audio_config"]
+        _write_json(tmp / "preprocessor_config.json", preprocessor_config(arch, media))
         _write_json(
             tmp / "generation_config.json",
             {"bos_token_id": ENDOFTEXT, "eos_token_id": [IM_END, ENDOFTEXT], "pad_token_id": ENDOFTEXT},
@@ -268,6 +275,119 @@ def make_multimodal_checkpoint(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# --- Qwen2-Audio -------------------------------------------------------------------------------
+
+# Qwen2-Audio-7B-Instruct's preprocessor_config.json (WhisperFeatureExtractor, 128 mel bins).
+WHISPER_FEATURES: dict[str, Any] = {
+    "chunk_length": 30,
+    "feature_extractor_type": "WhisperFeatureExtractor",
+    "feature_size": 128,
+    "hop_length": 160,
+    "n_fft": 400,
+    "n_samples": 480000,
+    "nb_max_frames": 3000,
+    "padding_side": "right",
+    "padding_value": 0.0,
+    "processor_class": "Qwen2AudioProcessor",
+    "return_attention_mask": True,
+    "sampling_rate": 16000,
+}
+AUDIO_TOKEN = 151646  # <|AUDIO|> in Qwen2-Audio's own vocabulary
+
+
+def audio_config(dtype: str) -> dict[str, Any]:
+    """Like the real config: a text_config that leaves rope_theta and tie_word_embeddings to Qwen2's
+    defaults, and a Whisper-style audio_config."""
+    text = {
+        k: _TEXT[k] for k in ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers")
+    }
+    text.update(
+        model_type="qwen2",
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-05,
+        vocab_size=151936,
+        bos_token_id=ENDOFTEXT,
+        eos_token_id=IM_END,
+        torch_dtype=TORCH_DTYPES[dtype],
+    )
+    audio = {
+        "activation_function": "gelu",
+        "d_model": 64,
+        "dropout": 0.0,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 128,
+        "encoder_layers": 2,
+        "max_source_positions": 1500,
+        "model_type": "qwen2_audio_encoder",
+        "num_mel_bins": 128,
+        "scale_embedding": False,
+    }
+    return {
+        "architectures": ["Qwen2AudioForConditionalGeneration"],
+        "audio_config": audio,
+        "audio_token_index": AUDIO_TOKEN,
+        "model_type": "qwen2_audio",
+        "text_config": text,
+        "transformers_version": "4.45.0",
+    }
+
+
+def sinusoids(length: int, channels: int) -> np.ndarray:
+    """Whisper's fixed position table (what Qwen2-Audio checkpoints store as embed_positions)."""
+    increment = np.log(10000) / (channels // 2 - 1)
+    inv = np.exp(-increment * np.arange(channels // 2))
+    t = np.arange(length)[:, None] * inv[None, :]
+    return np.concatenate([np.sin(t), np.cos(t)], axis=1).astype(np.float32)
+
+
+def audio_tensors(config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    text = {**config["text_config"], "tie_word_embeddings": False}
+    out: dict[str, np.ndarray] = {}
+    a = config["audio_config"]
+    d, ff, mels = a["d_model"], a["encoder_ffn_dim"], a["num_mel_bins"]
+    shapes: list[tuple[str, tuple[int, ...]]] = [
+        ("audio_tower.conv1.weight", (d, mels, 3)),
+        ("audio_tower.conv1.bias", (d,)),
+        ("audio_tower.conv2.weight", (d, d, 3)),
+        ("audio_tower.conv2.bias", (d,)),
+    ]
+    for i in range(a["encoder_layers"]):
+        b = f"audio_tower.layers.{i}"
+        shapes += [(f"{b}.self_attn.k_proj.weight", (d, d))]  # Whisper: no bias on k
+        for proj in ("v_proj", "q_proj", "out_proj"):
+            shapes += [(f"{b}.self_attn.{proj}.weight", (d, d)), (f"{b}.self_attn.{proj}.bias", (d,))]
+        for norm in ("self_attn_layer_norm", "final_layer_norm"):
+            shapes += [(f"{b}.{norm}.weight", (d,)), (f"{b}.{norm}.bias", (d,))]
+        shapes += [(f"{b}.fc1.weight", (ff, d)), (f"{b}.fc1.bias", (ff,))]
+        shapes += [(f"{b}.fc2.weight", (d, ff)), (f"{b}.fc2.bias", (d,))]
+    shapes += [("audio_tower.layer_norm.weight", (d,)), ("audio_tower.layer_norm.bias", (d,))]
+    shapes += [("multi_modal_projector.linear.weight", (text["hidden_size"], d))]
+    shapes += [("multi_modal_projector.linear.bias", (text["hidden_size"],))]
+    for name, shape in shapes:
+        if name.endswith("norm.weight"):
+            out[name] = (1.0 + 0.2 * rng.standard_normal(shape)).astype(np.float32)
+        elif name.endswith(".bias"):
+            out[name] = (0.3 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            out[name] = (rng.standard_normal(shape) / np.sqrt(np.prod(shape[1:]))).astype(np.float32)
+    out["audio_tower.embed_positions.weight"] = sinusoids(a["max_source_positions"], d)
+    for name, shape in tensor_shapes("qwen2", text):  # the hub layout nests the LM under language_model.
+        out["language_model." + name] = init_tensor(name, shape, rng)
+    return out
+
+
+def random_audio(seconds: float, seed: int = 0) -> np.ndarray:
+    """16 kHz mono float32: two tones plus noise, loud enough that Whisper's max-8 dB clamp, not the
+    log floor, decides the silent frames."""
+    t = np.arange(int(16000 * seconds)) / 16000
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.4 * np.sin(2 * np.pi * 440 * t) + 0.2 * np.sin(2 * np.pi * 1870 * t) + 0.05 * noise).astype(
+        np.float32
+    )
 
 
 def random_image(width: int, height: int, seed: int = 0) -> np.ndarray:

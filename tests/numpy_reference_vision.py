@@ -11,6 +11,7 @@ of patch x merge (28) are handled: those are the ones neither side resizes.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -48,7 +49,15 @@ class VisionSpec:
 
 
 def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], Weights]:
-    """(config.json, weights) with tensor names in the hub layout (``model.layers.*``, ``visual.*``)."""
+    """(config.json, weights) with tensor names in the hub layout (``model.layers.*``, ``visual.*``).
+
+    Cached per folder (tests call the reference many times): treat the result as read-only.
+    """
+    return _load(str(Path(folder).resolve()))
+
+
+@functools.lru_cache(maxsize=4)
+def _load(folder: str) -> tuple[dict[str, Any], Weights]:
     root = Path(folder)
     cfg = json.loads((root / "config.json").read_text())
     weights: Weights = {}
@@ -57,6 +66,8 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], Wei
             name = name[len("model.") :]
         elif name.startswith("model.language_model."):
             name = "model." + name[len("model.language_model.") :]
+        elif name.startswith("language_model."):  # Qwen2-Audio
+            name = name[len("language_model.") :]
         weights[name] = t.astype(np.float64)
     return cfg, weights
 
@@ -238,13 +249,18 @@ def mrope(x: np.ndarray, positions: np.ndarray, sections: list[int], theta: floa
     return x * np.cos(emb) + rotate_half(x) * np.sin(emb)
 
 
-def lm_logits(folder: str | os.PathLike[str], embeddings: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """float64 logits [n, vocab] of the language model over input embeddings at M-RoPE positions."""
+def lm_logits(
+    folder: str | os.PathLike[str], embeddings: np.ndarray, positions: np.ndarray, n_last: int | None = None
+) -> np.ndarray:
+    """float64 logits [n, vocab] (or of the last ``n_last`` rows) of the language model over input
+    embeddings at M-RoPE positions [3, n]. Without ``mrope_section`` (Qwen2-Audio's plain Qwen2)
+    every frequency takes the first row, which is ordinary RoPE."""
     cfg, w = load_checkpoint(folder)
     t = cfg.get("text_config") or cfg
     n_head, n_kv = t["num_attention_heads"], t["num_key_value_heads"]
     hd, eps, n = t["hidden_size"] // n_head, t["rms_norm_eps"], embeddings.shape[0]
-    sections, theta = t["rope_scaling"]["mrope_section"], t["rope_theta"]
+    sections = (t.get("rope_scaling") or {}).get("mrope_section") or [hd // 2, 0, 0]
+    theta = t.get("rope_theta", 10000.0)  # Qwen2Config's default
     x = embeddings
     for i in range(t["num_hidden_layers"]):
         p = f"model.layers.{i}"
@@ -257,9 +273,9 @@ def lm_logits(folder: str | os.PathLike[str], embeddings: np.ndarray, positions:
         )
         v = linear(h, w, f"{p}.self_attn.v_proj", True).reshape(n, n_kv, hd)
         k, v = np.repeat(k, n_head // n_kv, axis=1), np.repeat(v, n_head // n_kv, axis=1)
-        scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+        scores = q.transpose(1, 0, 2) @ k.transpose(1, 2, 0) / np.sqrt(hd)  # [heads, q, k]
         scores = np.where(np.tril(np.ones((n, n), dtype=bool)), scores, -np.inf)
-        attn = np.einsum("hqk,khd->qhd", softmax(scores), v).reshape(n, n_head * hd)
+        attn = (softmax(scores) @ v.transpose(1, 0, 2)).transpose(1, 0, 2).reshape(n, n_head * hd)
         x = x + linear(attn, w, f"{p}.self_attn.o_proj")
         h = rms_norm(x, w[f"{p}.post_attention_layernorm.weight"], eps)
         x = x + linear(
@@ -267,7 +283,7 @@ def lm_logits(folder: str | os.PathLike[str], embeddings: np.ndarray, positions:
             w,
             f"{p}.mlp.down_proj",
         )
-    x = rms_norm(x, w["model.norm.weight"], eps)
+    x = rms_norm(x[-(n_last or n) :], w["model.norm.weight"], eps)
     tied = cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
     head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
     return x @ head.T

@@ -24,7 +24,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mmproj-type",
         choices=sorted(MMPROJ_TYPES),
-        help="Qwen-VL: type of the vision projector GGUF (default f16; f32 with --outtype f32)",
+        help="Qwen-VL / Qwen2-Audio: type of the projector GGUF (default f16; f32 with --outtype f32)",
     )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     parser.add_argument(

@@ -15,6 +15,7 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
+from .audio import text_config
 from .vision import mrope_sections
 
 T = gguf.MODEL_TENSOR
@@ -31,6 +32,11 @@ class Architecture:
     f32_tensors: frozenset[gguf.MODEL_TENSOR] = frozenset()
     # A vision-language checkpoint: the language model plus an mmproj GGUF (see .vision / .mmproj).
     vision: bool = False
+    audio: bool = False  # an audio-language one (see .audio)
+
+    @property
+    def multimodal(self) -> bool:
+        return self.vision or self.audio
 
     @property
     def gguf_name(self) -> str:
@@ -58,11 +64,11 @@ ARCHITECTURES: dict[str, Architecture] = {
         ),
         Architecture("Qwen2VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
         Architecture("Qwen2_5_VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
+        Architecture("Qwen2AudioForConditionalGeneration", gguf.MODEL_ARCH.QWEN2, audio=True),
     )
 }
 # Multimodal Qwen architectures edge-qwen knows of but cannot convert yet.
 NOT_YET_SUPPORTED = (
-    "Qwen2AudioForConditionalGeneration",
     "Qwen2_5OmniForConditionalGeneration",
     "Qwen2_5OmniModel",
     "Qwen3VLForConditionalGeneration",
@@ -115,6 +121,8 @@ def load_hparams(folder: Path) -> HParams:
         raise MultimodalNotSupportedError(names[0], list(ARCHITECTURES))
     if arch is not None and arch.vision:  # newer transformers nest the text keys
         cfg = {**cfg, **(cfg.get("text_config") or {})}
+    if arch is not None and arch.audio:  # a text_config that leans on Qwen2Config's defaults
+        cfg = text_config(cfg)
     if arch is None:
         raise UnsupportedArchitectureError(names[0], list(ARCHITECTURES))
 

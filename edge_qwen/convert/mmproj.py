@@ -159,10 +159,13 @@ def _shape(
 
 
 def _ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], mmproj_type: str) -> Q:
-    """Norms and biases F32; the patch kernels F16 at most (ggml's conv_2d); matrices as asked."""
-    if len(shape) <= 1:
+    """Norms, biases, position tables F32; conv kernels F16 at most (ggml's convolutions, Whisper's
+    conv1d always F16 as llama.cpp writes it); matrices as asked."""
+    if len(shape) <= 1 or shape[-1] == 1 or kind == T.A_ENC_EMBD_POS:
         return Q.F32
     want = MMPROJ_TYPES[mmproj_type][0]
+    if kind == T.A_ENC_CONV1D:
+        return Q.F16
     if kind == T.V_ENC_EMBD_PATCH:
         return Q.F32 if want == Q.F32 else Q.F16
     if want == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
@@ -207,7 +210,7 @@ def add_vision_metadata(writer: gguf.GGUFWriter, vc: VisionConfig) -> None:
 
 def write_mmproj(
     path: Path,
-    vc: VisionConfig,
+    add_metadata: Callable[[gguf.GGUFWriter], None],
     planned: list[MmprojTensor],
     source: Source,
     mmproj_type: str,
@@ -222,10 +225,10 @@ def write_mmproj(
             for tensor in planned:
                 writer.add_tensor(tensor.name, tensor, raw_dtype=tensor.ggml_type)  # type: ignore[arg-type]
             writer.add_type(gguf.GGUFType.MMPROJ)
-            writer.add_name(f"{source.name} vision projector")
+            writer.add_name(f"{source.name} projector")
             writer.add_file_type(MMPROJ_TYPES[mmproj_type][1])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-            add_vision_metadata(writer, vc)
+            add_metadata(writer)
             writer.open_output_file()
             assert writer.fout is not None
             hashing = HashingFile(writer.fout[0])
@@ -254,7 +257,8 @@ class MmprojPlan:
     """A checked, not yet written mmproj: where it goes and every tensor in it."""
 
     path: Path
-    config: VisionConfig
+    projector: str
+    add_metadata: Callable[[gguf.GGUFWriter], None]
     tensors: list[MmprojTensor]
     mmproj_type: str
 
@@ -270,9 +274,16 @@ def prepare_mmproj(
     import json
 
     raw = json.loads((source.folder / "config.json").read_text())
-    vc = load_vision_config(source.folder, raw, n_embd_text)
     path = outdir / f"mmproj-{source.name.lower()}-{mmproj_type}.gguf"
-    return MmprojPlan(path, vc, plan_mmproj(refs, vc, mmproj_type), mmproj_type)
+    if "audio_config" in raw:
+        from . import audio
+
+        ac = audio.load_audio_config(source.folder, raw, n_embd_text)
+        tensors = audio.plan_audio(refs, ac, mmproj_type)
+        return MmprojPlan(path, ac.projector, lambda w: audio.add_audio_metadata(w, ac), tensors, mmproj_type)
+    vc = load_vision_config(source.folder, raw, n_embd_text)
+    tensors = plan_mmproj(refs, vc, mmproj_type)
+    return MmprojPlan(path, vc.projector, lambda w: add_vision_metadata(w, vc), tensors, mmproj_type)
 
 
 def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bool = False) -> dict[str, Any]:
@@ -280,7 +291,9 @@ def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bo
     from ..quantize import write_manifest
 
     started = time.perf_counter()
-    fields = write_mmproj(plan.path, plan.config, plan.tensors, source, plan.mmproj_type, progress=progress)
+    fields = write_mmproj(
+        plan.path, plan.add_metadata, plan.tensors, source, plan.mmproj_type, progress=progress
+    )
     return write_manifest(
         plan.path,
         quant_type=plan.mmproj_type.upper(),
@@ -288,7 +301,7 @@ def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bo
         elapsed_s=time.perf_counter() - started,
         tensor_types=tensor_types(plan.tensors),
         kind="mmproj",
-        projector=plan.config.projector,
+        projector=plan.projector,
         model=str(model.resolve()),
         **fields,
     )

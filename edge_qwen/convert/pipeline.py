@@ -69,7 +69,7 @@ def convert(
         evaluate: compute the quality report of each quantized output against the unquantized one.
         threads: threads for quantization and evaluation (default: llama.cpp's choice).
         quiet: no progress bars.
-        mmproj_type: ``f16`` / ``f32`` / ``q8_0`` for a Qwen-VL checkpoint's vision projector
+        mmproj_type: ``f16`` / ``f32`` / ``q8_0`` for a Qwen-VL / Qwen2-Audio checkpoint's projector
             (default: f32 beside an F32 model, else f16). Every output's manifest names the mmproj
             (``mmproj``) and the mmproj's names the model (``model``).
 
@@ -91,7 +91,7 @@ def convert(
     vocab = load_vocab(source.folder, hp.n_vocab)
     refs = open_checkpoint(source.folder)
     mmproj: MmprojPlan | None = None
-    if hp.arch.vision:  # checked before anything is written
+    if hp.arch.multimodal:  # checked before anything is written
         refs, vision_refs = split_checkpoint(refs)
         mm_type = mmproj_type or default_mmproj_type(outtype)
         mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)

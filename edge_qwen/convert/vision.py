@@ -165,18 +165,29 @@ def mrope_sections(folder: Path, raw: dict[str, Any], head_dim: int) -> tuple[in
     return (int(sections[0]), int(sections[1]), int(sections[2]), 0)
 
 
+# checkpoint prefix -> hub-layout prefix, and the prefixes that belong to the mmproj
+_RENAMES = (
+    ("model.visual.", "visual."),
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),  # Qwen2-Audio
+    ("language_model.lm_head.", "lm_head."),
+)
+MEDIA_PREFIXES = ("visual.", "audio_tower.", "multi_modal_projector.")
+
+
 def split_checkpoint(refs: dict[str, TensorRef]) -> tuple[dict[str, TensorRef], dict[str, TensorRef]]:
-    """(language-model tensors, vision tensors), both named in the hub layout.
+    """(language-model tensors, vision / audio tensors), both named in the hub layout.
 
     transformers >= 4.52 saves ``model.language_model.*`` and ``model.visual.*``; the hub releases
-    use ``model.*`` and ``visual.*``. Both become the latter, which gguf-py's name maps know.
+    use ``model.*`` and ``visual.*`` (Qwen2-Audio: ``language_model.model.*``, ``audio_tower.*``).
+    All become ``model.*`` / ``lm_head.*`` and the media prefixes, which gguf-py's name maps know.
     """
     text: dict[str, TensorRef] = {}
-    vision: dict[str, TensorRef] = {}
+    media: dict[str, TensorRef] = {}
     for name, ref in refs.items():
-        if name.startswith("model.visual."):
-            name = name[len("model.") :]
-        elif name.startswith("model.language_model."):
-            name = "model." + name[len("model.language_model.") :]
-        (vision if name.startswith("visual.") else text)[name] = ref
-    return text, vision
+        for old, new in _RENAMES:
+            if name.startswith(old):
+                name = new + name[len(old) :]
+                break
+        (media if name.startswith(MEDIA_PREFIXES) else text)[name] = ref
+    return text, media

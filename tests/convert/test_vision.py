@@ -23,11 +23,9 @@ from full attention (checked).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -35,12 +33,12 @@ import llama_cpp
 import numpy as np
 import numpy_reference_vision as ref
 import pytest
+from _mtmd import decode_all, loaded, relative_error
 
-from edge_qwen import _llama, cli
+from edge_qwen import cli
 from edge_qwen.convert import convert
 from edge_qwen.errors import CheckpointError, MultimodalNotSupportedError
 from edge_qwen.gguf_header import read_header
-from edge_qwen.mtmd_native import Mtmd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -79,52 +77,6 @@ def converted(checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return random_image(WIDTH, HEIGHT)
-
-
-@contextlib.contextmanager
-def loaded(gguf_path: str | Path, mmproj: str | Path) -> Iterator[tuple[object, object, Mtmd]]:
-    """(model, context with an exact F32 KV cache, Mtmd) for one converted pair."""
-    _llama.init_backend()
-    mp = llama_cpp.llama_model_default_params()
-    mp.use_extra_bufts = False
-    model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), mp)
-    assert model, f"llama.cpp could not load {gguf_path}"
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = 256, 256, 256, 1
-    cp.n_threads = cp.n_threads_batch = 2
-    cp.type_k = cp.type_v = 0  # F32
-    cp.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-    ctx = llama_cpp.llama_init_from_model(model, cp)
-    try:
-        with Mtmd(mmproj, model, threads=2) as mtmd:
-            yield model, ctx, mtmd
-    finally:
-        llama_cpp.llama_free(ctx)
-        llama_cpp.llama_model_free(model)
-
-
-def decode_all(ctx: object, model: object, tokens: tuple[int, ...], start: int) -> np.ndarray:
-    """Logits of every token, decoded at positions start, start+1, … (llama.cpp widens them to M-RoPE)."""
-    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
-    try:
-        batch.n_tokens = len(tokens)
-        for i, t in enumerate(tokens):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, start + i, 1, 1
-            batch.seq_id[i][0] = 0
-        assert llama_cpp.llama_decode(ctx, batch) == 0
-        n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
-        return np.stack(
-            [
-                np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).copy()
-                for i in range(len(tokens))
-            ]
-        )
-    finally:
-        llama_cpp.llama_batch_free(batch)
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    return float(np.abs(actual - expected).max() / np.abs(expected).max())
 
 
 def mtmd_embeddings(result: dict, img: np.ndarray) -> np.ndarray:
