@@ -12,6 +12,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument(
+        "--lora", action="append", default=[], metavar="FILE[:SCALE]",
+        help="apply a GGUF LoRA adapter (from edge-qwen convert-lora) at SCALE (default 1.0); repeatable",
+    )  # fmt: skip
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,16 +36,45 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_lora(spec: str) -> tuple[str, float]:
+    """``FILE`` or ``FILE:SCALE`` (a trailing ``:number``; a path may hold colons itself)."""
+    from ..errors import ConfigError
+
+    path, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    if not spec:
+        raise ConfigError("--lora needs a GGUF adapter file, optionally FILE:SCALE")
+    return spec, 1.0
+
+
+def lora_choice(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, float]]:
+    """Adapters to load (name -> file) and the request's set (name -> scale), named after the files."""
+    files: dict[str, str] = {}
+    scales: dict[str, float] = {}
+    for i, spec in enumerate(getattr(args, "lora", None) or []):
+        path, scale = parse_lora(spec)
+        name = f"lora{i}"
+        files[name], scales[name] = path, scale
+    return files, scales
+
+
 def load_model(args: argparse.Namespace) -> Any:
     from ..registry import resolve_model
     from ..runtime.model import Model
 
-    return Model.load(resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads)
+    files, _ = lora_choice(args)
+    return Model.load(resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files)
 
 
 def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of Model.chat from the parsed options (unset ones keep the model preset)."""
+    _, scales = lora_choice(args)
     return {
+        "adapters": scales or None,
         "max_tokens": args.max_tokens,
         "temperature": args.temperature,
         "seed": args.seed,

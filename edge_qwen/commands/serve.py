@@ -49,6 +49,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
+        "--lora", action="append", default=[], metavar="[BASE:]NAME=FILE[:SCALE]",
+        help="serve a GGUF LoRA adapter on a model as BASE:NAME (BASE may be left out with one model)",
+    )  # fmt: skip
+    parser.add_argument(
         "--api-key", default=None, help=f"require this bearer key (default: ${API_KEY_ENV} if set)"
     )
     parser.add_argument(
@@ -118,6 +122,30 @@ def parse_models(values: list[str]) -> dict[str, Path]:
     return models
 
 
+def parse_loras(
+    values: list[str], models: dict[str, Path]
+) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, dict[str, float]]]]:
+    """``--lora`` items: adapters to load per base model, and the API names that route to them."""
+    from ._runtime_args import parse_lora
+
+    files: dict[str, dict[str, str]] = {name: {} for name in models}
+    routes: dict[str, tuple[str, dict[str, float]]] = {}
+    for item in values:
+        target, sep, spec = item.partition("=")
+        base, colon, name = target.rpartition(":")
+        if not colon and len(models) == 1:
+            base = next(iter(models))
+        if not sep or not name or base not in models:
+            raise ConfigError(
+                f"--lora {item!r}: write NAME=FILE[:SCALE] (with one model) or BASE:NAME=FILE[:SCALE], "
+                f"BASE one of {sorted(models)}"
+            )
+        path, scale = parse_lora(spec)
+        files[base][name] = path
+        routes[f"{base}:{name}"] = (base, {name: scale})
+    return files, routes
+
+
 def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
     """``--parallel`` and ``--ctx``, or their defaults for this machine."""
     from .._llama import physical_cores
@@ -164,11 +192,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
     parallel, n_ctx = serve_shape(args.parallel, args.ctx)
+    adapters, routes = parse_loras(args.lora, models)
     scheduler = Scheduler(args.budget, max_queue=args.max_concurrency, queue_timeout=args.queue_timeout)
-    provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency)
+    provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency, routes=routes)
     try:
         for name, path in models.items():
-            scheduler.add(name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel)
+            scheduler.add(
+                name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name]
+            )
         if not args.no_preload:
             scheduler.load(next(iter(models)))
         app = create_app(provider, config)

@@ -6,6 +6,9 @@ chunks of sequences still prefilling, under a per-step prefill budget so a long 
 running streams — decodes it once, and hands every sequence the logits row it asked for. Only rows
 where a token is sampled ask for logits.
 
+Sequences with different LoRA adapter sets never share a decode step (llama.cpp applies adapters
+per context): each step serves one adapter set, and the sets with work take turns.
+
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
 token it has so far, to be re-prefilled (its sampler, text and counters live in its
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import ContextOverflowError, GenerationError, ModelClosedError
-from .request import STARTED, Request
+from .request import STARTED, AdapterSet, Request
 from .results import GenerationChunk, Timings
 from .sequence import Sequence
 from .slots import Slot, choose_slot, idle_caches_to_drop, used_cells
@@ -51,6 +54,7 @@ class Decoder(Protocol):
     def is_eog(self, token: int) -> bool: ...
     def seq_rm(self, seq_id: int, p0: int) -> bool: ...
     def seq_cp(self, src: int, dst: int, n_tokens: int) -> None: ...
+    def use_adapters(self, key: AdapterSet) -> None: ...
     def last_error(self) -> str: ...
 
 
@@ -92,6 +96,7 @@ class BatchEngine:
         self.running: dict[int, Sequence] = {}
         self.stats = EngineStats()
         self.closed = False
+        self._last_key: AdapterSet | None = None
 
     # -- the queue (compute thread) -------------------------------------------------------------------
 
@@ -129,11 +134,22 @@ class BatchEngine:
         self.stats.steps += 1
         self._advance(entries)
 
+    def _next_key(self) -> AdapterSet:
+        """The adapter set this step serves: the sets with running sequences take turns."""
+        keys = list(dict.fromkeys(seq.key for seq in self.running.values()))
+        if len(keys) == 1 or self._last_key not in keys:
+            return keys[0]
+        return keys[(keys.index(self._last_key) + 1) % len(keys)]
+
     def _plan(self) -> list[BatchEntry]:
+        key = self._last_key = self._next_key()
+        self.decoder.use_adapters(key)
         entries: list[BatchEntry] = []
         prefilling: list[tuple[int, Sequence, list[int]]] = []
         n_decode = 0
         for seq_id, seq in self.running.items():
+            if seq.key != key:
+                continue
             slot = self.slots[seq_id]
             pending = seq.tokens[len(slot.tokens) :]
             if seq.prefilling:
@@ -179,7 +195,8 @@ class BatchEngine:
             if isinstance(item, Request) and self._settle_without_slot(item):
                 self.waiting.popleft()
                 continue
-            placement = choose_slot(self.slots, item.tokens, allow_copy=self.unified)
+            key = item.key if isinstance(item, Sequence) else item.spec.adapters
+            placement = choose_slot(self.slots, item.tokens, allow_copy=self.unified, key=key)
             if placement is None:
                 return
             slot = placement.slot
@@ -246,6 +263,7 @@ class BatchEngine:
             reuse = donor_tokens
         else:
             self._truncate(slot, reuse)
+        slot.key = seq.key
         slot.busy = True
         seq.prefilling = True
         seq.start(reuse)
@@ -268,10 +286,17 @@ class BatchEngine:
         slot.tokens = []
         slot.shared = 0
 
-    def drop_idle_caches(self) -> None:
+    def drop_idle_caches(self, adapter: str | None = None) -> None:
+        """Forget idle caches (only those computed with ``adapter``, when given)."""
         for slot in self.slots:
-            if not slot.busy:
+            if not slot.busy and (adapter is None or any(n == adapter for n, _ in slot.key)):
                 self._clear(slot)
+
+    def uses_adapter(self, name: str) -> int:
+        """How many running or waiting requests apply the adapter ``name``."""
+        keys = [s.key for s in self.running.values()]
+        keys += [w.key if isinstance(w, Sequence) else w.spec.adapters for w in self.waiting]
+        return sum(any(n == name for n, _ in k) for k in keys)
 
     def _make_room(self) -> bool:
         """llama.cpp found no KV cells for the batch: drop an idle cache, else preempt the youngest."""

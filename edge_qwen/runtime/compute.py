@@ -15,7 +15,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 
 class Steppable(Protocol):
@@ -58,6 +60,28 @@ class ComputeThread:
     @property
     def on_thread(self) -> bool:
         return threading.current_thread() is self.thread
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the compute thread and return its result (or raise its exception)."""
+        if self.on_thread:
+            return fn()
+        done = threading.Event()
+        box: list[Any] = []
+
+        def task() -> None:
+            try:
+                box.append((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+                box.append((False, exc))
+            finally:
+                done.set()
+
+        self.submit(task)
+        done.wait()
+        ok, value = box[0]  # (True, result) or (False, exception)
+        if not ok:
+            raise value
+        return value
 
     def wait_idle(self) -> None:
         """Block until every task submitted so far has run (no-op on the compute thread itself)."""

@@ -14,7 +14,9 @@ import llama_cpp.llama_cpp as L
 import numpy as np
 
 from .. import _llama
+from ..adapters import Adapter, apply_adapters
 from .batcher import BatchEntry
+from .request import AdapterSet
 from .threads import ThreadGovernor
 
 
@@ -30,6 +32,8 @@ class NativeDecoder:
     def __init__(self, ctx: Any, vocab: Any, n_batch: int, governor: ThreadGovernor | None = None) -> None:
         self.ctx = ctx
         self.governor = governor
+        self.adapters: dict[str, Adapter] = {}  # loaded LoRA adapters by name (the Model's)
+        self._applied: AdapterSet = ()
         self.n_threads = int(L.llama_n_threads(ctx))
         self.vocab = vocab
         self.memory = L.llama_get_memory(ctx)
@@ -90,6 +94,12 @@ class NativeDecoder:
 
     def seq_cp(self, src: int, dst: int, n_tokens: int) -> None:
         L.llama_memory_seq_cp(self.memory, src, dst, 0, n_tokens)
+
+    def use_adapters(self, key: AdapterSet) -> None:
+        """Apply exactly this adapter set to the context (a no-op when it is already applied)."""
+        if key != self._applied:
+            apply_adapters(self.ctx, [(self.adapters[name], scale) for name, scale in key])
+            self._applied = key
 
     def last_error(self) -> str:
         return _llama.take_recent_errors()

@@ -27,8 +27,9 @@ from .compute import ComputeThread
 from .decoder import NativeDecoder
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_native
+from .lora import AdapterSlots, adapter_files, adapter_set
 from .presets import SamplingParams, preset_for, resolve
-from .request import Request, RequestSpec, Sink
+from .request import AdapterSet, Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings
 from .sampling import build_sampler
 from .sequence import Sequence as Sequence_
@@ -83,12 +84,21 @@ class Model:
         self._freed = threading.Event()
         self._compute = ComputeThread.get()
         self._compute.register(self._engine)
+        self._lora = AdapterSlots(model, self._decoder.adapters, self._compute.call)
+        try:
+            for name, adapter_path in settings.adapters:
+                self._lora.add(name, adapter_path)
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **settings: Any) -> Model:
-        """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`."""
+        """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`;
+        ``adapters={"sql": "sql-lora.gguf"}`` loads LoRA adapters that requests pick by name."""
+        settings["adapters"] = adapter_files(settings.get("adapters"))
         try:
             config = ModelSettings(**settings)
         except TypeError as exc:
@@ -120,6 +130,7 @@ class Model:
             self._compute.unregister(self._engine)
             self._decoder.free()
             L.llama_free(self._ctx)
+            self._lora.free_all()  # after the context that applied them, before their model
             L.llama_model_free(self._model)
             self._ctx = self._model = None
         finally:
@@ -130,6 +141,27 @@ class Model:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- LoRA adapters ----------------------------------------------------------------------------
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the loaded LoRA adapters (a request picks them with ``adapter=``/``adapters=``)."""
+        return sorted(self._lora.names)
+
+    @property
+    def adapter_bytes(self) -> int:
+        return self._lora.nbytes
+
+    def add_adapter(self, name: str, path: str | os.PathLike[str]) -> None:
+        """Load a GGUF LoRA adapter while the model serves requests."""
+        self._check_open()
+        self._lora.add(name, path)
+
+    def remove_adapter(self, name: str) -> None:
+        """Free an adapter no request uses any more (ConfigError while some still do)."""
+        self._check_open()
+        self._lora.remove(name, self._engine.uses_adapter, self._engine.drop_idle_caches)
 
     def __enter__(self) -> Model:
         return self
@@ -210,6 +242,8 @@ class Model:
     # -- request preparation (caller thread) ---------------------------------------------------------
 
     def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
+        sampling = dict(sampling)
+        chosen = self._adapter_set(sampling)
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         else:
@@ -217,7 +251,8 @@ class Model:
         if not tokens:
             raise ConfigError("the prompt is empty; pass some text or token ids")
         self._check_fits(tokens)
-        return RequestSpec(tuple(tokens), self._params(enable_thinking=None, sampling=sampling))
+        params = self._params(enable_thinking=None, sampling=sampling)
+        return RequestSpec(tuple(tokens), params, adapters=chosen)
 
     def _chat_request(
         self,
@@ -229,6 +264,8 @@ class Model:
         tools: Sequence[Mapping[str, Any]] | None,
         truncate: bool,
     ) -> RequestSpec:
+        sampling = dict(sampling)
+        chosen = self._adapter_set(sampling)
         msgs = [dict(m) for m in messages]
         while True:
             rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
@@ -244,7 +281,12 @@ class Model:
             self._params(enable_thinking=enable_thinking, sampling=sampling),
             thinking_open=rendered.thinking_open,
             thinking_budget=thinking_budget,
+            adapters=chosen,
         )
+
+    def _adapter_set(self, sampling: dict[str, Any]) -> AdapterSet:
+        """Take ``adapter=`` / ``adapters=`` out of a request's keywords: its LoRA set."""
+        return adapter_set(sampling.pop("adapter", None), sampling.pop("adapters", None), self._lora.names)
 
     def _params(self, *, enable_thinking: bool | None, sampling: dict[str, Any]) -> SamplingParams:
         preset = preset_for(self.architecture, enable_thinking is not False)

@@ -19,6 +19,9 @@ Sink = Callable[[object], None]
 STARTED = object()  # worker -> caller: the request left the queue and holds a sequence slot
 
 
+AdapterSet = tuple[tuple[str, float], ...]  # (adapter name, scale), sorted by name; () is the base model
+
+
 @dataclass(frozen=True)
 class RequestSpec:
     """One generation as the caller prepared it. Empty ``tokens`` is a cache reset."""
@@ -27,6 +30,7 @@ class RequestSpec:
     params: SamplingParams
     thinking_open: bool = False
     thinking_budget: int | None = None
+    adapters: AdapterSet = ()
 
 
 class Request:

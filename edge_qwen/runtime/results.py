@@ -26,7 +26,8 @@ class ModelSettings:
     cells: with ``kv_unified`` (the default) every sequence may use up to all of them, and they share
     what is free; with ``kv_unified=False`` each gets ``n_ctx / parallel``. ``prefill_chunk`` is how many
     prompt tokens a step may add while other sequences are generating (a long prompt then cannot
-    stall their streams; alone, a prompt is prefilled in n_batch chunks).
+    stall their streams; alone, a prompt is prefilled in n_batch chunks). ``adapters`` are GGUF LoRA
+    files loaded next to the weights, ``(name, path)`` pairs; a request picks them by name.
     """
 
     n_ctx: int = 4096
@@ -45,6 +46,7 @@ class ModelSettings:
     parallel: int = 4
     kv_unified: bool = True
     prefill_chunk: int = 256
+    adapters: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ class Sequence:
     ) -> None:
         self.request = request
         spec = request.spec
+        self.key = spec.adapters
         self.tokens: list[int] = list(spec.tokens)
         self.n_prompt = len(spec.tokens)
         self.sampler = sampler

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .request import AdapterSet
+
 
 @dataclass
 class Slot:
@@ -26,6 +28,7 @@ class Slot:
     shared: int = 0  # leading tokens whose cells were copied from another sequence (cost no cells)
     busy: bool = False
     last_used: float = 0.0
+    key: AdapterSet = ()  # the LoRA adapter set its K/V were computed under (() = the base model)
 
     @property
     def own_cells(self) -> int:
@@ -56,26 +59,32 @@ class Placement:
         return max(self.reuse, self.donor_tokens)
 
 
-def choose_slot(slots: Sequence[Slot], prompt: Sequence[int], *, allow_copy: bool) -> Placement | None:
+def choose_slot(
+    slots: Sequence[Slot], prompt: Sequence[int], *, allow_copy: bool, key: AdapterSet = ()
+) -> Placement | None:
     """The free slot for ``prompt``: longest cached prefix first; among equals, an empty slot, then the
     least recently used (its cache is the least likely to be wanted again). None when all are busy.
 
     At least one prompt token is always left to evaluate (its logits give the first output token).
     With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
-    is borrowed instead of recomputed.
+    is borrowed instead of recomputed. Only caches computed under the same adapter set (``key``)
+    count: K/V computed with LoRA A must never be reused for B.
     """
     free = [s for s in slots if not s.busy]
     if not free or not prompt:
         return None
     limit = len(prompt) - 1
 
+    def cached(s: Slot) -> int:
+        return min(common_prefix(s.tokens, prompt), limit) if s.key == key else 0
+
     def score(s: Slot) -> tuple[int, int, float]:
-        return (min(common_prefix(s.tokens, prompt), limit), -len(s.tokens), -s.last_used)
+        return (cached(s), -len(s.tokens), -s.last_used)
 
     slot = max(free, key=score)
-    reuse = min(common_prefix(slot.tokens, prompt), limit)
+    reuse = cached(slot)
     if allow_copy:
-        donors = [(min(common_prefix(s.tokens, prompt), limit), s) for s in slots if s is not slot]
+        donors = [(cached(s), s) for s in slots if s is not slot]
         best = max(donors, key=lambda d: d[0], default=(0, None))
         if best[1] is not None and best[0] > reuse:
             return Placement(slot, reuse, best[1], best[0])

@@ -25,6 +25,7 @@ process RSS; see benchmarks/bench_memory.py for the table.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def model_shape(header: GGUFHeader) -> ModelShape:
 class MemoryEstimate:
     """Bytes per component; ``total_bytes`` is what the host must hold, ``device_bytes`` the GPU."""
 
-    n_ctx: int  # padded, per sequence
+    n_ctx: int  # padded: the context's KV cells, shared by its parallel sequences
     parallel: int
     cache_type_k: str
     cache_type_v: str
@@ -159,12 +160,14 @@ class MemoryEstimate:
     device_weights_bytes: int = 0
     device_kv_bytes: int = 0
     device_compute_bytes: int = 0
+    adapter_bytes: int = 0  # LoRA adapters loaded next to the weights
 
     @property
     def total_bytes(self) -> int:
         """Host bytes resident after load + a full prefill batch: what the budget is charged."""
         return (
             self.weights_bytes
+            + self.adapter_bytes
             + self.kv_bytes
             + self.compute_resident_bytes
             + self.output_bytes
@@ -349,7 +352,24 @@ def estimate(
         device_weights_bytes=device_w,
         device_kv_bytes=kv_cache_bytes(shape, *kv_args, sorted(offloaded)),
         device_compute_bytes=compute if offloaded else 0,
+        adapter_bytes=sum(_adapter_bytes(path) for _name, path in settings.adapters),
     )
+
+
+def _adapter_bytes(path: str) -> int:
+    """Tensor bytes of a LoRA adapter file, read once per file version (estimates run in loops)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return 0  # loading will name the missing file
+    return _adapter_bytes_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _adapter_bytes_cached(path: str, _size: int, _mtime: int) -> int:
+    from ..adapters import adapter_bytes
+
+    return adapter_bytes(path)
 
 
 def estimate_memory(

@@ -132,7 +132,11 @@ class Scheduler:
         keep_alive: float | None = None,
         **settings: Any,
     ) -> None:
-        """Register a model under ``name`` (nothing is loaded yet). Settings: ModelSettings fields."""
+        """Register a model under ``name`` (nothing is loaded yet). Settings: ModelSettings fields;
+        ``adapters={"sql": "sql-lora.gguf"}`` adds LoRA adapters, counted in its memory estimate."""
+        from ..runtime.lora import adapter_files
+
+        settings["adapters"] = adapter_files(settings.get("adapters"))
         try:
             config = ModelSettings(**settings)
         except TypeError as exc:
@@ -235,6 +239,10 @@ class Scheduler:
         free = self.budget - sum(e.charged for e in self._entries.values())
         if free >= need:
             return []
+        pending = sum(e.freeing for e in self._entries.values())
+        if pending and free + pending >= need:
+            return None  # the unloads under way make room: wait for them, evict nothing more
+        free += pending
         idle = sorted(
             (
                 e for e in self._entries.values()

@@ -48,6 +48,26 @@ class ModelProvider(Protocol):
         ...
 
 
+class AdapterView:
+    """A served ``BASE:NAME``: the base model, with the adapter set put into every request."""
+
+    def __init__(self, model: Model, adapters: Mapping[str, float]) -> None:
+        self._model = model
+        self._adapters = dict(adapters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def achat_stream(self, messages: Any, **kwargs: Any) -> Any:
+        return self._model.achat_stream(messages, adapters=self._adapters, **kwargs)
+
+    def astream(self, prompt: Any, **kwargs: Any) -> Any:
+        return self._model.astream(prompt, adapters=self._adapters, **kwargs)
+
+
+Routes = Mapping[str, tuple[str, Mapping[str, float]]]  # "BASE:NAME" -> (base model, {adapter: scale})
+
+
 def model_name(path: str | os.PathLike[str]) -> str:
     """The API name of a GGUF file: its file name without ``.gguf``."""
     name = Path(path).name
@@ -63,23 +83,25 @@ def unknown_model(name: str, known: list[str]) -> UnknownModelError:
 class StaticProvider:
     """Models loaded once and kept resident; counts requests in flight for the snapshot."""
 
-    def __init__(self, models: Mapping[str, Model]) -> None:
+    def __init__(self, models: Mapping[str, Model], routes: Routes | None = None) -> None:
         self._models = dict(models)
+        self._routes = dict(routes or {})
         self._in_flight = dict.fromkeys(self._models, 0)
 
     def names(self) -> list[str]:
-        return list(self._models)
+        return list(self._models) + list(self._routes)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Model]:
-        model = self._models.get(name)
+        base, adapters = self._routes.get(name, (name, {}))
+        model = self._models.get(base)
         if model is None:
             raise unknown_model(name, self.names())
-        self._in_flight[name] += 1
+        self._in_flight[base] += 1
         try:
-            yield model
+            yield AdapterView(model, adapters) if adapters else model  # type: ignore[misc]
         finally:
-            self._in_flight[name] -= 1
+            self._in_flight[base] -= 1
 
     def snapshot(self) -> dict[str, Any]:
         models = [
@@ -111,18 +133,20 @@ class SchedulerProvider:
     lease would keep the model busy and never evictable).
     """
 
-    def __init__(self, scheduler: Scheduler, *, max_waiting: int = 128) -> None:
+    def __init__(self, scheduler: Scheduler, *, max_waiting: int = 128, routes: Routes | None = None) -> None:
         self.scheduler = scheduler
+        self._routes = dict(routes or {})
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_waiting), thread_name_prefix="edge-qwen:lease")
 
     def names(self) -> list[str]:
-        return [m["name"] for m in self.scheduler.snapshot()["models"]]
+        return [m["name"] for m in self.scheduler.snapshot()["models"]] + list(self._routes)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Model]:
         if name not in self.names():
             raise unknown_model(name, self.names())
-        manager = self.scheduler.lease(name)
+        base, adapters = self._routes.get(name, (name, {}))
+        manager = self.scheduler.lease(base)
         future = asyncio.get_running_loop().run_in_executor(self._pool, manager.__enter__)
         try:
             model = await asyncio.shield(future)
@@ -130,7 +154,7 @@ class SchedulerProvider:
             future.add_done_callback(lambda f: _release_late(f, manager))
             raise
         try:
-            yield model
+            yield AdapterView(model, adapters) if adapters else model  # type: ignore[misc]
         finally:
             manager.__exit__(None, None, None)
 

@@ -22,11 +22,12 @@ VOCAB = 97
 EOG = 0
 
 
-def next_token(history: Sequence[int]) -> int:
-    """The fake model: a hash of the whole history, never EOG unless the history ends in 13, 13."""
+def next_token(history: Sequence[int], adapters: Any = ()) -> int:
+    """The fake model: a hash of the whole history (and of the adapter set applied), never EOG
+    unless the history ends in 13, 13."""
     if len(history) >= 2 and history[-1] == 13 and history[-2] == 13:
         return EOG
-    h = 7
+    h = 7 + sum(len(name) * 1000 + int(scale * 100) for name, scale in adapters)
     for i, t in enumerate(history):
         h = (h * 31 + t * (i + 3)) % 1_000_003
     return 1 + h % (VOCAB - 1)
@@ -39,6 +40,8 @@ class FakeDecoder:
     batches: list[list[tuple[int, int, int, bool]]] = field(default_factory=list)
     _rows: dict[int, int] = field(default_factory=dict)
     fail_next: int = 0
+    adapter_log: list[Any] = field(default_factory=list)
+    adapters: Any = ()
 
     def history(self, seq_id: int) -> list[int]:
         return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
@@ -59,7 +62,7 @@ class FakeDecoder:
             row += len(e.tokens)
             if e.logits:
                 e.row = row - 1
-                self._rows[row - 1] = next_token(self.history(e.seq_id))
+                self._rows[row - 1] = next_token(self.history(e.seq_id), self.adapters)
         return 0
 
     def sample(self, sampler: Any, row: int) -> int:
@@ -83,15 +86,19 @@ class FakeDecoder:
             if src in seqs and pos < n_tokens:
                 seqs.add(dst)
 
+    def use_adapters(self, key: Any) -> None:
+        self.adapters = key
+        self.adapter_log.append(key)
+
     def last_error(self) -> str:
         return ""
 
 
-def solo(prompt: Sequence[int], max_tokens: int) -> list[int]:
+def solo(prompt: Sequence[int], max_tokens: int, adapters: Any = ()) -> list[int]:
     """What a sequence generates alone: the reference for every batched run."""
     history, out = list(prompt), []
     while len(out) < max_tokens:
-        token = next_token(history)
+        token = next_token(history, adapters)
         if token == EOG:
             break
         out.append(token)
@@ -148,11 +155,11 @@ def make_engine(
 
 
 def submit(
-    engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, **params: Any
+    engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, adapters: Any = (), **params: Any
 ) -> tuple[Request, Collector]:
     sink = Collector()
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0, **params)
-    request = Request(RequestSpec(tuple(prompt), sampling), sink)
+    request = Request(RequestSpec(tuple(prompt), sampling, adapters=adapters), sink)
     engine.submit(request)
     return request, sink
 

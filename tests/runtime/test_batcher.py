@@ -159,6 +159,33 @@ def test_stop_at_end_of_generation():
     assert sink.result().finish_reason == "stop" and sink.result().text == ""
 
 
+def test_sequences_with_different_adapters_never_share_a_step_and_take_turns():
+    engine, decoder = make_engine(parallel=4)
+    sql, tone = (("sql", 1.0),), (("tone", 0.5),)
+    jobs = [(p, key, submit(engine, p, max_tokens=10, adapters=key)[1])
+            for p, key in zip(prompts(4, seed=7), [(), sql, tone, sql], strict=True)]  # fmt: skip
+    run(engine)
+    for prompt, key, sink in jobs:
+        assert out_tokens(sink) == solo(prompt, 10, key)
+    key_of_slot = {i: key for i, (_, key, _) in enumerate(jobs)}  # four jobs, four empty slots, in order
+    for batch, key in zip(decoder.batches, decoder.adapter_log, strict=True):
+        assert {key_of_slot[e[0]] for e in batch} == {key}
+    assert decoder.adapter_log[:3] == [(), sql, tone]  # the three sets take turns
+
+
+def test_a_cache_computed_under_one_adapter_is_never_reused_for_another():
+    engine, _ = make_engine(parallel=2)
+    prompt = list(range(30, 60))
+    _, first = submit(engine, prompt, max_tokens=3, adapters=(("a", 1.0),))
+    run(engine)
+    _, other = submit(engine, prompt, max_tokens=3, adapters=(("b", 1.0),))
+    _, same = submit(engine, prompt, max_tokens=3, adapters=(("a", 1.0),))
+    run(engine)
+    assert other.result().usage.cached_tokens == 0
+    assert same.result().usage.cached_tokens == len(prompt) - 1
+    assert out_tokens(other) == solo(prompt, 3, (("b", 1.0),))
+
+
 # -- slot choice, pure ---------------------------------------------------------------------------
 
 
