@@ -24,6 +24,8 @@ _EXPORTS: dict[str, str] = {
     "SamplingParams": "edge_qwen.runtime.presets",
     "convert": "edge_qwen.convert",
     "ConvertResult": "edge_qwen.convert",
+    "convert_lora": "edge_qwen.convert.lora",
+    "LoraResult": "edge_qwen.convert.lora",
     "quantize": "edge_qwen.quantize",
     "evaluate_quality": "edge_qwen.quality",
     "gguf_info": "edge_qwen.gguf_info",
@@ -37,7 +39,9 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "AsyncGenerationStream",
     "convert",
+    "convert_lora",
     "ConvertResult",
+    "LoraResult",
     "estimate_memory",
     "evaluate_quality",
     "GenerationChunk",
@@ -58,6 +62,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from .convert import ConvertResult, convert
+    from .convert.lora import LoraResult, convert_lora
     from .gguf_info import gguf_info
     from .quality import evaluate_quality
     from .quantize import quantize

@@ -35,6 +35,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--ubatch", type=int, default=512, help="physical batch size n_ubatch (default 512)")
     parser.add_argument(
+        "--lora", action="append", default=[], metavar="FILE",
+        help="a GGUF LoRA adapter loaded next to the model (counted in the total); repeatable",
+    )  # fmt: skip
+    parser.add_argument(
         "--device-memory", metavar="SIZE",
         help="free GPU memory (e.g. 8GiB): how many layers offload, and the host/device split",
     )  # fmt: skip
@@ -65,6 +69,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     settings = ModelSettings(
         n_ctx=args.ctx, n_ubatch=args.ubatch, cache_type_k=args.kv, cache_type_v=args.kv, n_gpu_layers=0,
         parallel=args.parallel,
+        adapters=tuple((f"lora{i}", path) for i, path in enumerate(args.lora)),
     )  # fmt: skip
     if args.device:
         profile = device_profile(args.device)
@@ -123,9 +128,10 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("output", est["output_bytes"], f"logits rows of {s['parallel']} sequences"),
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
+        ("adapters", est["adapter_bytes"], "LoRA adapters"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in rows]
+    lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in rows if value or name != "adapters"]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"
     )
