@@ -131,7 +131,8 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("adapters", est["adapter_bytes"], "LoRA adapters"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in rows if value or name != "adapters"]
+    shown = [row for row in rows if row[1] or row[0] != "adapters"]
+    lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in shown]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"
     )
