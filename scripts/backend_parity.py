@@ -16,6 +16,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # edge_qwen from this checkout
 
 PROMPTS = (
     "Write a Python function to implement binary search.",
@@ -33,7 +36,15 @@ def run(model_path: str, gpu_layers: int, n_tokens: int) -> dict:
     import llama_cpp.llama_cpp as L
     import numpy as np
 
-    L.llama_backend_init()
+    from edge_qwen import backends
+
+    _, devices = backends.list_devices()
+    gpus = [d for d in devices if d.type in backends.GPU_TYPES]
+    if gpu_layers and not gpus:
+        raise SystemExit(
+            "no GPU device registered: the comparison would be CPU against CPU "
+            "(lavapipe needs GGML_VK_VISIBLE_DEVICES=0)"
+        )
     mparams = L.llama_model_default_params()
     mparams.n_gpu_layers = gpu_layers
     start = time.perf_counter()
@@ -81,6 +92,7 @@ def run(model_path: str, gpu_layers: int, n_tokens: int) -> dict:
     return {
         "system_info": L.llama_print_system_info().decode(errors="replace").strip(),
         "gpu_layers": gpu_layers,
+        "devices": [f"{d.name}: {d.description} [{d.type}] {d.total_bytes} bytes" for d in devices],
         "load_seconds": load_s,
         "results": results,
     }

@@ -25,5 +25,5 @@ eq_amx_fix
 cmake -S "$src/vendor/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
     ${EQ_CC:+-DCMAKE_C_COMPILER=$EQ_CC -DCMAKE_CXX_COMPILER=$EQ_CXX} $EQ_AMX_FLAGS >/dev/null
-nice -n 19 cmake --build "$dir/build" -j "$(nproc)" --target "${targets[@]}" >&2
+nice -n 19 cmake --build "$dir/build" -j "$(nproc 2>/dev/null || sysctl -n hw.ncpu)" --target "${targets[@]}" >&2
 echo "$dir/build/bin"

@@ -64,7 +64,15 @@ check_vulkan() {  # sets VK_INCLUDE; returns 3 with every missing piece listed
         return 3
     fi
     if command -v vulkaninfo >/dev/null; then
-        vulkaninfo --summary 2>/dev/null | grep -E 'deviceName|driverName|apiVersion' | sed 's/^/check_backend:   /' >&2 || true
+        local summary
+        summary=$(vulkaninfo --summary 2>/dev/null || true)
+        grep -E 'deviceName|deviceType|driverName|apiVersion' <<<"$summary" | sed 's/^/check_backend:   /' >&2 || true
+        # ggml skips CPU-type Vulkan devices (lavapipe) unless they are named explicitly
+        if [ -z "${GGML_VK_VISIBLE_DEVICES:-}" ] && grep -q 'deviceType' <<<"$summary" \
+                && ! grep 'deviceType' <<<"$summary" | grep -vq 'PHYSICAL_DEVICE_TYPE_CPU'; then
+            export GGML_VK_VISIBLE_DEVICES=0
+            say "only CPU Vulkan devices (lavapipe): GGML_VK_VISIBLE_DEVICES=0 makes ggml use the first"
+        fi
     fi
 }
 
