@@ -88,7 +88,12 @@ def advise(f: Facts) -> tuple[str, list[Suggestion]]:
             Suggestion(
                 "warn",
                 f"this build has {'/'.join(gpu_backends)} but found no GPU device: check "
-                "the driver (nvidia-smi, vulkaninfo --summary); models run on the CPU meanwhile",
+                "the driver (nvidia-smi, vulkaninfo --summary); models run on the CPU meanwhile"
+                + (
+                    ". ggml skips CPU Vulkan devices (lavapipe) unless GGML_VK_VISIBLE_DEVICES=0"
+                    if "Vulkan" in gpu_backends
+                    else ""
+                ),
             )
         )
     out += _amx(f)

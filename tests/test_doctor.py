@@ -46,7 +46,9 @@ def test_amd_or_intel_gpus_point_at_vulkan() -> None:
 
 def test_a_gpu_build_that_sees_no_device() -> None:
     (text,) = _texts(Facts(backends=("Vulkan", "CPU")))
-    assert "this build has Vulkan but found no GPU device" in text
+    assert "this build has Vulkan but found no GPU device" in text and "GGML_VK_VISIBLE_DEVICES=0" in text
+    (cuda,) = _texts(Facts(backends=("CUDA", "CPU")))
+    assert "found no GPU device" in cuda and "GGML_VK" not in cuda
 
 
 def test_apple_silicon_wants_metal() -> None:
