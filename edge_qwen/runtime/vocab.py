@@ -1,0 +1,91 @@
+"""The vocabulary side of a loaded model: tokenize, pieces, the chat template, metadata.
+
+A mixin of :class:`~edge_qwen.runtime.model.Model`; everything here runs on the caller's thread and
+only reads the (immutable) vocabulary and metadata of the llama.cpp model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import llama_cpp.llama_cpp as L
+
+from . import _native
+from .chat_template import RenderedPrompt, render_chat
+
+Message = Mapping[str, Any]
+
+
+class Vocabulary:
+    """Needs ``_vocab``, ``_model``, ``chat_template``, ``_piece``, ``_special_piece``, ``_control``."""
+
+    _vocab: Any
+    _model: Any
+    chat_template: str | None
+    _piece: _native.PieceCache
+    _special_piece: _native.PieceCache
+    _control: dict[int, str] | None
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``parse_special=False`` treats ``<|im_start|>`` in it as plain text."""
+        self._check_open()
+        return _native.tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
+
+    def token_piece(self, token: int, *, special: bool = True) -> bytes:
+        """Raw bytes of one token (a piece may be part of a UTF-8 character)."""
+        return (self._special_piece if special else self._piece)(token)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    @property
+    def control_tokens(self) -> dict[int, str]:
+        """id -> text of every CONTROL token (only these may come out of a chat template as specials)."""
+        if self._control is None:
+            self._control = _native.control_tokens(self._vocab)
+        return self._control
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return _native.metadata(self._model)
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: bool | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> RenderedPrompt:
+        """Render a conversation with the GGUF's own chat template (ChatML when it has none)."""
+        kwargs: dict[str, Any] = {}
+        if enable_thinking is not None:
+            kwargs["enable_thinking"] = enable_thinking
+        if tools:
+            kwargs["tools"] = list(tools)
+        return render_chat(
+            [dict(m) for m in messages],
+            template=self.chat_template,
+            special_tokens=self.control_tokens.values(),
+            bos_token=self._special_token_text(L.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_token_text(L.llama_vocab_eos(self._vocab)),
+            add_generation_prompt=add_generation_prompt,
+            **kwargs,
+        )
+
+    def prompt_tokens(self, rendered: RenderedPrompt) -> list[int]:
+        """Tokenize each rendered segment with its own parse_special flag (user text stays text)."""
+        tokens: list[int] = []
+        for text, parse_special in rendered.segments:
+            tokens += self.tokenize(text, parse_special=parse_special)
+        bos = L.llama_vocab_bos(self._vocab)
+        if L.llama_vocab_get_add_bos(self._vocab) and bos >= 0 and (not tokens or tokens[0] != bos):
+            tokens.insert(0, bos)
+        return tokens
+
+    def _special_token_text(self, token: int) -> str:
+        return self.token_piece(token).decode("utf-8", "replace") if token >= 0 else ""
