@@ -30,8 +30,9 @@ from .lora import AdapterSlots, adapter_files, adapter_set
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings
-from .sampling import build_sampler
+from .sampling import build_sampler, grammar_text
 from .sequence import Sequence as Sequence_
+from .speculative import spec_config
 from .thinking import THINK_CLOSE
 from .threads import ThreadGovernor
 from .vocab import Vocabulary
@@ -182,6 +183,7 @@ class Model(Vocabulary):
     def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
+        speculative = spec_config(sampling.pop("speculative", None))
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         else:
@@ -190,7 +192,7 @@ class Model(Vocabulary):
             raise ConfigError("the prompt is empty; pass some text or token ids")
         self._check_fits(tokens)
         params = self._params(enable_thinking=None, sampling=sampling)
-        return RequestSpec(tuple(tokens), params, adapters=chosen)
+        return RequestSpec(tuple(tokens), params, adapters=chosen, speculative=speculative)
 
     def _chat_request(
         self,
@@ -204,6 +206,7 @@ class Model(Vocabulary):
     ) -> RequestSpec:
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
+        speculative = spec_config(sampling.pop("speculative", None))
         msgs = [dict(m) for m in messages]
         while True:
             rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
@@ -220,6 +223,7 @@ class Model(Vocabulary):
             thinking_open=rendered.thinking_open,
             thinking_budget=thinking_budget,
             adapters=chosen,
+            speculative=speculative,
         )
 
     def _adapter_set(self, sampling: dict[str, Any]) -> AdapterSet:
@@ -228,7 +232,9 @@ class Model(Vocabulary):
 
     def _params(self, *, enable_thinking: bool | None, sampling: dict[str, Any]) -> SamplingParams:
         preset = preset_for(self.architecture, enable_thinking is not False)
-        return resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
+        params = resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
+        grammar_text(params)  # a schema or grammar llama.cpp cannot take fails here, before queueing
+        return params
 
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if len(tokens) >= self.n_ctx_seq:

@@ -95,13 +95,71 @@ def _value_samplers(params: SamplingParams) -> list[Any]:
     return out
 
 
+MAX_GRAMMAR_NESTING = 1024  # llama.cpp's grammar parser recurses per group: ~20k deep kills the process
+MAX_GRAMMAR_BYTES = 256 * 1024
+
+
 def grammar_text(params: SamplingParams) -> str | None:
-    """GBNF from ``grammar``, or converted from ``json_schema`` (dict or JSON text)."""
+    """GBNF from ``grammar``, or converted from ``json_schema`` (dict or JSON text), checked so that
+    llama.cpp's parser can take it.
+
+    Raises:
+        ConfigError: both given, a schema the converter cannot handle, or a grammar too large or
+            nested too deep (``maxItems: 20000`` becomes 20,000 nested groups, and llama.cpp's
+            recursive parser would overflow its stack and crash the process).
+    """
     if params.grammar and params.json_schema:
         raise ConfigError("pass either grammar or json_schema, not both")
     if params.json_schema:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         schema = params.json_schema
-        return str(json_schema_to_gbnf(schema if isinstance(schema, str) else json.dumps(schema)))
-    return params.grammar or None
+        try:
+            text = str(json_schema_to_gbnf(schema if isinstance(schema, str) else json.dumps(schema)))
+        except (AssertionError, ValueError, TypeError, KeyError, RecursionError, NotImplementedError) as exc:
+            raise ConfigError(
+                f"the JSON schema cannot be turned into a grammar ({type(exc).__name__}: {exc}); "
+                "simplify it (patterns, $refs) or drop response_format"
+            ) from None
+    else:
+        text = params.grammar or ""
+    if not text:
+        return None
+    check_grammar_size(text)
+    return text
+
+
+def check_grammar_size(text: str) -> None:
+    """Refuse a GBNF that is too large or whose groups nest deeper than llama.cpp's parser can recurse."""
+    if len(text) > MAX_GRAMMAR_BYTES:
+        raise ConfigError(
+            f"the grammar is {len(text):,} characters, above the limit of {MAX_GRAMMAR_BYTES:,}; "
+            "use a smaller schema (lower maxItems/maxLength) or a shorter grammar"
+        )
+    depth = deepest = 0
+    quote = False
+    in_class = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif quote:
+            quote = ch != '"'
+        elif in_class:
+            in_class = ch != "]"
+        elif ch == '"':
+            quote = True
+        elif ch == "[":
+            in_class = True
+        elif ch == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch == ")":
+            depth -= 1
+    if deepest > MAX_GRAMMAR_NESTING:
+        raise ConfigError(
+            f"the grammar nests {deepest} groups deep, above the limit of {MAX_GRAMMAR_NESTING} "
+            "(a JSON schema's maxItems/maxLength of N becomes N nested groups); lower those bounds"
+        )

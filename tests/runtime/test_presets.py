@@ -118,3 +118,20 @@ def test_a_custom_table_parses() -> None:
 def test_bad_tables_raise_config_error_naming_the_problem(source: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_table(source, origin="my.yaml")
+
+
+def test_grammars_llama_cpp_cannot_parse_safely_are_refused_before_they_reach_it() -> None:
+    from edge_qwen.runtime.sampling import MAX_GRAMMAR_NESTING, grammar_text
+
+    deep = {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_GRAMMAR_NESTING + 10}
+    with pytest.raises(ConfigError, match="nests .* groups deep"):
+        grammar_text(SamplingParams(json_schema=deep))
+    with pytest.raises(ConfigError, match="above the limit"):
+        grammar_text(SamplingParams(json_schema={**deep, "maxItems": 20_000}))
+    with pytest.raises(ConfigError, match="cannot be turned into a grammar"):
+        grammar_text(SamplingParams(json_schema={"type": "string", "pattern": "("}))
+    with pytest.raises(ConfigError, match="nests"):
+        grammar_text(SamplingParams(grammar="root ::= " + "(" * 2000 + '"a"' + ")" * 2000))
+    ok = grammar_text(SamplingParams(json_schema={**deep, "maxItems": 50}))
+    assert ok and "root" in ok
+    assert grammar_text(SamplingParams(grammar='root ::= "(" [(] "\\\\(" ')) is not None  # quoted parens
