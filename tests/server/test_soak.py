@@ -31,7 +31,7 @@ def test_a_short_soak_sees_no_unexpected_status_and_frees_everything(server: tup
     report = asyncio.run(
         soak_server.soak(
             target, proc.pid, rounds=1, concurrency=200, max_seconds=40, dribble_delay=0.02, seed=14,
-            grammar_kinds=safe,
+            grammar_kinds=safe, skip=("invalid_schema",),
         )
     )  # fmt: skip
     assert proc.poll() is None, "the server died"
@@ -48,6 +48,25 @@ def test_a_short_soak_sees_no_unexpected_status_and_frees_everything(server: tup
     assert set(seen["concurrent_200"]) <= {"200", "429", "503"} and "200" in seen["concurrent_200"]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="llama-cpp-python's json_schema_to_gbnf reports an unsupported pattern with AssertionError, "
+    "which the server maps to 500; the fix (ConfigError -> 400 in runtime/sampling.grammar_text) is "
+    "proposed in issue 14's report",
+)
+@pytest.mark.parametrize("pattern", ["(", "^[(]{3}\\\\)$"])
+def test_an_unsupported_schema_pattern_is_a_400(server: tuple, pattern: str) -> None:
+    target, proc = server
+    schema = {"type": "string", "pattern": pattern}
+    body = soak_server.base(
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    )
+    assert proc.poll() is None
+    outcome = asyncio.run(soak_server.send(target, soak_server.chat(body, target), timeout=60))
+    assert outcome.status == 400
+
+
+# Last: today this kills the module's server.
 @pytest.mark.xfail(
     strict=True,
     reason="a 90-byte JSON schema (array, maxItems 20000) becomes a GBNF nested 19,999 groups deep and "
