@@ -90,3 +90,31 @@ def test_sigterm_drains_the_running_stream_then_exits(real_gguf: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_parallel_and_context_defaults_follow_the_machine() -> None:
+    from edge_qwen.commands.serve import serve_shape
+    from edge_qwen.scheduler.device import SystemMemory, default_parallel
+
+    gib = 2**30
+    assert default_parallel(2, SystemMemory(24 * gib, 20 * gib, "meminfo")) == 4
+    assert default_parallel(16, SystemMemory(32 * gib, 30 * gib, "meminfo")) == 8
+    assert default_parallel(4, SystemMemory(gib, gib // 2, "meminfo")) == 2
+    assert serve_shape(8, None) == (8, 8192)
+    assert serve_shape(2, None) == (2, 4096)
+    assert serve_shape(4, 2048) == (4, 2048)
+    with pytest.raises(ConfigError, match="at least one sequence slot"):
+        serve_shape(0, None)
+
+
+def test_lora_options_route_base_colon_name(tmp_path: Path) -> None:
+    from edge_qwen.commands.serve import parse_loras
+
+    models = {"coder": tmp_path / "coder.gguf"}
+    files, routes = parse_loras(["sql=/a/sql.gguf", "coder:tone=/a/tone.gguf:0.5"], models)
+    assert files == {"coder": {"sql": "/a/sql.gguf", "tone": "/a/tone.gguf"}}
+    assert routes == {"coder:sql": ("coder", {"sql": 1.0}), "coder:tone": ("coder", {"tone": 0.5})}
+    with pytest.raises(ConfigError, match="BASE:NAME=FILE"):
+        parse_loras(["other:x=/a.gguf"], models)
+    with pytest.raises(ConfigError, match="NAME=FILE"):
+        parse_loras(["/just/a/file.gguf"], models)
