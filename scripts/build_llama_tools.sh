@@ -15,6 +15,10 @@ version=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
 dir=${EDGE_QWEN_TOOLS_DIR:-$HOME/.cache/edge-qwen-backends/llama-tools}
 src=$dir/llama_cpp_python-$version
 mkdir -p "$dir"
+if command -v flock >/dev/null; then  # two builds in one tree corrupt each other's objects
+    exec 9>"$dir/.lock"
+    flock -n 9 || { echo "build_llama_tools: waiting for another build in $dir" >&2; flock 9; }
+fi
 if [ ! -f "$src/vendor/llama.cpp/CMakeLists.txt" ]; then
     echo "build_llama_tools: fetching the llama-cpp-python $version sdist" >&2
     .venv/bin/python -m pip download -q --no-deps --no-binary :all: -d "$dir" "llama-cpp-python==$version"
