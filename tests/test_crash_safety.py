@@ -87,7 +87,6 @@ def f16(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 CONVERT_POINTS = [
-    pytest.param("KILL@write:1", id="early"),
     pytest.param(f"KILL@write:{MID_TENSOR}", id="mid-tensor"),
     pytest.param("KILL@rename-before:-f16.gguf", id="before-rename"),
     pytest.param(
@@ -116,6 +115,7 @@ def test_convert_killed(point: str, checkpoint: Path, f16: Path, tmp_path: Path)
 
 
 QUANTIZE_POINTS = [
+    pytest.param("KILL@quantize-log:0", id="early"),
     pytest.param("KILL@quantize-log:40", id="mid-tensor"),
     pytest.param("KILL@rename-before:-Q8_0.gguf", id="before-rename"),
     pytest.param("KILL@rename-after:-Q8_0.gguf", id="after-rename"),
