@@ -147,8 +147,9 @@ def base(**extra: Any) -> dict[str, Any]:
 
 
 # Schemas small in bytes whose grammars are huge. "deep" ones nest one group per repetition in the
-# GBNF that llama-cpp-python's converter writes: llama.cpp's recursive grammar parser then overflows
-# its stack (maxItems 20000 -> 19,999 nested groups -> SIGSEGV, the whole server dies).
+# GBNF that llama-cpp-python's converter writes: llama.cpp's recursive grammar parser overflowed its
+# stack on them (maxItems 20000 -> 19,999 nested groups -> SIGSEGV, the whole server died) until
+# runtime/sampling.py began refusing grammars nested deeper than 1024 groups (commit b11de6c).
 GRAMMAR_KINDS: dict[str, dict[str, Any]] = {
     "alternation": {"enum": [f"value-{i}-{'x' * 40}" for i in range(400)]},
     "quantifiers": {"type": "string", "pattern": "^((a|b|c){1,40}(d{2,30}){1,20})+$"},
