@@ -17,21 +17,9 @@ from typing import Any
 from ..adapters import Adapter, free_adapter, load_adapter
 from ..errors import ConfigError
 from .request import AdapterSet
+from .results import adapter_files
 
 AdapterFiles = Mapping[str, "str | os.PathLike[str]"]
-
-
-def adapter_files(value: Any) -> tuple[tuple[str, str], ...]:
-    """``{"sql": "sql.gguf"}`` or ``[("sql", "sql.gguf")]`` as sorted (name, path) pairs."""
-    if not value:
-        return ()
-    pairs = value.items() if isinstance(value, Mapping) else value
-    out = {}
-    for name, path in pairs:
-        if not isinstance(name, str) or not name or ":" in name:
-            raise ConfigError(f"adapter name {name!r} must be a non-empty string without ':'")
-        out[name] = os.fspath(path)
-    return tuple(sorted(out.items()))
 
 
 def adapter_set(adapter: str | None, adapters: Mapping[str, float] | None, known: set[str]) -> AdapterSet:

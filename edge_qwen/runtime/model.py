@@ -9,7 +9,6 @@ and exceptions travel the same way, re-raised on the caller's side.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -26,10 +25,10 @@ from .compute import ComputeThread
 from .decoder import NativeDecoder
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_native
-from .lora import AdapterSlots, adapter_files, adapter_set
+from .lora import AdapterSlots, adapter_set
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, Request, RequestSpec, Sink
-from .results import GenerationResult, ModelSettings
+from .results import GenerationResult, ModelSettings, settings_from
 from .sampling import build_sampler, grammar_text
 from .sequence import Sequence as Sequence_
 from .speculative import spec_config
@@ -99,12 +98,7 @@ class Model(Vocabulary):
     def load(cls, path: str | os.PathLike[str], **settings: Any) -> Model:
         """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`;
         ``adapters={"sql": "sql-lora.gguf"}`` loads LoRA adapters that requests pick by name."""
-        settings["adapters"] = adapter_files(settings.get("adapters"))
-        try:
-            config = ModelSettings(**settings)
-        except TypeError as exc:
-            names = ", ".join(f.name for f in dataclasses.fields(ModelSettings))
-            raise ConfigError(f"{exc}; Model.load accepts {names}") from None
+        config = settings_from("Model.load", settings)
         path = Path(path)
         model, ctx = load_native(path, config)
         return cls(path, config, model, ctx)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Kind = Literal["reasoning", "content"]
@@ -49,6 +50,35 @@ class ModelSettings:
     adapters: tuple[tuple[str, str], ...] = ()
 
 
+def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
+    """:class:`ModelSettings` from keyword arguments, with ``adapters`` as a mapping or pairs;
+    an unknown keyword is a ConfigError that lists the accepted ones."""
+    from ..errors import ConfigError
+
+    given = dict(settings)
+    given["adapters"] = adapter_files(given.get("adapters"))
+    try:
+        return ModelSettings(**given)
+    except TypeError as exc:
+        names = ", ".join(f.name for f in fields(ModelSettings))
+        raise ConfigError(f"{exc}; {caller} accepts {names}") from None
+
+
+def adapter_files(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"sql": "sql.gguf"}`` or ``[("sql", "sql.gguf")]`` as sorted (name, path) pairs."""
+    from ..errors import ConfigError
+
+    if not value:
+        return ()
+    pairs = value.items() if isinstance(value, Mapping) else value
+    out = {}
+    for name, path in pairs:
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ConfigError(f"adapter name {name!r} must be a non-empty string without ':'")
+        out[name] = os.fspath(path)
+    return tuple(sorted(out.items()))
+
+
 @dataclass(frozen=True)
 class Usage:
     """Token counts of one request; ``cached_tokens`` were reused from the KV cache, not prefilled."""
@@ -64,12 +94,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class Timings:
-    """Wall-clock measurements of one request, taken on the worker thread once it starts the request."""
+    """Wall-clock measurements of one request, taken on the worker thread once it starts the request.
+    ``drafted_tokens``/``accepted_tokens``: speculative decoding's drafts and the ones the model kept."""
 
     ttft_ms: float = 0.0
     prefill_tok_s: float = 0.0
     decode_tok_s: float = 0.0
     queue_ms: float = 0.0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 @dataclass(frozen=True)

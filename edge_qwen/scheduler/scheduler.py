@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import BudgetExceededError, ConfigError, QueueFullError, QueueTimeoutError
 from ..gguf_header import read_header
-from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings
+from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings, settings_from
 from .device import resolve_budget
 from .estimate import (
     MemoryEstimate,
@@ -134,14 +134,7 @@ class Scheduler:
     ) -> None:
         """Register a model under ``name`` (nothing is loaded yet). Settings: ModelSettings fields;
         ``adapters={"sql": "sql-lora.gguf"}`` adds LoRA adapters, counted in its memory estimate."""
-        from ..runtime.lora import adapter_files
-
-        settings["adapters"] = adapter_files(settings.get("adapters"))
-        try:
-            config = ModelSettings(**settings)
-        except TypeError as exc:
-            names = ", ".join(f.name for f in dataclasses.fields(ModelSettings))
-            raise ConfigError(f"{exc}; Scheduler.add accepts {names}") from None
+        config = settings_from("Scheduler.add", settings)
         if config.queue_timeout is None and self.queue_timeout is not None:
             config = dataclasses.replace(config, queue_timeout=self.queue_timeout)
         shape = model_shape(read_header(path))
