@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tiny random-weight Qwen2-VL and Qwen2.5-VL checkpoints, for the multimodal converter tests.
+"""Tiny random-weight Qwen2-VL, Qwen2.5-VL and Qwen2-Audio checkpoints, for the multimodal tests.
 
 Same idea as ``make_tiny_checkpoints.py`` (whose safetensors writer and text-model tensors this
 reuses): the exact tensor names and config.json keys of the real releases, the real Qwen
@@ -13,6 +13,12 @@ Two on-disk layouts exist in the wild, and one of each is produced:
   ``model.layers.*`` and ``visual.*``.
 * ``qwen25vl``: the layout newer transformers writes: text keys under ``text_config``, tensors
   ``model.language_model.*`` and ``model.visual.*``; window attention (``fullatt_block_indexes``).
+
+Qwen2-Audio (``qwen2audio``) has the hub layout of Qwen/Qwen2-Audio-7B-Instruct: ``audio_tower.*``
+(Whisper encoder with its stored sinusoidal positions), ``multi_modal_projector.linear``,
+``language_model.*``, and a text_config that leaves most keys to Qwen2Config's defaults. Its real
+vocabulary adds ``<|audio_bos|>`` / ``<|audio_eos|>``; the Qwen3 tokenizer used here does not have
+them, so mtmd tokenizes those markers as plain text (the embeddings are unaffected).
 
     python scripts/make_tiny_multimodal.py OUT --arch qwen25vl --dtype f32
 """

@@ -52,7 +52,7 @@ class AudioConfig:
 def text_config(raw: dict[str, Any]) -> dict[str, Any]:
     """config.json with the language model's keys on top, Qwen2's defaults filling the gaps."""
     text = raw.get("text_config") or {}
-    merged = {**raw, **QWEN2_DEFAULTS, **text}
+    merged = {**QWEN2_DEFAULTS, **raw, **text}
     merged.setdefault("num_key_value_heads", merged["num_attention_heads"])
     return merged
 

@@ -1,4 +1,5 @@
-"""Write the mmproj GGUF of a Qwen-VL checkpoint: vision tower + patch merger, for llama.cpp's clip.
+"""Write the mmproj GGUF of a Qwen-VL checkpoint (vision tower + patch merger) or of a Qwen2-Audio
+one (audio tower + projector, planned in :mod:`.audio`), for llama.cpp's clip / mtmd.
 
 Names come from gguf-py's ``TensorNameMap(MODEL_ARCH.MMPROJ)`` and keys from ``GGUFWriter``'s
 ``add_clip_*`` / ``add_vision_*`` helpers. Two tensors are reshaped on the way, as clip.cpp expects:

@@ -22,7 +22,7 @@ import gguf
 from ..errors import CheckpointError
 from .safetensors import TensorRef
 
-# Hugging Face vision families -> (projector type, activation of the ViT MLP, norm kind)
+# Hugging Face vision families -> (projector type, activation of the ViT MLP)
 FAMILIES: dict[str, tuple[str, str]] = {
     "qwen2_vl": (gguf.VisionProjectorType.QWEN2VL, "quick_gelu"),  # LayerNorm, fc1/fc2 MLP
     "qwen2_5_vl": (gguf.VisionProjectorType.QWEN25VL, "silu"),  # RMSNorm, SwiGLU MLP, windows
