@@ -8,6 +8,10 @@ alone in a fresh process. Reported per P: aggregate decode tok/s (tokens generat
 sequence has its first token, over that time), per-sequence inter-token latency, and the ratio
 engine / llama-batched-bench.
 
+``--single-vs DIR`` compares single-stream decode (one request, ``--tg`` greedy tokens of a 128-token
+prompt, median of 5, each contender in fresh processes, alternating) with another checkout of
+edge-qwen, e.g. the engine before continuous batching: ``git worktree add /tmp/ref 9ecda5b``.
+
 ``--prefill-sweep`` measures the prefill budget instead: ``--streams`` sequences are generating when
 a request with a long prompt arrives; for each ``prefill_chunk`` it reports that request's time to
 first token and the running streams' inter-token latency meanwhile (mean and worst gap).
@@ -101,6 +105,30 @@ def engine_run(path: Path, p: int, args: argparse.Namespace) -> dict[str, Any]:
         }
 
 
+def single_run(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Decode speed of one request on whatever edge_qwen is first on sys.path."""
+    from edge_qwen.runtime import Model
+
+    with Model.load(path, n_ctx=args.ctx, n_threads=args.threads) as model:
+        prompt = prompts(model, 1, args.pp)[0]
+        model.generate(prompt, temperature=0, max_tokens=4)
+        model.reset()
+        result = model.generate(prompt, temperature=0, max_tokens=args.tg)
+        return {"decode_tok_s": result.timings.decode_tok_s, "tokens": result.usage.completion_tokens}
+
+
+def single_vs(ref: Path, common: list[str], runs: int = 5) -> dict[str, Any]:
+    speeds: dict[str, list[float]] = {"this": [], "reference": []}
+    for _ in range(runs):
+        for name, root in (("this", ROOT), ("reference", ref)):
+            env = {**os.environ, "PYTHONPATH": str(root)}
+            out = subprocess.run([sys.executable, __file__, *common, "--worker", "single"], env=env,
+                                 capture_output=True, text=True, check=True, cwd=root)  # fmt: skip
+            speeds[name].append(json.loads(out.stdout.strip().splitlines()[-1])["decode_tok_s"])
+    this, reference = statistics.median(speeds["this"]), statistics.median(speeds["reference"])
+    return {"this_tok_s": this, "reference_tok_s": reference, "ratio": this / reference, "runs": speeds}
+
+
 def prefill_sweep_run(path: Path, chunk: int, args: argparse.Namespace) -> dict[str, Any]:
     from edge_qwen.runtime import Model
 
@@ -181,6 +209,7 @@ def main() -> None:
     parser.add_argument("--kvu", action=argparse.BooleanOptionalAction, default=True,
                         help="unified KV cache (the engine's default; -kvu for llama-batched-bench)")
     parser.add_argument("--prefill-sweep", action="store_true")
+    parser.add_argument("--single-vs", type=Path, default=None, metavar="DIR")
     parser.add_argument(
         "--chunks", type=lambda s: [int(x) for x in s.split(",")], default=[64, 128, 256, 512, 2048]
     )
@@ -196,6 +225,9 @@ def main() -> None:
     if args.worker == "engine":
         print(json.dumps(engine_run(args.model, args.value, args)))
         return
+    if args.worker == "single":
+        print(json.dumps(single_run(args.model, args)))
+        return
     if args.worker == "sweep":
         print(json.dumps(prefill_sweep_run(args.model, args.value, args)))
         return
@@ -204,6 +236,10 @@ def main() -> None:
               "--parallel", ",".join(map(str, args.parallel)), "--kvu" if args.kvu else "--no-kvu",
               "--streams", str(args.streams), "--long-prompt", str(args.long_prompt)]  # fmt: skip
     report: dict[str, Any] = {"machine": machine(), "model": args.model.name, "threads": args.threads}
+    if args.single_vs:
+        report["single_stream"] = single_vs(args.single_vs, common)
+        print(json.dumps(report, indent=2))
+        return
     if args.prefill_sweep:
         report["prefill_sweep"] = [
             in_subprocess([*common, "--worker", "sweep", "--value", str(c)]) for c in args.chunks
