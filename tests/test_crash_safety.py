@@ -1,6 +1,6 @@
-"""Crash safety proven by SIGKILL: ``convert``, ``quantize`` and ``pull`` run in a child process
-(tests/crashhooks.py) that is killed at a deterministic point: early, mid-tensor, just before and
-just after the rename, mid-download. After every kill:
+"""Crash safety proven by SIGKILL: ``convert``, ``quantize``, ``convert-lora`` and ``pull`` run in a
+child process (tests/crashhooks.py) that is killed at a deterministic point: early, mid-tensor,
+just before and just after the rename, mid-download. After every kill:
 
 * nothing sits under a final name unless it is complete and its sha256 matches its manifest;
 * what is left is a hidden ``*.incomplete`` temp file (never mistaken for output), swept by the
@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "registry"))
 
 from fakehub import FILENAME, FakeHub, fake_hub, sha, tiny_registry  # noqa: E402, F401
+from make_tiny_adapters import make_adapter  # noqa: E402
 from make_tiny_checkpoints import make_checkpoint  # noqa: E402
 
 from edge_qwen import cli  # noqa: E402
@@ -132,6 +133,35 @@ def test_quantize_killed(point: str, f16: Path, tmp_path: Path) -> None:
     result = main_json("quantize", str(f16), "-q", "q8_0", "-o", str(out), "--quiet")
     assert honest(out) == []
     assert result["outputs"][0]["quant_type"] == "Q8_0"
+
+
+LORA_POINTS = [
+    pytest.param("KILL@write:4096", id="mid-tensor"),
+    pytest.param("KILL@rename-before:-lora-f16.gguf", id="before-rename"),
+    pytest.param(
+        "KILL@rename-after:-lora-f16.gguf",
+        id="after-rename",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="convert/lora.py writes the manifest after the rename, as pipeline.py does; the same "
+            "fix (write_manifest(measure=tmp) before the rename) is proposed in issue 14's report",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize("point", LORA_POINTS)
+def test_convert_lora_killed(point: str, checkpoint: Path, tmp_path: Path) -> None:
+    adapter = make_adapter(tmp_path / "adapter", checkpoint, seed=3, r=4, lora_alpha=8)
+    out = tmp_path / "out"
+    args = ("convert-lora", str(adapter), "-o", str(out), "--base", str(checkpoint))
+    killed(child(point, *args))
+    left = honest(out)
+    if "write" in point:
+        assert left and not list(out.glob("*.gguf"))
+    result = main_json(*args)
+    assert honest(out) == [] and Path(result["gguf"]).is_file()
+    assert result["manifest"]["sha256"] == sha256_file(result["gguf"])
 
 
 def _blobs() -> Path:
