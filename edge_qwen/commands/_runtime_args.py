@@ -34,6 +34,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Qwen3: end the reasoning after this many tokens and answer",
     )
+    parser.add_argument(
+        "--lookup", action="store_true",
+        help="speculative decoding by prompt lookup: draft from the prompt and answer so far (same output)",
+    )  # fmt: skip
 
 
 def parse_lora(spec: str) -> tuple[str, float]:
@@ -80,6 +84,7 @@ def chat_options(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "enable_thinking": args.think,
         "thinking_budget": args.thinking_budget,
+        "speculative": "lookup" if getattr(args, "lookup", False) else None,
     }
 
 

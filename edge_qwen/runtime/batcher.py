@@ -9,6 +9,11 @@ where a token is sampled ask for logits.
 Sequences with different LoRA adapter sets never share a decode step (llama.cpp applies adapters
 per context): each step serves one adapter set, and the sets with work take turns.
 
+Speculative decoding (:mod:`~edge_qwen.runtime.speculative`): a generating sequence with a drafter
+appends its drafted tokens to its entry and asks for logits at each of them; the target's tokens
+are taken one by one while they match, and the rejected tail is removed from the KV cache
+(``seq_rm``) and from the slot's token list in the same step.
+
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
 token it has so far, to be re-prefilled (its sampler, text and counters live in its
@@ -25,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..errors import ContextOverflowError, GenerationError, ModelClosedError
@@ -33,17 +38,22 @@ from .request import STARTED, AdapterSet, Request
 from .results import GenerationChunk, Timings
 from .sequence import Sequence
 from .slots import Slot, choose_slot, idle_caches_to_drop, used_cells
+from .speculative import verify
 
 
 @dataclass
 class BatchEntry:
-    """Consecutive tokens of one sequence in a batch; ``row`` is the batch index of its logits."""
+    """Consecutive tokens of one sequence in a batch. With ``logits``, the decoder fills ``rows``
+    with the batch indices of the logits at the last ``len(draft) + 1`` positions (``row`` is the
+    last one); ``draft`` are the trailing tokens that are only speculated."""
 
     seq_id: int
     tokens: Seq[int]
     pos: int
     logits: bool
     row: int = -1
+    draft: Seq[int] = ()
+    rows: list[int] = field(default_factory=list)
 
 
 class Decoder(Protocol):
@@ -66,6 +76,8 @@ class EngineStats:
     steps: int = 0
     decoded_tokens: int = 0
     preemptions: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
 
 class BatchEngine:
@@ -122,11 +134,15 @@ class BatchEngine:
         self._admit()
         if not self.running:
             return
+        speculate = True
         while True:
-            entries = self._plan()
+            entries = self._plan(speculate)
             rc = self.decoder.decode(entries)
             if rc == 0:
                 break
+            if rc == 1 and any(e.draft for e in entries):
+                speculate = False  # no KV cells for the drafts: this step goes without them
+                continue
             if rc == 1 and self._make_room():
                 continue
             self._fail_batch(entries, rc)
@@ -141,7 +157,7 @@ class BatchEngine:
             return keys[0]
         return keys[(keys.index(self._last_key) + 1) % len(keys)]
 
-    def _plan(self) -> list[BatchEntry]:
+    def _plan(self, speculate: bool = True) -> list[BatchEntry]:
         key = self._last_key = self._next_key()
         self.decoder.use_adapters(key)
         entries: list[BatchEntry] = []
@@ -158,6 +174,8 @@ class BatchEngine:
                 entries.append(BatchEntry(seq_id, pending, len(slot.tokens), True))
                 n_decode += len(pending)
         room = self.n_batch - n_decode
+        if speculate:
+            room -= self._add_drafts(entries, room)
         budget = min(room, self.prefill_chunk) if n_decode else room
         for seq_id, _seq, pending in prefilling:
             if budget <= 0:
@@ -168,8 +186,24 @@ class BatchEngine:
             entries.append(BatchEntry(seq_id, chunk, pos, len(chunk) == len(pending)))
         return entries
 
+    def _add_drafts(self, entries: list[BatchEntry], room: int) -> int:
+        """Append the drafts of speculating sequences to their entries (within ``room`` batch
+        tokens, max_tokens and the sequence's context); returns how many tokens they add."""
+        added = 0
+        for entry in entries:
+            seq = self.running[entry.seq_id]
+            if seq.drafter is None:
+                continue
+            limit = min(room - added, seq.max_tokens - seq.n_out - 1,
+                        self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
+            draft = seq.drafter.propose(seq.tokens, limit)
+            if draft:
+                entry.tokens = [*entry.tokens, *draft]
+                entry.draft = draft
+                added += len(draft)
+        return added
+
     def _advance(self, entries: list[BatchEntry]) -> None:
-        decoder = self.decoder
         now = time.monotonic()
         for entry in entries:
             slot = self.slots[entry.seq_id]
@@ -182,10 +216,32 @@ class BatchEngine:
             if seq.prefilling:
                 seq.prefilling = False
                 seq.prefilled()
-            token = decoder.sample(seq.sampler, entry.row)
-            seq.on_token(token, decoder.is_eog(token))
+            self._take_tokens(seq, slot, entry)
             if seq.finish is not None:
                 self._finish(entry.seq_id)
+
+    def _take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
+        """Sample at the entry's logits rows and hand the tokens to the sequence, one by one, while
+        they confirm the draft; then drop the rejected drafted tokens from the KV cache."""
+        decoder = self.decoder
+        rows = entry.rows or [entry.row]
+
+        def take(token: int) -> bool:
+            return seq.take(token, decoder.is_eog(token))
+
+        kept = verify(entry.draft, lambda j: decoder.sample(seq.sampler, rows[j]), take)
+        if seq.drafter is None:
+            return
+        seq.drafter.observe(len(entry.draft), kept)
+        if not entry.draft:
+            return
+        self.stats.drafted_tokens += len(entry.draft)
+        self.stats.accepted_tokens += kept
+        rejected = len(entry.draft) - kept
+        if rejected:
+            self._truncate(slot, len(slot.tokens) - rejected)
+            if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
+                seq.prefilling = True
 
     # -- admission ------------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from .threads import ThreadGovernor
 
 class NativeDecoder:
     """Batches of several sequences on one context; greedy rows are sampled with a numpy argmax.
+    An entry with a speculative draft gets logits rows at each drafted position too.
 
     Why the argmax path: ``llama_sampler_sample`` copies all ~152k logits into a candidate array
     every token (~0.5 ms, a few % of a small model's decode step); numpy's argmax over the logits
@@ -62,7 +63,9 @@ class NativeDecoder:
             logits[n : n + k] = 0
             n += k
             if entry.logits:
-                logits[n - 1] = 1
+                first = n - 1 - len(entry.draft)  # logits at every drafted position, and before them
+                logits[first:n] = 1
+                entry.rows = list(range(first, n))
                 entry.row = n - 1
         self.raw.n_tokens = n
         if self.governor is not None:

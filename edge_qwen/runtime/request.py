@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .presets import SamplingParams
+from .speculative import SpecConfig
 
 Sink = Callable[[object], None]
 STARTED = object()  # worker -> caller: the request left the queue and holds a sequence slot
@@ -31,6 +32,7 @@ class RequestSpec:
     thinking_open: bool = False
     thinking_budget: int | None = None
     adapters: AdapterSet = ()
+    speculative: SpecConfig | None = None  # None or mode "off": no speculative decoding
 
 
 class Request:

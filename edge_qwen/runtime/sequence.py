@@ -16,6 +16,7 @@ from typing import Any
 
 from .request import Request
 from .results import FinishReason, GenerationChunk, Timings, Usage
+from .speculative import LookupDrafter
 from .text import TextPipeline
 
 
@@ -52,6 +53,8 @@ class Sequence:
         self.admitted_at = 0.0  # admission order, for preemption (the youngest goes first)
         self.t_start = self.t_prefill = self.t_first = self.t_last = 0.0
         self.queue_ms = 0.0
+        config = spec.speculative
+        self.drafter = LookupDrafter(config) if config is not None and config.enabled else None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -101,6 +104,13 @@ class Sequence:
             return
         self.tokens += feed
 
+    def take(self, token: int, is_eog: bool) -> bool:
+        """:meth:`on_token`, then whether the sequence goes on with exactly this token appended
+        (not finished, nothing injected): only then may a drafted token after it be kept."""
+        before = len(self.tokens)
+        self.on_token(token, is_eog)
+        return self.finish is None and len(self.tokens) == before + 1
+
     def _inject(self, tokens: list[int]) -> list[int]:
         """Force tokens into the output (the sampler and the text see them as if sampled)."""
         import llama_cpp.llama_cpp as L
@@ -145,6 +155,8 @@ class Sequence:
             self.sampler = None
 
     def _timings(self, usage: Usage) -> Timings:
+        drafter = self.drafter
+        drafted, accepted = (drafter.drafted, drafter.accepted) if drafter is not None else (0, 0)
         if not self.t_start:
             return Timings(queue_ms=self.queue_ms)
         t_prefill = self.t_prefill or self.t_start
@@ -156,5 +168,6 @@ class Sequence:
             prefill_tok_s=usage.prefilled_tokens / prefill_s if prefill_s > 0 else 0.0,
             decode_tok_s=(usage.completion_tokens - 1) / decode_s if decode_s > 0 else 0.0,
             queue_ms=self.queue_ms,
+            drafted_tokens=drafted,
+            accepted_tokens=accepted,
         )
-

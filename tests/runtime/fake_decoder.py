@@ -4,11 +4,16 @@ It keeps a real cell table (position, token, the set of sequences that hold it) 
 number of cells, like llama.cpp's unified KV cache, and refuses a batch that does not fit (code 1,
 the state unchanged). Its "model" is deterministic and depends on a sequence's *whole* cached
 history, so a token fed at a wrong position or into the wrong sequence changes every later token.
+
+For speculative decoding it can ask for logits at several positions of an entry (its draft), use
+:func:`echo_token` (a model that mostly copies earlier text, so prompt lookup has something to find),
+and draw tokens with a seeded :class:`FakeSampler` that records every token it accepted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +22,7 @@ from edge_qwen.runtime.presets import SamplingParams
 from edge_qwen.runtime.request import STARTED, Request, RequestSpec
 from edge_qwen.runtime.results import GenerationChunk, ResultBuilder
 from edge_qwen.runtime.sequence import Sequence as Seq
+from edge_qwen.runtime.speculative import spec_config
 
 VOCAB = 97
 EOG = 0
@@ -33,6 +39,38 @@ def next_token(history: Sequence[int], adapters: Any = ()) -> int:
     return 1 + h % (VOCAB - 1)
 
 
+def echo_token(history: Sequence[int], adapters: Any = ()) -> int:
+    """A model that mostly copies: after an earlier occurrence of its last 3 tokens it goes on as that
+    occurrence did, except where the hash of the whole history says otherwise (about 1 in 5)."""
+    token = next_token(history, adapters)
+    if token == EOG or len(history) < 4 or token % 5 == 0:
+        return token
+    tail = list(history[-3:])
+    for i in range(len(history) - 4, -1, -1):
+        if list(history[i : i + 3]) == tail:
+            return history[i + 3]
+    return token
+
+
+Model = Callable[[Sequence[int], Any], int]
+
+
+class FakeSampler:
+    """A seeded stand-in for a llama.cpp chain at temperature > 0: the model's token with probability
+    0.6, else one of its four neighbours; every drawn token is accepted into ``log`` (llama.cpp's
+    ``llama_sampler_sample`` accepts what it selects)."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.log: list[int] = []
+
+    def draw(self, token: int) -> int:
+        if token != EOG and self.rng.random() >= 0.6:
+            token = 1 + (token + self.rng.randrange(1, 5)) % (VOCAB - 1)
+        self.log.append(token)
+        return token
+
+
 @dataclass
 class FakeDecoder:
     n_cells: int
@@ -42,6 +80,8 @@ class FakeDecoder:
     fail_next: int = 0
     adapter_log: list[Any] = field(default_factory=list)
     adapters: Any = ()
+    drafts: list[list[tuple[int, list[int]]]] = field(default_factory=list)
+    model: Model = next_token
 
     def history(self, seq_id: int) -> list[int]:
         return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
@@ -54,19 +94,27 @@ class FakeDecoder:
         if len(self.cells) + new > self.n_cells:
             return 1
         self.batches.append([(e.seq_id, len(e.tokens), e.pos, e.logits) for e in entries])
+        if any(e.draft for e in entries):
+            self.drafts.append([(e.seq_id, list(e.draft)) for e in entries if e.draft])
         row = 0
         for e in entries:
             assert e.pos == len(self.history(e.seq_id)), "a token fed at the wrong position"
+            history = self.history(e.seq_id)
             for j, tok in enumerate(e.tokens):
                 self.cells.append((e.pos + j, tok, {e.seq_id}))
+            history += list(e.tokens)
             row += len(e.tokens)
             if e.logits:
+                n_rows = len(e.draft) + 1  # logits at each drafted position and the one before
+                e.rows = list(range(row - n_rows, row))
                 e.row = row - 1
-                self._rows[row - 1] = next_token(self.history(e.seq_id), self.adapters)
+                for i, r in enumerate(e.rows):
+                    self._rows[r] = self.model(history[: len(history) - n_rows + 1 + i], self.adapters)
         return 0
 
     def sample(self, sampler: Any, row: int) -> int:
-        return self._rows[row]
+        token = self._rows[row]
+        return sampler.draw(token) if sampler is not None else token
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
@@ -94,11 +142,16 @@ class FakeDecoder:
         return ""
 
 
-def solo(prompt: Sequence[int], max_tokens: int, adapters: Any = ()) -> list[int]:
+def solo(
+    prompt: Sequence[int], max_tokens: int, adapters: Any = (), model: Model = next_token,
+    sampler: FakeSampler | None = None,
+) -> list[int]:  # fmt: skip
     """What a sequence generates alone: the reference for every batched run."""
     history, out = list(prompt), []
     while len(out) < max_tokens:
-        token = next_token(history, adapters)
+        token = model(history, adapters)
+        if sampler is not None:
+            token = sampler.draw(token)
         if token == EOG:
             break
         out.append(token)
@@ -133,14 +186,17 @@ class Collector:
 
 
 def make_engine(
-    *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True, n_batch: int = 512
-) -> tuple[BatchEngine, FakeDecoder]:
-    decoder = FakeDecoder(n_cells=n_ctx)
+    *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True,
+    n_batch: int = 512, model: Model = next_token,
+) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
+    """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`."""
+    decoder = FakeDecoder(n_cells=n_ctx, model=model)
 
     def make(request: Request, n_ctx_seq: int) -> Seq:
+        seed = request.params.seed
         return Seq(
             request,
-            sampler=None,
+            sampler=FakeSampler(seed) if seed is not None else None,
             piece=lambda t: f"<{t}>".encode(),
             think_close=[],
             n_ctx_seq=n_ctx_seq,
@@ -155,11 +211,13 @@ def make_engine(
 
 
 def submit(
-    engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, adapters: Any = (), **params: Any
-) -> tuple[Request, Collector]:
+    engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, adapters: Any = (),
+    speculative: Any = None, **params: Any,
+) -> tuple[Request, Collector]:  # fmt: skip
     sink = Collector()
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0, **params)
-    request = Request(RequestSpec(tuple(prompt), sampling, adapters=adapters), sink)
+    spec = RequestSpec(tuple(prompt), sampling, adapters=adapters, speculative=spec_config(speculative))
+    request = Request(spec, sink)
     engine.submit(request)
     return request, sink
 

@@ -1,0 +1,161 @@
+"""Speculative decoding by prompt lookup: draft tokens from the sequence's own history, verify them
+in the step's batch, keep what the target model would have produced anyway.
+
+Drafting (:class:`LookupDrafter`): the last ``n`` tokens of the sequence (prompt plus output so far)
+are looked up among their earlier occurrences, and the up to ``k`` tokens that followed the latest
+one are the draft. Code edits, quoting answers and JSON that echoes a schema repeat long runs of
+their input, so the model's next tokens are often exactly those.
+
+Verification (:func:`verify`): the batch carries ``[last token, d1..dk]`` with logits at every
+position. The target's token at position j is drawn with the sequence's own sampler (argmax for
+greedy, or the request's llama.cpp chain) and taken; if it equals ``d(j+1)`` the next position is
+valid too, otherwise verification stops there. For a lookup draft (a point mass q on ``d``) this is
+exactly the speculative-sampling rule: the target's draw equals ``d`` with probability ``p(d)`` (the
+acceptance probability min(1, p/q)), and otherwise it is distributed as p with ``d`` removed and
+renormalised (max(0, p − q) normalised). So every emitted token has the target's distribution; the
+sampler chain (grammar, penalties, seeded RNG) advances once per emitted token, as without
+speculation, and at temperature 0 the output is the non-speculative one.
+
+Back-off: a sequence whose drafts miss drafts fewer tokens, then pauses drafting for a growing
+number of steps, so text that does not repeat pays almost nothing.
+
+Pure logic, no llama.cpp: the step loop (:mod:`~edge_qwen.runtime.batcher`) does the batching and
+the KV rollback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from ..errors import ConfigError
+
+MODES = ("lookup", "off")
+
+
+@dataclass(frozen=True)
+class SpecConfig:
+    """How one request speculates. ``n``: longest n-gram matched (shorter ones down to ``n_min`` are
+    tried when it finds nothing); ``k``: most tokens drafted per step. ``max_pause``: the longest
+    drafting pause (steps) after consecutive misses."""
+
+    mode: str = "lookup"
+    n: int = 3
+    n_min: int = 2
+    k: int = 10
+    max_pause: int = 32
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode == "lookup"
+
+
+LOOKUP = SpecConfig()
+OFF = SpecConfig(mode="off")
+
+
+def spec_config(value: Any) -> SpecConfig | None:
+    """A request's ``speculative=`` value: None (the default), ``"lookup"``/``"off"``, True/False, a
+    dict of :class:`SpecConfig` fields, or a SpecConfig.
+
+    Raises:
+        ConfigError: an unknown mode or key, or sizes out of range.
+    """
+    if value is None or isinstance(value, SpecConfig):
+        return value
+    if isinstance(value, bool):
+        return LOOKUP if value else OFF
+    if isinstance(value, str):
+        value = {"mode": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"speculative= takes 'lookup', 'off' or a dict like {{'mode': 'lookup', 'k': 8}}, "
+                          f"not {type(value).__name__}")  # fmt: skip
+    names = {f.name for f in fields(SpecConfig)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"unknown speculative option(s) {unknown}; known: {sorted(names)}")
+    config = replace(LOOKUP, **value)
+    if config.mode == "draft":
+        raise ConfigError("speculative mode 'draft' (a draft model) is not supported yet; use 'lookup'")
+    if config.mode not in MODES:
+        raise ConfigError(f"speculative mode {config.mode!r} is not one of {MODES}")
+    if not (1 <= config.n_min <= config.n) or config.k < 1 or config.max_pause < 0:
+        raise ConfigError(f"speculative sizes need 1 <= n_min <= n and k >= 1 (got n={config.n}, "
+                          f"n_min={config.n_min}, k={config.k})")  # fmt: skip
+    return config
+
+
+class LookupDrafter:
+    """Prompt-lookup drafts for one sequence, with its acceptance history.
+
+    An index per n-gram size maps each n-gram to the position right after its latest occurrence;
+    it is extended incrementally, so a step costs a dict lookup per size, not a scan.
+    """
+
+    def __init__(self, config: SpecConfig) -> None:
+        self.config = config
+        self.k_now = config.k
+        self.pause = 0
+        self._misses = 0
+        self._sizes = range(config.n, config.n_min - 1, -1)
+        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self._sizes}
+        self._seen = 0
+        self.drafted = 0
+        self.accepted = 0
+
+    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
+        """Up to ``min(k_now, limit)`` tokens that followed the latest earlier occurrence of the
+        longest matching suffix of ``tokens``; [] while paused or when nothing matches."""
+        if self.pause > 0 or limit <= 0:
+            return []
+        self._extend(tokens)
+        for n in self._sizes:
+            if len(tokens) <= n:
+                continue
+            at = self._index[n].get(tuple(tokens[-n:]))
+            if at is not None:
+                return list(tokens[at : at + min(self.k_now, limit)])
+        return []
+
+    def _extend(self, tokens: Sequence[int]) -> None:
+        for i in range(max(self._seen, 1), len(tokens)):
+            for n in self._sizes:
+                if i >= n:
+                    self._index[n][tuple(tokens[i - n : i])] = i
+        self._seen = len(tokens)
+
+    def observe(self, drafted: int, accepted: int) -> None:
+        """One step's outcome (``drafted == 0``: a step without a draft, which counts down a pause).
+
+        A full hit doubles the draft length (up to ``k``); a partial one sizes the next draft to
+        what was accepted plus one; a miss halves it and, from the second miss in a row, pauses
+        drafting for 2, 4, 8 … steps (up to ``max_pause``)."""
+        if drafted == 0:
+            self.pause = max(0, self.pause - 1)
+            return
+        self.drafted += drafted
+        self.accepted += accepted
+        if accepted == drafted:
+            self.k_now = min(self.config.k, self.k_now * 2)
+            self._misses = 0
+        elif accepted > 0:
+            self.k_now = max(1, min(self.config.k, accepted + 1))
+            self._misses = 0
+        else:
+            self.k_now = max(1, self.k_now // 2)
+            self._misses += 1
+            if self._misses >= 2:
+                self.pause = min(self.config.max_pause, 2 ** (self._misses - 1))
+
+
+def verify(draft: Sequence[int], sample: Callable[[int], int], take: Callable[[int], bool]) -> int:
+    """Walk the verified positions: ``sample(j)`` is the target's token after ``d1..dj``, ``take``
+    hands it to the sequence and says whether it goes on unchanged (False: it finished, or it now
+    needs other tokens fed, like an injected ``</think>``). Returns how many drafted tokens stay in
+    the KV cache: those that matched the target and were followed by another taken token."""
+    for j in range(len(draft) + 1):
+        token = sample(j)
+        if not take(token) or j == len(draft) or token != draft[j]:
+            return j
+    return len(draft)  # pragma: no cover - the loop always returns
