@@ -118,6 +118,18 @@ class ServerMetrics:
         self.finished = Counter(
             "edge_qwen_generations", "Finished generations by finish reason", ["model", "reason"], registry=r
         )
+        self.drafted_tokens = Counter(
+            "edge_qwen_speculative_drafted_tokens",
+            "Tokens drafted by speculative decoding",
+            ["model"],
+            registry=r,
+        )
+        self.accepted_tokens = Counter(
+            "edge_qwen_speculative_accepted_tokens",
+            "Drafted tokens the model accepted",
+            ["model"],
+            registry=r,
+        )
         self.in_flight = Gauge("edge_qwen_requests_in_flight", "HTTP requests being served", registry=r)
         ProcessCollector(registry=r)
         r.register(_SnapshotCollector(snapshot))
@@ -127,6 +139,9 @@ class ServerMetrics:
         self.prompt_tokens.labels(model).inc(usage.prompt_tokens)
         self.completion_tokens.labels(model).inc(usage.completion_tokens)
         self.finished.labels(model, result.finish_reason).inc()
+        if timings.drafted_tokens:
+            self.drafted_tokens.labels(model).inc(timings.drafted_tokens)
+            self.accepted_tokens.labels(model).inc(timings.accepted_tokens)
         if timings.queue_ms > 0:
             self.queue_wait.labels(model).observe(timings.queue_ms / 1e3)
         if usage.completion_tokens > 0:

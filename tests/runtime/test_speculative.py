@@ -227,3 +227,15 @@ def test_off_and_default_do_not_speculate():
         _, sink = submit(engine, prompt, max_tokens=20, speculative=option)
         run(engine)
         assert not decoder.drafts and sink.result().timings.drafted_tokens == 0
+
+
+def test_server_metrics_count_drafted_and_accepted_tokens():
+    from edge_qwen.runtime.results import GenerationResult, Timings, Usage
+    from edge_qwen.server.metrics import ServerMetrics
+
+    metrics = ServerMetrics(dict)
+    timings = Timings(drafted_tokens=10, accepted_tokens=7)
+    metrics.observe_generation("coder", GenerationResult("x", usage=Usage(3, 5), timings=timings))
+    text = metrics.render().decode()
+    assert 'edge_qwen_speculative_drafted_tokens_total{model="coder"} 10.0' in text
+    assert 'edge_qwen_speculative_accepted_tokens_total{model="coder"} 7.0' in text
