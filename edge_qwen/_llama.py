@@ -55,12 +55,16 @@ def _on_log(level: int, text: bytes | None, _user_data: Any) -> None:
     if not text:
         return
     line = text.decode("utf-8", "replace")
-    if level == GGML_LOG_LEVEL_ERROR:
-        _recent_errors.append(line.strip())
+    if level == GGML_LOG_LEVEL_ERROR:  # kept short: errors quote it, and llama.cpp may echo a whole grammar
+        _recent_errors.append(_shorten(line.strip()))
     for capture in list(_captures):
         capture._add(level, line)
     if os.environ.get("EDGE_QWEN_LLAMA_LOG"):
         os.write(2, text)
+
+
+def _shorten(line: str, limit: int = 400) -> str:
+    return line if len(line) <= limit else f"{line[:limit]}… ({len(line):,} characters)"
 
 
 _callback = L.llama_log_callback(_on_log)  # module level: must outlive every llama.cpp call

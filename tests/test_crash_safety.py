@@ -90,16 +90,7 @@ def f16(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 CONVERT_POINTS = [
     pytest.param(f"KILL@write:{MID_TENSOR}", id="mid-tensor"),
     pytest.param("KILL@rename-before:-f16.gguf", id="before-rename"),
-    pytest.param(
-        "KILL@rename-after:-f16.gguf",
-        id="after-rename",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="convert/pipeline.py writes the F16 manifest after the rename (a kill between leaves "
-            "a complete GGUF with no manifest); the fix, write_manifest(measure=tmp) before the "
-            "rename, is proposed in issue 14's report",
-        ),
-    ),
+    pytest.param("KILL@rename-after:-f16.gguf", id="after-rename"),  # the manifest is written first
 ]
 
 
@@ -138,15 +129,7 @@ def test_quantize_killed(point: str, f16: Path, tmp_path: Path) -> None:
 LORA_POINTS = [
     pytest.param("KILL@write:4096", id="mid-tensor"),
     pytest.param("KILL@rename-before:-lora-f16.gguf", id="before-rename"),
-    pytest.param(
-        "KILL@rename-after:-lora-f16.gguf",
-        id="after-rename",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="convert/lora.py writes the manifest after the rename, as pipeline.py does; the same "
-            "fix (write_manifest(measure=tmp) before the rename) is proposed in issue 14's report",
-        ),
-    ),
+    pytest.param("KILL@rename-after:-lora-f16.gguf", id="after-rename"),
 ]
 
 

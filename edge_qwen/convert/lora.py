@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -161,30 +161,37 @@ def convert_lora(
     tensors = plan_lora(read_adapter_tensors(source.folder), config, base_model, outtype)
     stem = re.sub(r"[-_.]?(lora|adapter)$", "", source.name.lower()) or "adapter"
     out = Path(outdir) / f"{stem}-lora-{outtype}.gguf"
-    sha256 = write_lora_gguf(out, tensors, config, base_model, source, outtype)
-
     from ..quantize import write_manifest
 
-    manifest = write_manifest(
-        out,
-        quant_type=outtype.upper(),
-        source=source.as_dict(),
-        elapsed_s=time.perf_counter() - started,
-        sha256=sha256,
-        kind="lora",
-        base=base_model.as_dict(),
-        lora={
-            "rank": config.r,
-            "alpha": config.alpha,
-            "use_rslora": config.use_rslora,
-            "gguf_alpha": config.llama_alpha(),
-            "scale": config.default_scale,
-            "n_pairs": len(tensors) // 2,
-            "targets": sorted({_kind_of(t.name) for t in tensors}),
-        },
-        tensor_types=_describe(tensors),
-    )
-    return LoraResult(out, source, base_model, config, manifest)
+    written: dict[str, Any] = {}
+
+    def manifest_of(tmp: Path, sha256: str) -> None:
+        """Written while the GGUF is still under its temporary name: a kill never leaves one without it."""
+        written.update(
+            write_manifest(
+                out,
+                measure=tmp,
+                quant_type=outtype.upper(),
+                source=source.as_dict(),
+                elapsed_s=time.perf_counter() - started,
+                sha256=sha256,
+                kind="lora",
+                base=base_model.as_dict(),
+                lora={
+                    "rank": config.r,
+                    "alpha": config.alpha,
+                    "use_rslora": config.use_rslora,
+                    "gguf_alpha": config.llama_alpha(),
+                    "scale": config.default_scale,
+                    "n_pairs": len(tensors) // 2,
+                    "targets": sorted({_kind_of(t.name) for t in tensors}),
+                },
+                tensor_types=_describe(tensors),
+            )
+        )
+
+    write_lora_gguf(out, tensors, config, base_model, source, outtype, manifest=manifest_of)
+    return LoraResult(out, source, base_model, config, written)
 
 
 def check_architecture(config: LoraConfig, base: BaseModel, *, explicit_base: bool) -> None:
@@ -337,8 +344,10 @@ def write_lora_gguf(
     base: BaseModel,
     source: Source,
     outtype: str,
+    manifest: Callable[[Path, str], None] | None = None,
 ) -> str:
-    """Write the adapter GGUF atomically; return its sha256."""
+    """Write the adapter GGUF atomically; return its sha256. ``manifest(tmp, sha256)`` runs before
+    the rename (an old file at ``path`` is removed first, so it never sits beside the new manifest)."""
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, base.arch.gguf_name)
         hashing: HashingFile | None = None
@@ -369,7 +378,10 @@ def write_lora_gguf(
             writer.write_tensors_to_file()
         finally:
             writer.close()
-    assert hashing is not None
+        assert hashing is not None
+        if manifest is not None:
+            path.unlink(missing_ok=True)
+            manifest(tmp, hashing.sha256)
     return hashing.sha256
 
 

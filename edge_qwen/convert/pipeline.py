@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,23 +97,27 @@ def convert(
         mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)
     planned = plan_tensors(refs, hp, outtype)
     out = Path(outdir) / f"{source.name.lower()}-{outtype}.gguf"
-    extra = write_gguf(out, hp, vocab, planned, source, outtype, ctx=ctx, progress=not quiet)
     result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
     link: dict[str, Any] = {"mmproj": str(mmproj.path.resolve())} if mmproj is not None else {}
 
     from ..quantize import quantize, read_manifest, update_manifest, write_manifest
 
-    result.outputs.append(
-        write_manifest(
-            out,
-            quant_type=outtype.upper(),
-            source=source.as_dict(),
-            elapsed_s=time.perf_counter() - started,
-            tensor_types=describe(planned),
-            **extra,
-            **link,
+    def manifest(tmp: Path, extra: dict[str, Any]) -> None:
+        """Written while the GGUF is still under its temporary name: a kill never leaves one without it."""
+        result.outputs.append(
+            write_manifest(
+                out,
+                measure=tmp,
+                quant_type=outtype.upper(),
+                source=source.as_dict(),
+                elapsed_s=time.perf_counter() - started,
+                tensor_types=describe(planned),
+                **extra,
+                **link,
+            )
         )
-    )
+
+    write_gguf(out, hp, vocab, planned, source, outtype, ctx=ctx, progress=not quiet, manifest=manifest)
     if mmproj is not None:
         result.mmproj = finish_mmproj(mmproj, source, out, progress=not quiet)
     quantized = [quantize(out, q, out_dir=out.parent, threads=threads, quiet=quiet) for q in quants]
@@ -141,8 +145,12 @@ def write_gguf(
     *,
     ctx: int | None = None,
     progress: bool = False,
+    manifest: Callable[[Path, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the GGUF atomically: header, metadata and tokenizer, then tensors streamed one by one."""
+    """Write the GGUF atomically: header, metadata and tokenizer, then tensors streamed one by one.
+
+    ``manifest(tmp, extra)`` runs once the data is complete, before the rename (an old file at
+    ``path`` is removed first, so it never sits beside the new manifest)."""
     with atomic_path(path) as tmp:
         writer = gguf.GGUFWriter(tmp, hp.arch.gguf_name)
         hashing: HashingFile | None = None
@@ -164,10 +172,14 @@ def write_gguf(
             writer.write_tensors_to_file(progress=progress)
         finally:
             writer.close()
-    assert hashing is not None
-    return {
-        "context_length": n_ctx,
-        "name": meta.name,
-        "size_label": meta.size_label,
-        "sha256": hashing.sha256,
-    }
+        assert hashing is not None
+        extra = {
+            "context_length": n_ctx,
+            "name": meta.name,
+            "size_label": meta.size_label,
+            "sha256": hashing.sha256,
+        }
+        if manifest is not None:
+            path.unlink(missing_ok=True)
+            manifest(tmp, extra)
+    return extra
