@@ -187,7 +187,7 @@ class Collector:
 
 def make_engine(
     *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True,
-    n_batch: int = 512, model: Model = next_token,
+    n_batch: int = 512, model: Model = next_token, think_close: Sequence[int] = (),
 ) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
     """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`."""
     decoder = FakeDecoder(n_cells=n_ctx, model=model)
@@ -198,7 +198,7 @@ def make_engine(
             request,
             sampler=FakeSampler(seed) if seed is not None else None,
             piece=lambda t: f"<{t}>".encode(),
-            think_close=[],
+            think_close=think_close,
             n_ctx_seq=n_ctx_seq,
             free_sampler=lambda s: None,
         )
@@ -212,11 +212,12 @@ def make_engine(
 
 def submit(
     engine: BatchEngine, prompt: Sequence[int], max_tokens: int = 12, adapters: Any = (),
-    speculative: Any = None, **params: Any,
+    speculative: Any = None, thinking_budget: int | None = None, **params: Any,
 ) -> tuple[Request, Collector]:  # fmt: skip
     sink = Collector()
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0, **params)
-    spec = RequestSpec(tuple(prompt), sampling, adapters=adapters, speculative=spec_config(speculative))
+    spec = RequestSpec(tuple(prompt), sampling, adapters=adapters, speculative=spec_config(speculative),
+                       thinking_open=thinking_budget is not None, thinking_budget=thinking_budget)  # fmt: skip
     request = Request(spec, sink)
     engine.submit(request)
     return request, sink

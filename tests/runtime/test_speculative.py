@@ -239,3 +239,19 @@ def test_server_metrics_count_drafted_and_accepted_tokens():
     text = metrics.render().decode()
     assert 'edge_qwen_speculative_drafted_tokens_total{model="coder"} 10.0' in text
     assert 'edge_qwen_speculative_accepted_tokens_total{model="coder"} 7.0' in text
+
+
+def test_a_thinking_budget_ending_inside_an_accepted_run():
+    """The budget injects the close-think tokens after the token that exhausts it: the drafted tokens
+    after that token are dropped and the injected ones are fed next, as without speculation."""
+    prompt = repetitive_prompts(1, seed=1)[0]  # its first draft: 9 of 10 tokens accepted without a budget
+    results = []
+    for option in (None, "lookup"):
+        engine, decoder = make_engine(model=echo_token, think_close=[50, 51])
+        _, sink = submit(engine, prompt, max_tokens=30, speculative=option, thinking_budget=4)
+        run(engine)
+        assert_kv_matches_slots(engine, decoder)
+        results.append((sink.result().text, sink.result().reasoning, sink.result().usage))
+    assert decoder.drafts and len(decoder.drafts[0][0][1]) > 4  # the budget ran out inside that draft
+    assert results[0] == results[1]
+    assert "<50><51>" in results[0][0] + results[0][1]
