@@ -216,8 +216,10 @@ def submit(
 ) -> tuple[Request, Collector]:  # fmt: skip
     sink = Collector()
     sampling = SamplingParams(max_tokens=max_tokens, temperature=0, **params)
-    spec = RequestSpec(tuple(prompt), sampling, adapters=adapters, speculative=spec_config(speculative),
-                       thinking_open=thinking_budget is not None, thinking_budget=thinking_budget)  # fmt: skip
+    spec = RequestSpec(
+        tuple(prompt), sampling, thinking_open=thinking_budget is not None, thinking_budget=thinking_budget,
+        adapters=adapters, speculative=spec_config(speculative),
+    )  # fmt: skip
     request = Request(spec, sink)
     engine.submit(request)
     return request, sink
