@@ -26,7 +26,7 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     _llama.init_backend()
     _llama.take_recent_errors()
     mparams = L.llama_model_default_params()
-    mparams.n_gpu_layers = settings.n_gpu_layers
+    mparams.n_gpu_layers = gpu_layers(path, settings)
     mparams.load_mode = _native.LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
     extra = settings.extra_buffers
     mparams.use_extra_bufts = _llama.default_extra_buffers() if extra is None else extra
@@ -45,6 +45,30 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
             f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
         )
     return model, ctx
+
+
+AUTO_MARGIN = 256 * 2**20  # device memory left free for the driver and other programs
+
+
+def gpu_layers(path: Path, settings: ModelSettings) -> int:
+    """The layer count to offload: ``settings.n_gpu_layers``, or for ``"auto"`` as many as fit the
+    first GPU's free memory (0 on a CPU-only build: nothing to decide, nothing read)."""
+    value = settings.n_gpu_layers
+    if isinstance(value, int):
+        return value
+    if value != "auto":
+        raise ConfigError(f"n_gpu_layers={value!r}; use an integer (-1: all layers) or 'auto'")
+    if not L.llama_supports_gpu_offload():
+        return 0
+    from ..backends import auto_gpu_layers, list_devices
+    from ..gguf_header import read_header
+    from ..scheduler.estimate import model_shape
+
+    gpus = [d for d in list_devices()[1] if d.type in ("gpu", "igpu")]
+    if not gpus:
+        return 0
+    shape = model_shape(read_header(path))
+    return auto_gpu_layers(shape, settings, gpus[0].free_bytes, margin_bytes=AUTO_MARGIN)
 
 
 def context_params(settings: ModelSettings) -> Any:

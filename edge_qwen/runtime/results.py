@@ -23,6 +23,10 @@ class ModelSettings:
     weight-repacking buffer types; ``None`` turns them off on CPUs with AMX, where this llama.cpp
     build's AMX path crashes on multi-token batches and decodes ~3x slower, and on elsewhere.
 
+    ``n_gpu_layers="auto"`` offloads as many layers as fit the GPU's free memory (with their KV and
+    compute buffers, as llama.cpp places them) when the build has a GPU backend, none otherwise;
+    an integer pins the count (-1: all).
+
     ``parallel`` sequences are decoded together (continuous batching). ``n_ctx`` is the total of KV
     cells: with ``kv_unified`` (the default) every sequence may use up to all of them, and they share
     what is free; with ``kv_unified=False`` each gets ``n_ctx / parallel``. ``prefill_chunk`` is how many
@@ -36,7 +40,7 @@ class ModelSettings:
     n_threads_batch: int | None = None
     n_batch: int = 2048
     n_ubatch: int = 512
-    n_gpu_layers: int = -1
+    n_gpu_layers: int | str = "auto"
     use_mmap: bool = True
     use_mlock: bool = False
     flash_attn: bool | None = None

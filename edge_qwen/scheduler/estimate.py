@@ -249,8 +249,11 @@ def _repack_target(t: TensorInfo, features: frozenset[str], amx: bool) -> float:
     return 0.0
 
 
-def _offload(shape: ModelShape, n_gpu_layers: int, gpu: bool) -> tuple[set[int], bool]:
-    """Layers on the device, and whether the output layer is too (llama.cpp: n_gpu_layers > n_layer)."""
+def _offload(shape: ModelShape, n_gpu_layers: int | str, gpu: bool) -> tuple[set[int], bool]:
+    """Layers on the device, and whether the output layer is too (llama.cpp: n_gpu_layers > n_layer).
+    ``"auto"`` counts as all of them (the loader lowers it to what fits the device)."""
+    if not isinstance(n_gpu_layers, int):
+        n_gpu_layers = -1
     if not gpu or n_gpu_layers == 0:
         return set(), False
     n = shape.n_layer + 1 if n_gpu_layers < 0 else min(n_gpu_layers, shape.n_layer + 1)

@@ -1,0 +1,39 @@
+"""How the loader places layers: ``n_gpu_layers="auto"`` asks the build and the device; a CPU-only
+build offloads nothing and reads nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_qwen.backends import auto_gpu_layers
+from edge_qwen.errors import ConfigError
+from edge_qwen.gguf_header import read_header
+from edge_qwen.runtime.loader import AUTO_MARGIN, gpu_layers
+from edge_qwen.runtime.results import ModelSettings
+from edge_qwen.scheduler.estimate import model_shape
+
+
+def test_auto_on_a_cpu_build_offloads_nothing(real_gguf: Path) -> None:
+    import llama_cpp.llama_cpp as L
+
+    if L.llama_supports_gpu_offload():
+        pytest.skip("this build has a GPU backend")
+    assert gpu_layers(real_gguf, ModelSettings()) == 0
+    assert gpu_layers(real_gguf, ModelSettings(n_gpu_layers=12)) == 12
+
+
+def test_auto_fits_the_layers_to_the_device(real_gguf: Path) -> None:
+    shape = model_shape(read_header(real_gguf))
+    settings = ModelSettings(n_ctx=4096)
+    mib = 2**20
+    assert auto_gpu_layers(shape, settings, 64 * mib, margin_bytes=AUTO_MARGIN) == 0
+    some = auto_gpu_layers(shape, settings, 700 * mib, margin_bytes=AUTO_MARGIN)
+    assert 0 < some < shape.n_layer
+    assert auto_gpu_layers(shape, settings, 8 * 1024 * mib, margin_bytes=AUTO_MARGIN) == shape.n_layer + 1
+
+
+def test_a_bad_value_is_refused(real_gguf: Path) -> None:
+    with pytest.raises(ConfigError, match="n_gpu_layers"):
+        gpu_layers(real_gguf, ModelSettings(n_gpu_layers="most"))
