@@ -20,8 +20,9 @@ class ModelSettings:
     machine. ``flash_attn=None`` lets llama.cpp decide, except that a quantized V cache turns it
     on (llama.cpp needs flash attention for that); ``flash_attn=False`` with a quantized V cache
     is refused with :class:`~edge_qwen.errors.ConfigError`. ``extra_buffers`` controls llama.cpp's
-    weight-repacking buffer types; ``None`` turns them off on CPUs with AMX, where this llama.cpp
-    build's AMX path crashes on multi-token batches and decodes ~3x slower, and on elsewhere.
+    weight-repacking buffer types; ``None`` leaves them on unless the installed build has AMX
+    kernels compiled by GCC < 13, whose AMX path crashes on multi-token batches
+    (``edge_qwen._llama.extra_buffers_decision``).
 
     ``n_gpu_layers="auto"`` offloads as many layers as fit the GPU's free memory (with their KV and
     compute buffers, as llama.cpp places them) when the build has a GPU backend, none otherwise;

@@ -394,6 +394,10 @@ def estimate_memory(
     if overrides:
         base = dataclasses.replace(base, **overrides)
     features = host_cpu_features() if cpu_features is None else cpu_features
+    if cpu_features is None and base.extra_buffers is None:  # this machine: what the runtime will do
+        from .._llama import default_extra_buffers
+
+        base = dataclasses.replace(base, extra_buffers=default_extra_buffers())
     return estimate(model_shape(read_header(path)), base, parallel=parallel, cpu_features=features, gpu=gpu)
 
 
