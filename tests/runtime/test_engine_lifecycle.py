@@ -55,10 +55,11 @@ def test_closed_model_refuses_new_requests(real_gguf: Path) -> None:
 
 
 def test_waiting_longer_than_the_queue_timeout_raises(real_gguf: Path) -> None:
-    with Model.load(real_gguf, n_ctx=256, n_threads=1, queue_timeout=0.05) as model:
+    # one sequence slot: the second request must wait for the first to finish
+    with Model.load(real_gguf, n_ctx=256, n_threads=1, queue_timeout=0.05, parallel=1) as model:
         long_answer = [{"role": "user", "content": "Write a Python function to implement binary search."}]
         busy = model.chat_stream(long_answer, temperature=0, max_tokens=100)
-        next(busy)  # the worker is now generating for `busy`
+        next(busy)  # the only slot is now generating for `busy`
         with pytest.raises(QueueTimeoutError, match="queue_timeout"):
             model.chat(HELLO, temperature=0, max_tokens=2)
         busy.cancel()
