@@ -221,20 +221,29 @@ def _engine_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Ca
 
 def _raw_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Callable[[], float]]:
     """Bare llama_decode on the engine's own context, like llama-bench (no sampling, no Python layers)."""
-    decoder = model._decoder  # the worker is idle between runs; nothing else touches the context
+    from edge_qwen.runtime.batcher import BatchEntry
+
+    decoder = model._decoder  # the compute thread is idle between runs; nothing else touches the context
+
+    def feed(tokens: list[int], pos: int) -> None:
+        for start in range(0, len(tokens), model.n_batch):
+            chunk = tokens[start : start + model.n_batch]
+            decoder.decode([BatchEntry(0, chunk, pos + start, True)])
 
     def decode() -> float:
         model.reset()
-        decoder.feed(prompt[:1])
+        decoder.seq_rm(0, 0)
+        feed(prompt[:1], 0)
         start = time.perf_counter()
         for i in range(n_decode):
-            decoder.feed([prompt[1 + i % 100]])
+            feed([prompt[1 + i % 100]], 1 + i)
         return n_decode / (time.perf_counter() - start)
 
     def prefill() -> float:
         model.reset()
+        decoder.seq_rm(0, 0)
         start = time.perf_counter()
-        decoder.feed(prompt)
+        feed(prompt, 0)
         return len(prompt) / (time.perf_counter() - start)
 
     def pure_prefill_ms() -> float:
