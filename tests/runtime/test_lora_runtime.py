@@ -69,7 +69,11 @@ def test_scale_zero_is_the_base(model: Model) -> None:
 
 
 def test_requests_with_different_adapters_in_flight_together_equal_their_solo_runs(model: Model) -> None:
-    solo = {name: model.chat(ASK, temperature=0, max_tokens=N, adapter=name).token_ids for name in ("a", "b")}
+    solo = {}
+    for name in ("a", "b"):
+        model.reset()  # each from an empty cache, as in the concurrent run below
+        solo[name] = model.chat(ASK, temperature=0, max_tokens=N, adapter=name).token_ids
+    model.reset()
     results: dict[str, GenerationResult] = {}
 
     def ask(name: str) -> None:

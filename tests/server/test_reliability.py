@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -80,24 +81,30 @@ def test_disconnect_mid_stream_cancels_and_frees_the_model(
 
 def test_disconnect_while_queued_cancels_before_it_runs(base_url: str) -> None:
     before = generations(base_url, "cancelled")
-    with httpx.Client(timeout=60) as client:
-        with client.stream(
-            "POST", base_url + "/v1/chat/completions", json={**LONG, "stream": True}
-        ) as running:
-            lines = running.iter_lines()
-            read_events(lines, 2)  # the model is busy with this one
+    slots = httpx.get(base_url + "/health").json()["models"][0]["slots_total"] or 4
+    with httpx.Client(timeout=60) as client, contextlib.ExitStack() as held:
+        running = []
+        for _ in range(slots):  # every sequence slot busy
+            stream = held.enter_context(
+                client.stream("POST", base_url + "/v1/chat/completions", json={**LONG, "stream": True})
+            )
+            lines = stream.iter_lines()
+            read_events(lines, 2)
+            running.append(lines)
 
-            def queued() -> None:  # waits behind it, then its client goes away
-                with httpx.Client(timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
-                    impatient.post(base_url + "/v1/chat/completions", json={**LONG, "stream": True})
+        def queued() -> None:  # waits for a slot, then its client goes away
+            with httpx.Client(timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
+                impatient.post(base_url + "/v1/chat/completions", json={**LONG, "stream": True})
 
-            worker = threading.Thread(target=queued)
-            worker.start()
-            worker.join()
-            assert len(read_events(lines, 2)) == 2  # the running one still streams
-    wait_for(lambda: generations(base_url, "cancelled") == before + 2, "both cancellations")
+        worker = threading.Thread(target=queued)
+        worker.start()
+        worker.join()
+        assert all(len(read_events(lines, 2)) == 2 for lines in running)  # the running ones still stream
+    # the impatient one and the running ones still generating (a story may also end by itself)
+    wait_for(lambda: generations(base_url, "cancelled") >= before + 2, "the cancellations")
     health = httpx.get(base_url + "/health").json()
     assert health["queue_depth"] == 0 and health["requests_in_flight"] == 0
+    assert health["models"][0]["slots_busy"] == 0
 
 
 def test_a_hundred_concurrent_streams_all_complete(base_url: str) -> None:
