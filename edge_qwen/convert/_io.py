@@ -38,6 +38,19 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         yield window.popleft().result()
 
 
+def write_hashed(writer: Any, *, progress: bool = False) -> HashingFile:
+    """Write a gguf-py ``GGUFWriter``'s file (header, metadata, tensors) through a
+    :class:`HashingFile`; its ``sha256`` is ready once the caller has closed the writer."""
+    writer.open_output_file()
+    assert writer.fout is not None
+    hashing = HashingFile(writer.fout[0])
+    writer.fout = [hashing]
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=progress)
+    return hashing
+
+
 class HashingFile:
     """Write-only file wrapper: sha256 of everything written, computed on a background thread."""
 

@@ -32,7 +32,7 @@ from ..errors import (
     AdapterShapeError,
     UnsupportedAdapterError,
 )
-from ._io import HashingFile
+from ._io import HashingFile, write_hashed
 from .architectures import ARCHITECTURES
 from .lora_base import TARGETS, BaseModel, find_declared_base, resolve_base
 from .lora_config import LoraConfig, read_lora_config, resolve_adapter
@@ -369,13 +369,7 @@ def write_lora_gguf(
                     writer.add_base_model_repo_url(0, f"https://huggingface.co/{config.base_model}")
             for t in tensors:
                 writer.add_tensor(t.name, t, raw_shape=t.shape, raw_dtype=t.ggml_type)  # type: ignore[arg-type]
-            writer.open_output_file()
-            assert writer.fout is not None
-            hashing = HashingFile(writer.fout[0])
-            writer.fout = [hashing]  # type: ignore[list-item]
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file()
+            hashing = write_hashed(writer)
         finally:
             writer.close()
         assert hashing is not None

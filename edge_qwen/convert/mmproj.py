@@ -25,7 +25,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..errors import CheckpointError
-from ._io import HashingFile, ordered_map
+from ._io import HashingFile, ordered_map, write_hashed
 from .metadata import Source
 from .safetensors import TensorRef
 from .vision import NOMINAL_IMAGE_SIZE, VISION_EPS, VisionConfig, load_vision_config
@@ -230,13 +230,7 @@ def write_mmproj(
             writer.add_file_type(MMPROJ_TYPES[mmproj_type][1])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             add_metadata(writer)
-            writer.open_output_file()
-            assert writer.fout is not None
-            hashing = HashingFile(writer.fout[0])
-            writer.fout = [hashing]  # type: ignore[list-item]
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file(progress=progress)
+            hashing = write_hashed(writer, progress=progress)
         finally:
             writer.close()
     assert hashing is not None

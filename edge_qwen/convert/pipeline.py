@@ -11,7 +11,7 @@ from typing import Any
 import gguf
 
 from .._atomic import atomic_path
-from ._io import HashingFile
+from ._io import HashingFile, write_hashed
 from .architectures import HParams, load_hparams
 from .metadata import Source, add_general, add_hparams
 from .mmproj import MMPROJ_TYPES, MmprojPlan, default_mmproj_type, finish_mmproj, prepare_mmproj
@@ -163,13 +163,7 @@ def write_gguf(
             writer.add_file_type(OUTTYPES[outtype][1])
             writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
             vocab.add_to(writer)
-            writer.open_output_file()
-            assert writer.fout is not None
-            hashing = HashingFile(writer.fout[0])
-            writer.fout = [hashing]  # type: ignore[list-item]
-            writer.write_header_to_file()
-            writer.write_kv_data_to_file()
-            writer.write_tensors_to_file(progress=progress)
+            hashing = write_hashed(writer, progress=progress)
         finally:
             writer.close()
         assert hashing is not None
