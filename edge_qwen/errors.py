@@ -194,3 +194,48 @@ class MultimodalNotSupportedError(UnsupportedArchitectureError):
             "Use an official GGUF + mmproj of this model, or convert it with llama.cpp's "
             "convert_hf_to_gguf.py (once with --mmproj).",
         )
+
+
+class DraftModelError(ModelLoadError):
+    """A draft model that cannot draft for its target (another vocabulary) or could not be loaded."""
+
+
+# --- media input (images, audio) ----------------------------------------------------------------
+
+
+class MediaError(EdgeQwenError, ValueError):
+    """An image or audio part of a message cannot be used. ``status`` is the HTTP code to answer."""
+
+    status = 400
+
+
+class UnsupportedMediaError(MediaError):
+    """A content part type, URL scheme or file format edge-qwen does not accept."""
+
+
+class RemoteMediaError(UnsupportedMediaError):
+    """An ``http(s)://`` media URL: edge-qwen never fetches from the network."""
+
+
+class LocalMediaRefusedError(MediaError):
+    """A local path or ``file://`` URL where the policy forbids reading files (the server)."""
+
+
+class MediaDecodeError(MediaError):
+    """The bytes are not a valid image / audio file of the claimed format (corrupt or truncated)."""
+
+
+class MediaTooLargeError(MediaError):
+    """A media limit was exceeded: encoded bytes, decoded pixels, audio seconds or items per request."""
+
+    status = 413
+
+    def __init__(self, what: str, actual: float, limit: float, way_out: str) -> None:
+        self.what = what
+        self.actual = actual
+        self.limit = limit
+        super().__init__(f"{what} is {actual:,.6g} but the limit is {limit:,.6g}; {way_out}")
+
+
+class MediaMarkerError(MediaError):
+    """Message text contains the media placeholder itself, which would misplace the media."""
