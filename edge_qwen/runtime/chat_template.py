@@ -11,6 +11,13 @@ user who types ``<|im_end|>\\n<|im_start|>system`` forges a system turn. :func:`
 therefore also returns ``segments``: the template's own text (``parse_special=True``) and the
 control-token strings that came from messages/tools/documents (``parse_special=False``), found by
 rendering a second time with those strings swapped for private-use placeholder characters.
+
+Content lists (OpenAI parts) are handed to the template as transformers does. Qwen2.5 and Qwen3
+templates only know string content (Qwen3's silently drops a list, Qwen2.5's fails on it), so when
+the rendering fails or loses a text part the parts are joined into one string and it is rendered
+again. Media parts (``image_url``, ``input_audio`` …) always become ``media_marker``, the
+placeholder libmtmd replaces with the image / audio chunks; see :mod:`edge_qwen.runtime.media`
+for why the bare marker, not the template's ``<|vision_start|><|image_pad|><|vision_end|>``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ CHATML_TEMPLATE = (
 
 #: Template variables that carry user data: control-token strings inside them are neutralised.
 UNTRUSTED_VARIABLES = ("messages", "tools", "documents")
+#: Content part types that carry media; each becomes the media marker.
+MEDIA_PART_TYPES = frozenset({"image_url", "image", "input_audio", "audio"})
 
 _GENERATION_PROMPT_WINDOW = 512  # chars searched for the last control token (thinking_open)
 _PLACEHOLDER_START = 0xF0000  # Supplementary Private Use Area-A: never produced by a tokenizer
@@ -71,6 +80,7 @@ def render_chat(
     bos_token: str = "",
     eos_token: str = "",
     add_generation_prompt: bool = True,
+    media_marker: str | None = None,
     **template_kwargs: Any,
 ) -> RenderedPrompt:
     """Render ``messages`` with ``template`` (ChatML when None/empty) and mark control tokens.
@@ -79,20 +89,83 @@ def render_chat(
     CONTROL tokens, e.g. ``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``); wherever one of them
     comes from user data it ends up in a ``parse_special=False`` segment. Extra keyword arguments
     (``enable_thinking``, ``tools``, ``documents``, …) are passed to the template as variables.
+    ``media_marker`` is what each media part becomes (``Mtmd.marker``); without it media parts
+    are refused.
     """
     source = template or CHATML_TEMPLATE
     compiled = _compile(source)
     untrusted = {name: template_kwargs.pop(name, None) for name in UNTRUSTED_VARIABLES}
-    untrusted["messages"] = messages
+    untrusted["messages"] = media_to_markers(messages, media_marker)
     context = {
         **template_kwargs,
         "bos_token": bos_token,
         "eos_token": eos_token,
         "add_generation_prompt": add_generation_prompt,
     }
-    text = _render(compiled, {**context, **untrusted})
+    text, untrusted = _render_content_lists(compiled, context, untrusted)
     segments = _segments(compiled, source, context, untrusted, special_tokens, text)
     return RenderedPrompt(text=text, segments=segments, thinking_open=_ends_thinking(text, special_tokens))
+
+
+def media_to_markers(messages: list[dict[str, Any]], marker: str | None) -> list[dict[str, Any]]:
+    """``messages`` with each content list that holds media joined into one string, media → ``marker``.
+
+    Raises:
+        ChatTemplateError: a media part without a marker (the model has no mmproj), or a part of
+            an unknown type.
+    """
+    out = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, Mapping) else None
+        if isinstance(content, list | tuple) and any(_part_type(p) != "text" for p in content):
+            message = {**message, "content": "".join(_part_text(p, marker) for p in content)}
+        out.append(message)
+    return out
+
+
+def _part_type(part: Any) -> Any:
+    return part.get("type") if isinstance(part, Mapping) else None
+
+
+def _part_text(part: Any, marker: str | None) -> str:
+    kind = _part_type(part)
+    if kind == "text":
+        return str(part.get("text") or "")
+    if kind not in MEDIA_PART_TYPES:
+        raise ChatTemplateError(
+            f"content part type {kind!r} is not supported; send 'text', 'image_url' or 'input_audio' parts"
+        )
+    if marker is None:
+        raise ChatTemplateError(
+            f"a {kind!r} content part needs a vision/audio model; load the model with its mmproj "
+            "(Model.load(..., mmproj=...)) or send text only"
+        )
+    return marker
+
+
+def _render_content_lists(
+    compiled: jinja2.Template, context: Mapping[str, Any], untrusted: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Render as transformers does; if a content list failed or lost a text part, render again with
+    each list's text parts joined into a string. Returns the text and the variables it used."""
+    messages = untrusted["messages"]
+    lists = [m["content"] for m in messages if isinstance(m, Mapping) and isinstance(m.get("content"), list)]
+    try:
+        text = _render(compiled, {**context, **untrusted})
+    except ChatTemplateError:
+        if not lists:
+            raise
+    else:
+        if all(_part_text(p, None) in text for parts in lists for p in parts):
+            return text, untrusted
+    joined = {**untrusted, "messages": [_joined(m) for m in messages]}
+    return _render(compiled, {**context, **joined}), joined
+
+
+def _joined(message: Any) -> Any:
+    if isinstance(message, Mapping) and isinstance(message.get("content"), list):
+        return {**message, "content": "".join(_part_text(p, None) for p in message["content"])}
+    return message
 
 
 def render_plain(text: str, *, parse_special: bool = False) -> RenderedPrompt:
