@@ -1,13 +1,19 @@
 """Request bodies of the OpenAI-compatible endpoints, validated with pydantic.
 
 Only what edge-qwen can honour is modelled; unknown fields are ignored (clients send many optional
-ones), but fields that would silently change the meaning of an answer (``n > 1``, ``logprobs``,
-image content) are refused with a message saying what to send instead.
+ones), but fields that would silently change the meaning of an answer (``n > 1``, ``logprobs``)
+are refused with a message saying what to send instead.
+
+Message content is a string or a list of OpenAI parts: ``text``, ``image_url`` (``{"url": ...}`` or
+the URL string) and ``input_audio`` (``{"data": BASE64, "format": "wav" | "mp3"}``). The shape is
+validated here (a malformed part is a 400 naming its field); the media itself is decoded and
+limited later by :mod:`edge_qwen.runtime.media`, under the server's policy (no local files, no
+remote URLs).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,9 +25,32 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class ContentPart(_Lenient):
-    type: str
-    text: str | None = None
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Lenient):
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None  # accepted; the encoder picks its own grid
+
+
+class ImageURLPart(_Lenient):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+class InputAudio(_Lenient):
+    data: str = Field(min_length=1)
+    format: Literal["wav", "mp3"]
+
+
+class InputAudioPart(_Lenient):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+ContentPart = Annotated[TextPart | ImageURLPart | InputAudioPart, Field(discriminator="type")]
 
 
 class ChatMessage(_Lenient):
@@ -30,24 +59,44 @@ class ChatMessage(_Lenient):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
 
+    @property
+    def has_media(self) -> bool:
+        return isinstance(self.content, list) and any(not isinstance(p, TextPart) for p in self.content)
+
     def to_template(self) -> dict[str, Any]:
-        """The message as the chat template expects it (text parts joined, developer -> system)."""
+        """The message as the runtime expects it (developer -> system): text parts joined into a
+        string; with media, the parts in OpenAI shape (``image_url`` always as ``{"url": ...}``)."""
         data = self.model_dump(exclude_none=True)
         data["role"] = "system" if self.role == "developer" else self.role
-        data["content"] = self.text()
+        data["content"] = self._parts() if self.has_media else self.text()
         if isinstance(data.get("tool_calls"), list):
             data["tool_calls"] = template_tool_calls(data["tool_calls"])
         return data
 
     def text(self) -> str:
+        """The text of a message without media.
+
+        Raises:
+            ValueError: the message holds image or audio parts (use :meth:`to_template`).
+        """
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        not_text = sorted({p.type for p in self.content if p.type != "text"})
-        if not_text:
-            raise ValueError(f"content parts of type {not_text} are not supported; send text parts only")
-        return "".join(p.text or "" for p in self.content)
+        if self.has_media:
+            raise ValueError("this message holds image or audio parts; it has no plain text form")
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def _parts(self) -> list[dict[str, Any]]:
+        assert isinstance(self.content, list)
+        parts = []
+        for part in self.content:
+            if isinstance(part, ImageURLPart):
+                url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+            else:
+                parts.append(part.model_dump(exclude_none=True))
+        return parts
 
 
 class StreamOptions(_Lenient):
