@@ -16,6 +16,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--lora", action="append", default=[], metavar="FILE[:SCALE]",
         help="apply a GGUF LoRA adapter (from edge-qwen convert-lora) at SCALE (default 1.0); repeatable",
     )  # fmt: skip
+    parser.add_argument(
+        "--draft", default=None, metavar="FILE",
+        help="a smaller GGUF with the same tokenizer that drafts tokens (speculative decoding, same output)",
+    )  # fmt: skip
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,7 +75,11 @@ def load_model(args: argparse.Namespace) -> Any:
     from ..runtime.model import Model
 
     files, _ = lora_choice(args)
-    return Model.load(resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files)
+    draft = getattr(args, "draft", None)
+    return Model.load(
+        resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files,
+        draft=resolve_model(draft) if draft else None,
+    )  # fmt: skip
 
 
 def chat_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -53,6 +53,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="serve a GGUF LoRA adapter on a model as BASE:NAME (BASE may be left out with one model)",
     )  # fmt: skip
     parser.add_argument(
+        "--draft", action="append", default=[], metavar="[MODEL=]FILE",
+        help="a smaller GGUF with the same tokenizer that drafts for MODEL (speculative decoding, same "
+        "output); MODEL may be left out with one model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lookup", action="store_true",
+        help="speculative decoding by prompt lookup for requests (on models without --draft)",
+    )  # fmt: skip
+    parser.add_argument(
         "--api-key", default=None, help=f"require this bearer key (default: ${API_KEY_ENV} if set)"
     )
     parser.add_argument(
@@ -146,6 +155,26 @@ def parse_loras(
     return files, routes
 
 
+def parse_drafts(values: list[str], models: dict[str, Path]) -> dict[str, str]:
+    """``--draft`` items: the draft GGUF of each model that has one."""
+    from ..registry import resolve_model
+
+    drafts: dict[str, str] = {}
+    for item in values:
+        name, sep, target = item.partition("=")
+        if not sep:
+            name, target = (next(iter(models)) if len(models) == 1 else ""), item
+        if name not in models or not target:
+            raise ConfigError(
+                f"--draft {item!r}: write FILE (with one model) or MODEL=FILE, MODEL one of {sorted(models)}"
+            )
+        path = resolve_model(target)
+        if not path.is_file():
+            raise ConfigError(f"--draft: {target} is neither a .gguf file nor a downloaded registry model")
+        drafts[name] = str(path)
+    return drafts
+
+
 def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
     """``--parallel`` and ``--ctx``, or their defaults for this machine."""
     from .._llama import physical_cores
@@ -193,13 +222,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     parallel, n_ctx = serve_shape(args.parallel, args.ctx)
     adapters, routes = parse_loras(args.lora, models)
+    drafts = parse_drafts(args.draft, models)
     scheduler = Scheduler(args.budget, max_queue=args.max_concurrency, queue_timeout=args.queue_timeout)
     provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency, routes=routes)
     try:
         for name, path in models.items():
             scheduler.add(
-                name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name]
-            )
+                name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
+                draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
+            )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))
         app = create_app(provider, config)

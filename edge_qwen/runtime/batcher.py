@@ -10,9 +10,11 @@ Sequences with different LoRA adapter sets never share a decode step (llama.cpp 
 per context): each step serves one adapter set, and the sets with work take turns.
 
 Speculative decoding (:mod:`~edge_qwen.runtime.speculative`): a generating sequence with a drafter
-appends its drafted tokens to its entry and asks for logits at each of them; the target's tokens
-are taken one by one while they match, and the rejected tail is removed from the KV cache
-(``seq_rm``) and from the slot's token list in the same step.
+(prompt lookup, or the draft model of :mod:`~edge_qwen.runtime.draft`, which drafts for all its
+sequences together before the step's decode) appends its drafted tokens to its entry and asks for
+logits at each of them; the target's tokens are taken one by one while they match, and the
+rejected tail is removed from the KV cache (``seq_rm``) and from the slot's token list in the same
+step.
 
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -68,6 +70,16 @@ class Decoder(Protocol):
     def last_error(self) -> str: ...
 
 
+Wanted = tuple[Seq[int], int]  # a sequence's tokens so far, and the most tokens to draft for it
+
+
+class DraftSource(Protocol):
+    """A draft model (:class:`~edge_qwen.runtime.draft.DraftModel`): drafts for several sequences."""
+
+    def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]: ...
+    def forget(self) -> None: ...
+
+
 SequenceFactory = Callable[[Request, int], Sequence]
 
 
@@ -94,8 +106,10 @@ class BatchEngine:
         unified: bool = True,
         prefill_chunk: int = 256,
         name: str = "model",
+        draft: DraftSource | None = None,
     ) -> None:
         self.decoder = decoder
+        self.draft = draft
         self._make = make_sequence
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_ctx = n_ctx
@@ -188,19 +202,38 @@ class BatchEngine:
 
     def _add_drafts(self, entries: list[BatchEntry], room: int) -> int:
         """Append the drafts of speculating sequences to their entries (within ``room`` batch
-        tokens, max_tokens and the sequence's context); returns how many tokens they add."""
+        tokens, max_tokens and the sequence's context); returns how many tokens they add. Prompt
+        lookup drafts each sequence alone; the draft model drafts all of its sequences together."""
         added = 0
+        wanted: dict[int, Wanted] = {}
+        p_min: dict[int, float] = {}
         for entry in entries:
             seq = self.running[entry.seq_id]
-            if seq.drafter is None:
+            drafter = seq.drafter
+            if drafter is None:
                 continue
             limit = min(room - added, seq.max_tokens - seq.n_out - 1,
                         self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
-            draft = seq.drafter.propose(seq.tokens, limit)
+            if drafter.uses_model:
+                n = drafter.limit(limit) if self.draft is not None else 0
+                if n > 0:
+                    wanted[entry.seq_id], p_min[entry.seq_id] = (seq.tokens, n), drafter.config.p_min
+                    added += n  # reserved until the draft model says how many it drafted
+                continue
+            draft = drafter.propose(seq.tokens, limit)
             if draft:
                 entry.tokens = [*entry.tokens, *draft]
                 entry.draft = draft
                 added += len(draft)
+        if wanted and self.draft is not None:
+            added -= sum(n for _tokens, n in wanted.values())
+            drafts = self.draft.propose(wanted, p_min)
+            for entry in entries:
+                drafted = drafts.get(entry.seq_id, [])
+                if drafted:
+                    entry.tokens = [*entry.tokens, *drafted]
+                    entry.draft = drafted
+                    added += len(drafted)
         return added
 
     def _advance(self, entries: list[BatchEntry]) -> None:
@@ -423,6 +456,8 @@ class BatchEngine:
             self.slots[seq_id].busy = False
         for slot in self.slots:
             self._clear(slot)
+        if self.draft is not None:
+            self.draft.forget()
 
     def close(self) -> None:
         """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""

@@ -86,6 +86,12 @@ class NativeDecoder:
             return int(L.llama_sampler_sample(sampler, self.ctx, row))
         return int(self.logits(row).argmax())
 
+    def top(self, row: int) -> tuple[int, float]:
+        """The most likely token at a logits row and its probability (a draft model's confidence)."""
+        logits = self.logits(row)
+        token = int(logits.argmax())
+        return token, 1.0 / float(np.exp(logits - logits[token]).sum())
+
     def logits(self, row: int) -> np.ndarray:
         return np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
 

@@ -6,6 +6,7 @@ split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.slots`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from .. import _llama
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError, DraftModelError, ModelLoadError
 from . import _native
 from .results import ModelSettings
 
@@ -43,6 +44,51 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
         L.llama_model_free(model)
         raise ModelLoadError(
             f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
+        )
+    return model, ctx
+
+
+def draft_settings(settings: ModelSettings) -> ModelSettings:
+    """The draft model's context: the target's cells and sequences, a batch of one step's catch-up
+    (``prefill_chunk`` tokens), no adapters."""
+    n_batch = max(settings.prefill_chunk, settings.parallel)
+    return dataclasses.replace(settings, n_batch=n_batch, n_ubatch=n_batch, adapters=(), draft=None)
+
+
+def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, Any]:
+    """Load the draft model for ``target`` (a loaded llama_model) and check that its vocabulary is
+    the target's.
+
+    Raises:
+        DraftModelError: the file cannot be loaded, or its vocabulary differs (naming the way out).
+    """
+    from .draft import vocab_mismatch
+
+    try:
+        model, ctx = load_native(path, draft_settings(settings))
+    except ModelLoadError as exc:
+        raise DraftModelError(f"the draft model: {exc}") from None
+    ours, theirs = L.llama_model_get_vocab(target), L.llama_model_get_vocab(model)
+    vocabs = {"target": ours, "draft": theirs}
+    special = {
+        name: (int(getter(ours)), int(getter(theirs)))
+        for name, getter in (
+            ("BOS", L.llama_vocab_bos), ("EOS", L.llama_vocab_eos), ("EOT", L.llama_vocab_eot)
+        )  # fmt: skip
+    }
+    why = vocab_mismatch(
+        int(L.llama_vocab_n_tokens(ours)),
+        int(L.llama_vocab_n_tokens(theirs)),
+        lambda which, i: L.llama_vocab_get_text(vocabs[which], i) or b"",
+        special,
+    )
+    if why is not None:
+        L.llama_free(ctx)
+        L.llama_model_free(model)
+        raise DraftModelError(
+            f"{path.name} cannot draft for this model: {why}. A draft model needs the target's tokenizer: "
+            "use a smaller model of the same family (e.g. Qwen2.5-0.5B for a Qwen2.5 model), or a "
+            "lower-bit quantization of the same model"
         )
     return model, ctx
 

@@ -23,15 +23,16 @@ from . import _native
 from .batcher import BatchEngine
 from .compute import ComputeThread
 from .decoder import NativeDecoder
+from .draft import DraftModel
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
-from .loader import load_native
+from .loader import load_draft, load_native
 from .lora import AdapterSlots, adapter_set
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings, settings_from
 from .sampling import build_sampler, grammar_text
 from .sequence import Sequence as Sequence_
-from .speculative import spec_config
+from .speculative import DRAFT, SpecConfig, spec_config
 from .thinking import THINK_CLOSE
 from .threads import ThreadGovernor
 from .vocab import Vocabulary
@@ -51,7 +52,9 @@ class Model(Vocabulary):
     the batch buffers.
     """
 
-    def __init__(self, path: Path, settings: ModelSettings, model: Any, ctx: Any) -> None:
+    def __init__(
+        self, path: Path, settings: ModelSettings, model: Any, ctx: Any, draft: tuple[Any, Any] | None = None
+    ) -> None:
         self.path = path
         self.settings = settings
         self._closed = False
@@ -69,6 +72,15 @@ class Model(Vocabulary):
         self.parallel = int(L.llama_n_seq_max(ctx))
         governor = ThreadGovernor(int(L.llama_n_threads(ctx)), pinned=settings.n_threads)
         self._decoder = NativeDecoder(ctx, self._vocab, self.n_batch, governor)
+        self._draft_native = draft
+        self._draft_decoder: NativeDecoder | None = None
+        drafter: DraftModel | None = None
+        if draft is not None:
+            dmodel, dctx = draft
+            n_batch = int(L.llama_n_batch(dctx))
+            self._draft_decoder = NativeDecoder(dctx, L.llama_model_get_vocab(dmodel), n_batch, governor)
+            drafter = DraftModel(self._draft_decoder, parallel=self.parallel, n_batch=n_batch,
+                                 n_vocab=int(L.llama_vocab_n_tokens(self._vocab)))  # fmt: skip
         self._engine = BatchEngine(
             self._decoder,
             self._make_sequence,
@@ -78,6 +90,7 @@ class Model(Vocabulary):
             unified=settings.kv_unified,
             prefill_chunk=settings.prefill_chunk,
             name=path.name,
+            draft=drafter,
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()
@@ -99,9 +112,18 @@ class Model(Vocabulary):
         """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`;
         ``adapters={"sql": "sql-lora.gguf"}`` loads LoRA adapters that requests pick by name."""
         config = settings_from("Model.load", settings)
+        spec_config(config.speculative)  # an unknown default mode fails before anything is loaded
         path = Path(path)
         model, ctx = load_native(path, config)
-        return cls(path, config, model, ctx)
+        draft = None
+        try:
+            if config.draft is not None:
+                draft = load_draft(Path(config.draft), config, model)
+        except BaseException:
+            L.llama_free(ctx)
+            L.llama_model_free(model)
+            raise
+        return cls(path, config, model, ctx, draft)
 
     def close(self, *, wait: bool = True, on_freed: Callable[[], None] | None = None) -> None:
         """Queued requests fail with ModelClosedError, running ones end "cancelled", then llama.cpp's
@@ -125,6 +147,11 @@ class Model(Vocabulary):
             self._compute.unregister(self._engine)
             self._decoder.free()
             L.llama_free(self._ctx)
+            if self._draft_native is not None and self._draft_decoder is not None:
+                self._draft_decoder.free()
+                L.llama_free(self._draft_native[1])
+                L.llama_model_free(self._draft_native[0])
+                self._draft_native = None
             self._lora.free_all()  # after the context that applied them, before their model
             L.llama_model_free(self._model)
             self._ctx = self._model = None
@@ -177,7 +204,7 @@ class Model(Vocabulary):
     def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
-        speculative = spec_config(sampling.pop("speculative", None))
+        speculative = self._speculative(sampling.pop("speculative", None))
         if isinstance(prompt, str):
             tokens = self.tokenize(prompt, add_special=True, parse_special=False)
         else:
@@ -200,7 +227,7 @@ class Model(Vocabulary):
     ) -> RequestSpec:
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
-        speculative = spec_config(sampling.pop("speculative", None))
+        speculative = self._speculative(sampling.pop("speculative", None))
         msgs = [dict(m) for m in messages]
         while True:
             rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
@@ -219,6 +246,24 @@ class Model(Vocabulary):
             adapters=chosen,
             speculative=speculative,
         )
+
+    @property
+    def has_draft(self) -> bool:
+        """Whether a draft model was loaded (``draft=``) for speculative decoding."""
+        return self._draft_native is not None
+
+    def _speculative(self, value: Any) -> SpecConfig | None:
+        """A request's speculation: its own choice, else the model's default (``speculative=`` at
+        load), else the draft model when one is loaded."""
+        config = spec_config(value if value is not None else self.settings.speculative)
+        if config is None and self.has_draft:
+            config = DRAFT
+        if config is not None and config.mode == "draft" and not self.has_draft:
+            raise ConfigError(
+                "speculative mode 'draft' needs a draft model: load this one with "
+                "Model.load(path, draft='smaller.gguf') (edge-qwen run/serve --draft FILE), or use 'lookup'"
+            )
+        return config
 
     def _adapter_set(self, sampling: dict[str, Any]) -> AdapterSet:
         """Take ``adapter=`` / ``adapters=`` out of a request's keywords: its LoRA set."""

@@ -34,6 +34,11 @@ class ModelSettings:
     prompt tokens a step may add while other sequences are generating (a long prompt then cannot
     stall their streams; alone, a prompt is prefilled in n_batch chunks). ``adapters`` are GGUF LoRA
     files loaded next to the weights, ``(name, path)`` pairs; a request picks them by name.
+
+    ``draft`` is a smaller GGUF with the same vocabulary that drafts tokens for speculative
+    decoding (loaded with the same context size and sequence count, on the same compute thread).
+    ``speculative`` is the mode a request gets when it does not choose: ``"lookup"``, ``"draft"``,
+    ``"off"``, or None (``"draft"`` when a draft model is loaded, otherwise off).
     """
 
     n_ctx: int = 4096
@@ -53,6 +58,8 @@ class ModelSettings:
     kv_unified: bool = True
     prefill_chunk: int = 256
     adapters: tuple[tuple[str, str], ...] = ()
+    draft: str | None = None
+    speculative: str | None = None
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
@@ -62,6 +69,8 @@ def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
 
     given = dict(settings)
     given["adapters"] = adapter_files(given.get("adapters"))
+    if given.get("draft") is not None:
+        given["draft"] = os.fspath(given["draft"])
     try:
         return ModelSettings(**given)
     except TypeError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .request import Request
 from .results import FinishReason, GenerationChunk, Timings, Usage
-from .speculative import LookupDrafter
+from .speculative import make_drafter
 from .text import TextPipeline
 
 
@@ -54,7 +54,7 @@ class Sequence:
         self.t_start = self.t_prefill = self.t_first = self.t_last = 0.0
         self.queue_ms = 0.0
         config = spec.speculative
-        self.drafter = LookupDrafter(config) if config is not None and config.enabled else None
+        self.drafter = make_drafter(config)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

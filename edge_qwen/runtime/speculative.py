@@ -1,5 +1,9 @@
-"""Speculative decoding by prompt lookup: draft tokens from the sequence's own history, verify them
-in the step's batch, keep what the target model would have produced anyway.
+"""Speculative decoding: draft tokens cheaply, verify them in the step's batch, keep what the target
+model would have produced anyway.
+
+Two drafters propose: prompt lookup (below), and a draft model (:mod:`~edge_qwen.runtime.draft`, a
+smaller model with the same vocabulary proposing its greedy continuation). Both drafts are
+deterministic given the history (a point mass q), so the acceptance argument below holds for both.
 
 Drafting (:class:`LookupDrafter`): the last ``n`` tokens of the sequence (prompt plus output so far)
 are looked up among their earlier occurrences, and the up to ``k`` tokens that followed the latest
@@ -9,9 +13,9 @@ their input, so the model's next tokens are often exactly those.
 Verification (:func:`verify`): the batch carries ``[last token, d1..dk]`` with logits at every
 position. The target's token at position j is drawn with the sequence's own sampler (argmax for
 greedy, or the request's llama.cpp chain) and taken; if it equals ``d(j+1)`` the next position is
-valid too, otherwise verification stops there. For a lookup draft (a point mass q on ``d``) this is
-exactly the speculative-sampling rule: the target's draw equals ``d`` with probability ``p(d)`` (the
-acceptance probability min(1, p/q)), and otherwise it is distributed as p with ``d`` removed and
+valid too, otherwise verification stops there. For a deterministic draft (a point mass q on ``d``)
+this is exactly the speculative-sampling rule: the target's draw equals ``d`` with probability
+``p(d)`` (the acceptance probability min(1, p/q)), and otherwise it is distributed as p with ``d`` removed and
 renormalised (max(0, p − q) normalised). So every emitted token has the target's distribution; the
 sampler chain (grammar, penalties, seeded RNG) advances once per emitted token, as without
 speculation, and at temperature 0 the output is the non-speculative one.
@@ -31,33 +35,37 @@ from typing import Any
 
 from ..errors import ConfigError
 
-MODES = ("lookup", "off")
+MODES = ("lookup", "draft", "off")
+DRAFT_K = 8  # draft-model default: each drafted token costs a draft decode, unlike a lookup
 
 
 @dataclass(frozen=True)
 class SpecConfig:
     """How one request speculates. ``n``: longest n-gram matched (shorter ones down to ``n_min`` are
     tried when it finds nothing); ``k``: most tokens drafted per step. ``max_pause``: the longest
-    drafting pause (steps) after consecutive misses."""
+    drafting pause (steps) after consecutive misses. ``p_min`` (draft model only): drafting stops
+    before the first token the draft model gives less than this probability."""
 
     mode: str = "lookup"
     n: int = 3
     n_min: int = 2
     k: int = 10
     max_pause: int = 32
+    p_min: float = 0.6
 
     @property
     def enabled(self) -> bool:
-        return self.mode == "lookup"
+        return self.mode in ("lookup", "draft")
 
 
 LOOKUP = SpecConfig()
+DRAFT = SpecConfig(mode="draft", k=DRAFT_K)
 OFF = SpecConfig(mode="off")
 
 
 def spec_config(value: Any) -> SpecConfig | None:
-    """A request's ``speculative=`` value: None (the default), ``"lookup"``/``"off"``, True/False, a
-    dict of :class:`SpecConfig` fields, or a SpecConfig.
+    """A request's ``speculative=`` value: None (the model's default), ``"lookup"``/``"draft"``/
+    ``"off"``, True/False (lookup/off), a dict of :class:`SpecConfig` fields, or a SpecConfig.
 
     Raises:
         ConfigError: an unknown mode or key, or sizes out of range.
@@ -69,61 +77,49 @@ def spec_config(value: Any) -> SpecConfig | None:
     if isinstance(value, str):
         value = {"mode": value}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"speculative= takes 'lookup', 'off' or a dict like {{'mode': 'lookup', 'k': 8}}, "
-                          f"not {type(value).__name__}")  # fmt: skip
+        raise ConfigError(f"speculative= takes 'lookup', 'draft', 'off' or a dict like {{'mode': 'lookup', "
+                          f"'k': 8}}, not {type(value).__name__}")  # fmt: skip
     names = {f.name for f in fields(SpecConfig)}
     unknown = sorted(set(value) - names)
     if unknown:
         raise ConfigError(f"unknown speculative option(s) {unknown}; known: {sorted(names)}")
-    config = replace(LOOKUP, **value)
-    if config.mode == "draft":
-        raise ConfigError("speculative mode 'draft' (a draft model) is not supported yet; use 'lookup'")
-    if config.mode not in MODES:
-        raise ConfigError(f"speculative mode {config.mode!r} is not one of {MODES}")
+    mode = value.get("mode", "lookup")
+    if mode not in MODES:
+        raise ConfigError(f"speculative mode {mode!r} is not one of {MODES}")
+    config = replace(DRAFT if mode == "draft" else LOOKUP, **value)
     if not (1 <= config.n_min <= config.n) or config.k < 1 or config.max_pause < 0:
         raise ConfigError(f"speculative sizes need 1 <= n_min <= n and k >= 1 (got n={config.n}, "
                           f"n_min={config.n_min}, k={config.k})")  # fmt: skip
+    if not 0.0 <= config.p_min < 1.0:
+        raise ConfigError(f"speculative p_min must be in [0, 1), got {config.p_min}")
     return config
 
 
-class LookupDrafter:
-    """Prompt-lookup drafts for one sequence, with its acceptance history.
-
-    An index per n-gram size maps each n-gram to the position right after its latest occurrence;
-    it is extended incrementally, so a step costs a dict lookup per size, not a scan.
-    """
+class Drafter:
+    """One sequence's drafting state: how many tokens to draft now (``k_now``), the pause after
+    misses (:meth:`observe`), and the counts of drafted and accepted tokens. A draft-model
+    sequence uses it as is (the engine asks the draft model); prompt lookup extends it."""
 
     def __init__(self, config: SpecConfig) -> None:
         self.config = config
         self.k_now = config.k
         self.pause = 0
         self._misses = 0
-        self._sizes = range(config.n, config.n_min - 1, -1)
-        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self._sizes}
-        self._seen = 0
         self.drafted = 0
         self.accepted = 0
 
-    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
-        """Up to ``min(k_now, limit)`` tokens that followed the latest earlier occurrence of the
-        longest matching suffix of ``tokens``; [] while paused or when nothing matches."""
-        if self.pause > 0 or limit <= 0:
-            return []
-        self._extend(tokens)
-        for n in self._sizes:
-            if len(tokens) <= n:
-                continue
-            at = self._index[n].get(tuple(tokens[-n:]))
-            if at is not None:
-                return list(tokens[at : at + min(self.k_now, limit)])
-        return []
+    @property
+    def uses_model(self) -> bool:
+        return self.config.mode == "draft"
 
-    def _extend(self, tokens: Sequence[int]) -> None:
-        for i in range(max(self._seen, 1), len(tokens)):
-            for n in self._sizes:
-                if i >= n:
-                    self._index[n][tuple(tokens[i - n : i])] = i
-        self._seen = len(tokens)
+    def limit(self, room: int) -> int:
+        """Tokens to draft this step, at most ``room`` (0 while paused)."""
+        return 0 if self.pause > 0 else max(0, min(self.k_now, room))
+
+    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
+        """A draft from the sequence's own history ([] for a draft-model sequence: the engine drafts
+        those together)."""
+        return []
 
     def observe(self, drafted: int, accepted: int) -> None:
         """One step's outcome (``drafted == 0``: a step without a draft, which counts down a pause).
@@ -147,6 +143,48 @@ class LookupDrafter:
             self._misses += 1
             if self._misses >= 2:
                 self.pause = min(self.config.max_pause, 2 ** (self._misses - 1))
+
+
+class LookupDrafter(Drafter):
+    """Prompt-lookup drafts for one sequence.
+
+    An index per n-gram size maps each n-gram to the position right after its latest occurrence;
+    it is extended incrementally, so a step costs a dict lookup per size, not a scan.
+    """
+
+    def __init__(self, config: SpecConfig) -> None:
+        super().__init__(config)
+        self._sizes = range(config.n, config.n_min - 1, -1)
+        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in self._sizes}
+        self._seen = 0
+
+    def propose(self, tokens: Sequence[int], limit: int) -> list[int]:
+        """Up to ``min(k_now, limit)`` tokens that followed the latest earlier occurrence of the
+        longest matching suffix of ``tokens``; [] while paused or when nothing matches."""
+        if self.pause > 0 or limit <= 0:
+            return []
+        self._extend(tokens)
+        for n in self._sizes:
+            if len(tokens) <= n:
+                continue
+            at = self._index[n].get(tuple(tokens[-n:]))
+            if at is not None:
+                return list(tokens[at : at + min(self.k_now, limit)])
+        return []
+
+    def _extend(self, tokens: Sequence[int]) -> None:
+        for i in range(max(self._seen, 1), len(tokens)):
+            for n in self._sizes:
+                if i >= n:
+                    self._index[n][tuple(tokens[i - n : i])] = i
+        self._seen = len(tokens)
+
+
+def make_drafter(config: SpecConfig | None) -> Drafter | None:
+    """The drafter for a request's resolved config (None: no speculation)."""
+    if config is None or not config.enabled:
+        return None
+    return LookupDrafter(config) if config.mode == "lookup" else Drafter(config)
 
 
 def verify(draft: Sequence[int], sample: Callable[[int], int], take: Callable[[int], bool]) -> int:

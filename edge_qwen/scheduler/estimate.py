@@ -161,6 +161,7 @@ class MemoryEstimate:
     device_kv_bytes: int = 0
     device_compute_bytes: int = 0
     adapter_bytes: int = 0  # LoRA adapters loaded next to the weights
+    draft_bytes: int = 0  # the draft model for speculative decoding: its whole estimate
 
     @property
     def total_bytes(self) -> int:
@@ -168,6 +169,7 @@ class MemoryEstimate:
         return (
             self.weights_bytes
             + self.adapter_bytes
+            + self.draft_bytes
             + self.kv_bytes
             + self.compute_resident_bytes
             + self.output_bytes
@@ -356,7 +358,30 @@ def estimate(
         device_kv_bytes=kv_cache_bytes(shape, *kv_args, sorted(offloaded)),
         device_compute_bytes=compute if offloaded else 0,
         adapter_bytes=sum(_adapter_bytes(path) for _name, path in settings.adapters),
+        draft_bytes=_draft_bytes(settings, parallel, cpu_features, gpu),
     )
+
+
+def _draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
+    """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
+    its compute buffer for one step's catch-up), charged with the target: one entry, one budget."""
+    if settings.draft is None:
+        return 0
+    try:
+        stat = os.stat(settings.draft)
+    except OSError:
+        return 0  # loading will name the missing file
+    from ..runtime.loader import draft_settings
+
+    shape = _shape_cached(settings.draft, stat.st_size, stat.st_mtime_ns)
+    return estimate(
+        shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu
+    ).total_bytes
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_cached(path: str, _size: int, _mtime: int) -> ModelShape:
+    return model_shape(read_header(path))
 
 
 def _adapter_bytes(path: str) -> int:

@@ -82,6 +82,7 @@ class FakeDecoder:
     adapters: Any = ()
     drafts: list[list[tuple[int, list[int]]]] = field(default_factory=list)
     model: Model = next_token
+    confidence: Callable[[int], float] = lambda token: 1.0  # a draft model's probability of its token
 
     def history(self, seq_id: int) -> list[int]:
         return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
@@ -115,6 +116,11 @@ class FakeDecoder:
     def sample(self, sampler: Any, row: int) -> int:
         token = self._rows[row]
         return sampler.draw(token) if sampler is not None else token
+
+    def top(self, row: int) -> tuple[int, float]:
+        """As a draft model's decoder: its greedy token at ``row`` and the confidence in it."""
+        token = self._rows[row]
+        return token, self.confidence(token)
 
     def is_eog(self, token: int) -> bool:
         return token == EOG
@@ -188,8 +194,10 @@ class Collector:
 def make_engine(
     *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True,
     n_batch: int = 512, model: Model = next_token, think_close: Sequence[int] = (),
+    draft: Any = None,
 ) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
-    """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`."""
+    """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`;
+    ``draft`` is a draft model (a DraftModel over another FakeDecoder)."""
     decoder = FakeDecoder(n_cells=n_ctx, model=model)
 
     def make(request: Request, n_ctx_seq: int) -> Seq:
@@ -205,7 +213,7 @@ def make_engine(
 
     engine = BatchEngine(
         decoder, make, parallel=parallel, n_ctx=n_ctx, n_batch=n_batch, unified=unified,
-        prefill_chunk=prefill_chunk,
+        prefill_chunk=prefill_chunk, draft=draft,
     )  # fmt: skip
     return engine, decoder
 

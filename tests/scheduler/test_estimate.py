@@ -108,3 +108,18 @@ def test_amx_repack_matches_llama_cpp(real_gguf: Path) -> None:
     reported = reported_buffers(real_gguf, n_ctx=512, extra_buffers=True)
     est = estimate_memory(real_gguf, n_ctx=512, extra_buffers=True)
     assert est.weights_bytes / MiB == pytest.approx(reported["model"], rel=TOLERANCE)
+
+
+def test_a_draft_model_is_charged_with_its_target(real_gguf: Path) -> None:
+    """One entry, one estimate: the draft's weights, its own KV cache for the target's cells (and
+    sequences) and its compute buffer are added to the target's."""
+    from edge_qwen.runtime.loader import draft_settings
+    from edge_qwen.runtime.results import ModelSettings
+
+    settings = ModelSettings(n_ctx=2048, parallel=2, draft=str(real_gguf))
+    alone = estimate_memory(real_gguf, n_ctx=2048, parallel=2)
+    paired = estimate_memory(real_gguf, settings)
+    draft = estimate_memory(real_gguf, draft_settings(settings))
+    assert draft.kv_bytes == alone.kv_bytes  # the same cells in the draft's own cache
+    assert paired.draft_bytes == draft.total_bytes
+    assert paired.total_bytes == alone.total_bytes + draft.total_bytes
