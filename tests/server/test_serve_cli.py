@@ -118,3 +118,16 @@ def test_lora_options_route_base_colon_name(tmp_path: Path) -> None:
         parse_loras(["other:x=/a.gguf"], models)
     with pytest.raises(ConfigError, match="NAME=FILE"):
         parse_loras(["/just/a/file.gguf"], models)
+
+
+def test_draft_options_pair_a_draft_with_its_model(real_gguf: Path, tmp_path: Path) -> None:
+    from edge_qwen.commands.serve import parse_drafts
+
+    one = {"coder": real_gguf}
+    assert parse_drafts([str(real_gguf)], one) == {"coder": str(real_gguf)}
+    two = {"coder": real_gguf, "other": real_gguf}
+    assert parse_drafts([f"other={real_gguf}"], two) == {"other": str(real_gguf)}
+    with pytest.raises(ConfigError, match="MODEL=FILE"):
+        parse_drafts([str(real_gguf)], two)  # which model? say it
+    with pytest.raises(ConfigError, match="neither a .gguf file"):
+        parse_drafts([str(tmp_path / "missing.gguf")], one)
