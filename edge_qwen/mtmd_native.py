@@ -91,6 +91,12 @@ class Chunks(Sequence[Chunk]):
             self._handle = None
             self._items = []
 
+    def __del__(self) -> None:  # a request refused before it ran still frees its chunks
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the library may be gone
+            pass
+
     def __enter__(self) -> Chunks:
         return self
 

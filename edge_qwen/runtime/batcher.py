@@ -39,7 +39,7 @@ from ..errors import ContextOverflowError, GenerationError, ModelClosedError
 from .request import STARTED, AdapterSet, Request
 from .results import GenerationChunk, Timings
 from .sequence import Sequence
-from .slots import Slot, choose_slot, idle_caches_to_drop, used_cells
+from .slots import Slot, choose_slot, idle_caches_to_drop, media_boundary, used_cells
 from .speculative import verify
 
 
@@ -70,6 +70,12 @@ class Decoder(Protocol):
     def last_error(self) -> str: ...
 
 
+class MediaFeeder(Protocol):
+    """Evaluates one image / audio chunk into a sequence at a position (mtmd's helper); 0 on success."""
+
+    def eval_media(self, span: Any, seq_id: int, pos: int) -> int: ...
+
+
 Wanted = tuple[Seq[int], int]  # a sequence's tokens so far, and the most tokens to draft for it
 
 
@@ -90,6 +96,7 @@ class EngineStats:
     preemptions: int = 0
     drafted_tokens: int = 0
     accepted_tokens: int = 0
+    media_chunks: int = 0  # images / audio clips evaluated (a cached one is not counted again)
 
 
 class BatchEngine:
@@ -107,9 +114,11 @@ class BatchEngine:
         prefill_chunk: int = 256,
         name: str = "model",
         draft: DraftSource | None = None,
+        media: MediaFeeder | None = None,
     ) -> None:
         self.decoder = decoder
         self.draft = draft
+        self.media = media
         self._make = make_sequence
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_ctx = n_ctx
@@ -146,6 +155,7 @@ class BatchEngine:
         """Admit, build one batch, decode it, sample every sequence that asked for logits."""
         self._drop_cancelled()
         self._admit()
+        self._feed_media()
         if not self.running:
             return
         speculate = True
@@ -191,14 +201,52 @@ class BatchEngine:
         if speculate:
             room -= self._add_drafts(entries, room)
         budget = min(room, self.prefill_chunk) if n_decode else room
-        for seq_id, _seq, pending in prefilling:
+        for seq_id, seq, pending in prefilling:
             if budget <= 0:
                 break
-            chunk = pending[:budget]
-            budget -= len(chunk)
             pos = len(self.slots[seq_id].tokens)
+            media_at = min((start for start in seq.media if start >= pos), default=None)
+            chunk = pending[: budget if media_at is None else min(budget, media_at - pos)]
+            if not chunk:
+                continue  # an image or audio clip comes next: the next step feeds it
+            budget -= len(chunk)
             entries.append(BatchEntry(seq_id, chunk, pos, len(chunk) == len(pending)))
         return entries
+
+    def _feed_media(self) -> None:
+        """Evaluate the image or audio chunk each prefilling sequence has reached (one per sequence and
+        step, through mtmd, outside the step's batch): its cells join the slot like tokens."""
+        for seq_id, seq in list(self.running.items()):
+            slot = self.slots[seq_id]
+            span = seq.media.get(len(slot.tokens)) if seq.prefilling else None
+            if span is None:
+                continue
+            if self.media is None:
+                self._end(seq_id, GenerationError("this model was loaded without a projector (mmproj)"))
+                continue
+            self.decoder.use_adapters(seq.key)
+            self._last_key = None
+            rc = self.media.eval_media(span, seq_id, len(slot.tokens))
+            if rc == 1 and self._make_room():
+                rc = self.media.eval_media(span, seq_id, len(slot.tokens)) if seq_id in self.running else 0
+            if seq_id not in self.running:
+                continue  # preempted to make room: it waits with its tokens
+            if rc != 0:
+                self.decoder.seq_rm(seq_id, len(slot.tokens))
+                detail = self.decoder.last_error() or "no details"
+                why = f"evaluating the {span.kind} failed (code {rc}; llama.cpp: {detail})"
+                advice = "the request was dropped and the model is still usable; a smaller image may help"
+                self._end(seq_id, GenerationError(f"{why}; {advice}"))
+                continue
+            slot.tokens.extend(seq.tokens[span.start : span.start + span.n_pos])
+            slot.media_cells[span.start] = span.extra_cells
+            slot.last_used = time.monotonic()
+            self.stats.media_chunks += 1
+
+    def _end(self, seq_id: int, exc: BaseException) -> None:
+        seq = self.running.pop(seq_id)
+        self.slots[seq_id].busy = False
+        seq.fail(exc)
 
     def _add_drafts(self, entries: list[BatchEntry], room: int) -> int:
         """Append the drafts of speculating sequences to their entries (within ``room`` batch
@@ -330,7 +378,10 @@ class BatchEngine:
     def _committed_cells(self) -> int:
         """Cells held by idle caches plus every running sequence's whole prompt-so-far (admitted
         prompts count before they are prefilled)."""
-        running = sum(max(0, len(seq.tokens) - self.slots[i].shared) for i, seq in self.running.items())
+        running = sum(
+            max(0, len(seq.tokens) - self.slots[i].shared) + seq.extra_cells
+            for i, seq in self.running.items()
+        )
         return running + used_cells([s for s in self.slots if not s.busy])
 
     def _start(self, request: Request) -> Sequence | None:
@@ -348,10 +399,10 @@ class BatchEngine:
             self._clear(slot)
             self.decoder.seq_cp(donor.seq_id, slot.seq_id, donor_tokens)
             slot.tokens = list(seq.tokens[:donor_tokens])
-            slot.shared = donor_tokens
+            slot.shared = donor_tokens  # copied media cells are shared too: they cost nothing here
             reuse = donor_tokens
         else:
-            self._truncate(slot, reuse)
+            reuse = self._truncate(slot, reuse)
         slot.key = seq.key
         slot.busy = True
         seq.prefilling = True
@@ -360,20 +411,26 @@ class BatchEngine:
 
     # -- KV bookkeeping ----------------------------------------------------------------------------------
 
-    def _truncate(self, slot: Slot, keep: int) -> None:
+    def _truncate(self, slot: Slot, keep: int) -> int:
+        """Keep the slot's first ``keep`` tokens (fewer when that would cut a media span); returns
+        how many it kept."""
+        keep = media_boundary(slot.tokens, keep)
         if keep >= len(slot.tokens):
-            return
+            return len(slot.tokens)
         if not self.decoder.seq_rm(slot.seq_id, keep):
             self.decoder.seq_rm(slot.seq_id, 0)
             keep = 0
         del slot.tokens[keep:]
         slot.shared = min(slot.shared, keep)
+        slot.forget_from(keep)
+        return keep
 
     def _clear(self, slot: Slot) -> None:
         if slot.tokens:
             self.decoder.seq_rm(slot.seq_id, 0)
         slot.tokens = []
         slot.shared = 0
+        slot.media_cells.clear()
 
     def drop_idle_caches(self, adapter: str | None = None) -> None:
         """Forget idle caches (only those computed with ``adapter``, when given)."""

@@ -243,7 +243,9 @@ def _with_content(message: Mapping[str, Any], text: str) -> dict[str, Any]:
     return {**message, "content": text}
 
 
-def split_at_markers(segments: Sequence[tuple[str, bool]], marker: str, n_items: int) -> list[str | int]:
+def split_at_markers(
+    segments: Sequence[tuple[str, bool]], marker: str, n_items: int
+) -> list[tuple[str, bool] | int]:
     """A rendered prompt's segments split at the markers: ``(text, parse_special)`` pieces as they
     are, and the item index where each marker was, so text keeps its control-token protection.
 
@@ -441,3 +443,13 @@ def _audio_item(pcm: np.ndarray, rate: int, n_bytes: int, limits: MediaLimits) -
         )
     pcm = _frozen(np.asarray(pcm, dtype=np.float32).copy())
     return MediaItem("audio", pcm, _digest("audio", pcm, rate), n_bytes, rate)
+
+
+def has_media(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether any message carries an image or audio part."""
+    return any(
+        not isinstance(part, TextPart)
+        for message in messages
+        if not isinstance(message.get("content"), str | None)
+        for part in parse_content(message.get("content"))
+    )

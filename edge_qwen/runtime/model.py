@@ -27,6 +27,8 @@ from .draft import DraftModel
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_draft, load_native
 from .lora import AdapterSlots, adapter_set
+from .media import LOCAL_POLICY, MediaPolicy, has_media
+from .multimodal import MediaSupport, tokenize_with_media
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings, settings_from
@@ -53,7 +55,13 @@ class Model(Vocabulary):
     """
 
     def __init__(
-        self, path: Path, settings: ModelSettings, model: Any, ctx: Any, draft: tuple[Any, Any] | None = None
+        self,
+        path: Path,
+        settings: ModelSettings,
+        model: Any,
+        ctx: Any,
+        draft: tuple[Any, Any] | None = None,
+        media: MediaSupport | None = None,
     ) -> None:
         self.path = path
         self.settings = settings
@@ -81,6 +89,7 @@ class Model(Vocabulary):
             self._draft_decoder = NativeDecoder(dctx, L.llama_model_get_vocab(dmodel), n_batch, governor)
             drafter = DraftModel(self._draft_decoder, parallel=self.parallel, n_batch=n_batch,
                                  n_vocab=int(L.llama_vocab_n_tokens(self._vocab)))  # fmt: skip
+        self._media = media
         self._engine = BatchEngine(
             self._decoder,
             self._make_sequence,
@@ -91,6 +100,7 @@ class Model(Vocabulary):
             prefill_chunk=settings.prefill_chunk,
             name=path.name,
             draft=drafter,
+            media=self._media,
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()
@@ -115,15 +125,20 @@ class Model(Vocabulary):
         spec_config(config.speculative)  # an unknown default mode fails before anything is loaded
         path = Path(path)
         model, ctx = load_native(path, config)
-        draft = None
+        draft = media = None
         try:
             if config.draft is not None:
                 draft = load_draft(Path(config.draft), config, model)
+            if config.mmproj is not None:
+                media = _media_support(config, model, ctx, int(L.llama_n_batch(ctx)))
         except BaseException:
+            if draft is not None:
+                L.llama_free(draft[1])
+                L.llama_model_free(draft[0])
             L.llama_free(ctx)
             L.llama_model_free(model)
             raise
-        return cls(path, config, model, ctx, draft)
+        return cls(path, config, model, ctx, draft, media)
 
     def close(self, *, wait: bool = True, on_freed: Callable[[], None] | None = None) -> None:
         """Queued requests fail with ModelClosedError, running ones end "cancelled", then llama.cpp's
@@ -146,6 +161,8 @@ class Model(Vocabulary):
             self._engine.close()
             self._compute.unregister(self._engine)
             self._decoder.free()
+            if self._media is not None:
+                self._media.close()  # before the model it projects into
             L.llama_free(self._ctx)
             if self._draft_native is not None and self._draft_decoder is not None:
                 self._draft_decoder.free()
@@ -228,7 +245,12 @@ class Model(Vocabulary):
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
         speculative = self._speculative(sampling.pop("speculative", None))
+        policy = sampling.pop("media_policy", LOCAL_POLICY)
         msgs = [dict(m) for m in messages]
+        if self._media is not None and has_media(msgs):
+            return self._media_request(msgs, sampling, policy, enable_thinking=enable_thinking,
+                                       thinking_budget=thinking_budget, tools=tools, adapters=chosen,
+                                       speculative=speculative)  # fmt: skip
         while True:
             rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
             tokens = self.prompt_tokens(rendered)
@@ -246,6 +268,42 @@ class Model(Vocabulary):
             adapters=chosen,
             speculative=speculative,
         )
+
+    def _media_request(
+        self, msgs: list[dict[str, Any]], sampling: dict[str, Any], policy: MediaPolicy, *,
+        enable_thinking: bool | None, thinking_budget: int | None, tools: Sequence[Mapping[str, Any]] | None,
+        adapters: AdapterSet, speculative: SpecConfig | None,
+    ) -> RequestSpec:  # fmt: skip
+        """A chat with images or audio: media loaded under ``policy``, the template rendered with one
+        marker per item, and each marker replaced by mtmd's chunks (:mod:`.multimodal`)."""
+        assert self._media is not None
+        extracted = self._media.extract(msgs, policy)
+        rendered = self.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
+        prompt = tokenize_with_media(
+            self._media.mtmd, rendered.segments, extracted.items,
+            lambda text, special: self.tokenize(text, parse_special=special),
+        )  # fmt: skip
+        if len(prompt.tokens) + prompt.extra_cells >= self.n_ctx_seq:
+            for owner in prompt.owners:
+                owner.close()
+            raise ContextOverflowError(len(prompt.tokens) + prompt.extra_cells, self.n_ctx_seq)
+        if thinking_budget is not None and thinking_budget < 0:
+            raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
+        return RequestSpec(
+            tuple(prompt.tokens),
+            self._params(enable_thinking=enable_thinking, sampling=sampling),
+            thinking_open=rendered.thinking_open,
+            thinking_budget=thinking_budget,
+            adapters=adapters,
+            speculative=speculative,
+            media=prompt.spans,
+            media_owners=prompt.owners,
+        )
+
+    @property
+    def mmproj(self) -> str | None:
+        """The projector loaded for images / audio (``mmproj=``), or None for a text-only model."""
+        return self._media.path if self._media is not None else None
 
     @property
     def has_draft(self) -> bool:
@@ -404,6 +462,14 @@ class Model(Vocabulary):
     def reset(self) -> None:
         """Empty the KV cache (after the requests already queued); the next prompt is prefilled whole."""
         drain(self._stream(RequestSpec((), self._params(enable_thinking=None, sampling={}))))
+
+
+def _media_support(settings: ModelSettings, model: Any, ctx: Any, n_batch: int) -> MediaSupport:
+    assert settings.mmproj is not None
+    return MediaSupport(
+        settings.mmproj, model, ctx, n_batch=n_batch, threads=int(L.llama_n_threads(ctx)),
+        use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
+    )  # fmt: skip
 
 
 def _drop_oldest_turn(messages: list[dict[str, Any]]) -> bool:

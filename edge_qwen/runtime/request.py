@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .presets import SamplingParams
 from .speculative import SpecConfig
@@ -33,6 +34,8 @@ class RequestSpec:
     thinking_budget: int | None = None
     adapters: AdapterSet = ()
     speculative: SpecConfig | None = None  # None or mode "off": no speculative decoding
+    media: tuple[Any, ...] = ()  # MediaSpans (runtime.multimodal) standing in ``tokens`` as placeholders
+    media_owners: tuple[Any, ...] = ()  # what keeps the spans' mtmd chunks alive (closed at the end)
 
 
 class Request:

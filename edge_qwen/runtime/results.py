@@ -39,6 +39,9 @@ class ModelSettings:
     decoding (loaded with the same context size and sequence count, on the same compute thread).
     ``speculative`` is the mode a request gets when it does not choose: ``"lookup"``, ``"draft"``,
     ``"off"``, or None (``"draft"`` when a draft model is loaded, otherwise off).
+
+    ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
+    beside the language model): chat messages may then carry images and audio clips.
     """
 
     n_ctx: int = 4096
@@ -60,6 +63,7 @@ class ModelSettings:
     adapters: tuple[tuple[str, str], ...] = ()
     draft: str | None = None
     speculative: str | None = None
+    mmproj: str | None = None
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
@@ -69,8 +73,9 @@ def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
 
     given = dict(settings)
     given["adapters"] = adapter_files(given.get("adapters"))
-    if given.get("draft") is not None:
-        given["draft"] = os.fspath(given["draft"])
+    for name in ("draft", "mmproj"):
+        if given.get(name) is not None:
+            given[name] = os.fspath(given[name])
     try:
         return ModelSettings(**given)
     except TypeError as exc:

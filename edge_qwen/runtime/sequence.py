@@ -37,7 +37,9 @@ class Sequence:
         spec = request.spec
         self.key = spec.adapters
         self.tokens: list[int] = list(spec.tokens)
-        self.n_prompt = len(spec.tokens)
+        self.media = {span.start: span for span in spec.media}  # token index -> MediaSpan
+        self.extra_cells = sum(span.extra_cells for span in spec.media)  # media cells beyond positions
+        self.n_prompt = len(spec.tokens) + self.extra_cells  # media count as the KV cells they fill
         self.sampler = sampler
         self._free_sampler = free_sampler
         self.text = TextPipeline(piece, spec.params.stop or (), spec.thinking_open)
@@ -63,7 +65,7 @@ class Sequence:
         if not self.t_start:
             self.t_start = now
             self.queue_ms = (now - self.request.submitted) * 1e3
-            self.cached = cached
+            self.cached = cached + sum(s.extra_cells for s in self.media.values() if s.start < cached)
         self.admitted_at = now
 
     @property
@@ -99,7 +101,7 @@ class Sequence:
             if self._n_reasoning >= self._budget and self.n_out < self.max_tokens:
                 feed += self._inject(self._think_close)
                 self._budget = None
-        if self.n_out >= self.max_tokens or len(self.tokens) + len(feed) > self.n_ctx_seq:
+        if self.n_out >= self.max_tokens or len(self.tokens) + self.extra_cells + len(feed) > self.n_ctx_seq:
             self.finish = "length"
             return
         self.tokens += feed
@@ -153,6 +155,8 @@ class Sequence:
         if self.sampler is not None:
             self._free_sampler(self.sampler)
             self.sampler = None
+        for owner in self.request.spec.media_owners:
+            owner.close()
 
     def _timings(self, usage: Usage) -> Timings:
         drafter = self.drafter

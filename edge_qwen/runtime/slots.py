@@ -29,10 +29,25 @@ class Slot:
     busy: bool = False
     last_used: float = 0.0
     key: AdapterSet = ()  # the LoRA adapter set its K/V were computed under (() = the base model)
+    media_cells: dict[int, int] = field(default_factory=dict)  # media span start -> cells past its positions
 
     @property
     def own_cells(self) -> int:
-        return max(0, len(self.tokens) - self.shared)
+        return max(0, len(self.tokens) - self.shared) + sum(self.media_cells.values())
+
+    def forget_from(self, keep: int) -> None:
+        """Drop the bookkeeping of media spans at or after token ``keep``."""
+        for start in [s for s in self.media_cells if s >= keep]:
+            del self.media_cells[start]
+
+
+def media_boundary(tokens: Sequence[int], keep: int) -> int:
+    """``keep`` moved back to the start of the media span it falls inside (unchanged elsewhere).
+    A media span is a run of one negative placeholder id (:mod:`~edge_qwen.runtime.multimodal`);
+    all of an image's cells carry its first position, so a cache is never cut inside one."""
+    while 0 < keep < len(tokens) and tokens[keep] < 0 and tokens[keep - 1] == tokens[keep]:
+        keep -= 1
+    return keep
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -76,7 +91,7 @@ def choose_slot(
     limit = len(prompt) - 1
 
     def cached(s: Slot) -> int:
-        return min(common_prefix(s.tokens, prompt), limit) if s.key == key else 0
+        return media_boundary(prompt, min(common_prefix(s.tokens, prompt), limit)) if s.key == key else 0
 
     def score(s: Slot) -> tuple[int, int, float]:
         return (cached(s), -len(s.tokens), -s.last_used)
