@@ -140,6 +140,7 @@ class Mtmd:
         threads: int | None = None,
         use_gpu: bool = False,
         warmup: bool = False,
+        flash_attn: bool | None = False,
     ) -> None:
         _route_logs()
         params = M.mtmd_context_params_default()
@@ -147,7 +148,11 @@ class Mtmd:
         params.print_timings = False
         params.n_threads = threads or _llama.physical_cores()
         params.warmup = warmup
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        params.flash_attn_type = {
+            None: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+            True: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            False: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        }[flash_attn]
         self._n_embd = int(llama_cpp.llama_model_n_embd_inp(model))  # what the projector must output
         with _llama.capture_log() as log:
             self._ctx = M.mtmd_init_from_file(os.fsencode(Path(mmproj)), model, params)

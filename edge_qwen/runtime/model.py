@@ -469,6 +469,7 @@ def _media_support(settings: ModelSettings, model: Any, ctx: Any, n_batch: int) 
     return MediaSupport(
         settings.mmproj, model, ctx, n_batch=n_batch, threads=int(L.llama_n_threads(ctx)),
         use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
+        flash_attn=settings.flash_attn,  # auto: the encoder's attention scores never materialise
     )  # fmt: skip
 
 

@@ -108,9 +108,10 @@ class MediaSupport:
     sequence (compute thread, :class:`~edge_qwen.runtime.batcher.MediaFeeder`)."""
 
     def __init__(
-        self, mmproj: str, model: Any, ctx: Any, *, n_batch: int, threads: int, use_gpu: bool
-    ) -> None:
-        self.mtmd = Mtmd(mmproj, model, threads=threads, use_gpu=use_gpu)
+        self, mmproj: str, model: Any, ctx: Any, *, n_batch: int, threads: int, use_gpu: bool,
+        flash_attn: bool | None = None,
+    ) -> None:  # fmt: skip
+        self.mtmd = Mtmd(mmproj, model, threads=threads, use_gpu=use_gpu, flash_attn=flash_attn)
         self._ctx = ctx
         self._n_batch = n_batch
         self.path = mmproj

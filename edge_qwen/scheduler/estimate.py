@@ -25,7 +25,6 @@ process RSS; see benchmarks/bench_memory.py for the table.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import gguf
 
 from ..gguf_header import GGUFHeader, TensorInfo, read_header
 from ..runtime.results import ModelSettings
+from .companions import adapter_file_bytes, draft_bytes, media_bytes
 
 K = gguf.Keys
 Q = gguf.GGMLQuantizationType
@@ -162,6 +162,7 @@ class MemoryEstimate:
     device_compute_bytes: int = 0
     adapter_bytes: int = 0  # LoRA adapters loaded next to the weights
     draft_bytes: int = 0  # the draft model for speculative decoding: its whole estimate
+    media_bytes: int = 0  # the projector (mmproj): weights, encoder compute buffer, embeddings
 
     @property
     def total_bytes(self) -> int:
@@ -170,6 +171,7 @@ class MemoryEstimate:
             self.weights_bytes
             + self.adapter_bytes
             + self.draft_bytes
+            + self.media_bytes
             + self.kv_bytes
             + self.compute_resident_bytes
             + self.output_bytes
@@ -357,47 +359,10 @@ def estimate(
         device_weights_bytes=device_w,
         device_kv_bytes=kv_cache_bytes(shape, *kv_args, sorted(offloaded)),
         device_compute_bytes=compute if offloaded else 0,
-        adapter_bytes=sum(_adapter_bytes(path) for _name, path in settings.adapters),
-        draft_bytes=_draft_bytes(settings, parallel, cpu_features, gpu),
+        adapter_bytes=sum(adapter_file_bytes(path) for _name, path in settings.adapters),
+        draft_bytes=draft_bytes(settings, parallel, cpu_features, gpu),
+        media_bytes=media_bytes(settings),
     )
-
-
-def _draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
-    """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
-    its compute buffer for one step's catch-up), charged with the target: one entry, one budget."""
-    if settings.draft is None:
-        return 0
-    try:
-        stat = os.stat(settings.draft)
-    except OSError:
-        return 0  # loading will name the missing file
-    from ..runtime.loader import draft_settings
-
-    shape = _shape_cached(settings.draft, stat.st_size, stat.st_mtime_ns)
-    return estimate(
-        shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu
-    ).total_bytes
-
-
-@functools.lru_cache(maxsize=16)
-def _shape_cached(path: str, _size: int, _mtime: int) -> ModelShape:
-    return model_shape(read_header(path))
-
-
-def _adapter_bytes(path: str) -> int:
-    """Tensor bytes of a LoRA adapter file, read once per file version (estimates run in loops)."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return 0  # loading will name the missing file
-    return _adapter_bytes_cached(path, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _adapter_bytes_cached(path: str, _size: int, _mtime: int) -> int:
-    from ..adapters import adapter_bytes
-
-    return adapter_bytes(path)
 
 
 def estimate_memory(

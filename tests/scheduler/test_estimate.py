@@ -123,3 +123,27 @@ def test_a_draft_model_is_charged_with_its_target(real_gguf: Path) -> None:
     assert draft.kv_bytes == alone.kv_bytes  # the same cells in the draft's own cache
     assert paired.draft_bytes == draft.total_bytes
     assert paired.total_bytes == alone.total_bytes + draft.total_bytes
+
+
+def test_a_projector_is_charged_with_its_language_model(tmp_path: Path, qwen3_tokenizer_dir: Path) -> None:
+    """mmproj weights plus the encoder's compute buffer for the largest image (with flash attention
+    unless the model turns it off); the image's cells are part of n_ctx already."""
+    import sys
+
+    from edge_qwen.convert import convert
+    from edge_qwen.runtime.results import ModelSettings
+    from edge_qwen.scheduler.estimate_media import mmproj_memory
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from make_tiny_multimodal import make_multimodal_checkpoint
+
+    ck = make_multimodal_checkpoint(
+        tmp_path / "ck", arch="qwen2vl", dtype="f32", tokenizer_dir=qwen3_tokenizer_dir
+    )
+    pair = convert(ck, tmp_path / "out", outtype="f16", evaluate=False, quiet=True).as_dict()
+    text, mmproj = Path(pair["gguf"]), pair["mmproj"]["path"]
+    for flash in (None, False):
+        alone = estimate_memory(text, ModelSettings(n_ctx=1024, flash_attn=flash))
+        paired = estimate_memory(text, ModelSettings(n_ctx=1024, mmproj=mmproj, flash_attn=flash))
+        assert paired.media_bytes == mmproj_memory(mmproj, flash_attn=flash is not False).total_bytes
+        assert paired.total_bytes == alone.total_bytes + paired.media_bytes

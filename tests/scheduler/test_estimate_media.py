@@ -49,8 +49,8 @@ def pairs(
     return out
 
 
-def clip_log(text_gguf: Path, mmproj: Path) -> dict[str, float]:
-    """MiB clip reports for its weights and its warmup compute buffer (CPU, no flash attention)."""
+def clip_log(text_gguf: Path, mmproj: Path, *, flash_attn: bool = False) -> dict[str, float]:
+    """MiB clip reports for its weights and its warmup compute buffer (CPU)."""
     _llama.init_backend()
     model = llama_cpp.llama_model_load_from_file(
         str(text_gguf).encode(), llama_cpp.llama_model_default_params()
@@ -58,7 +58,7 @@ def clip_log(text_gguf: Path, mmproj: Path) -> dict[str, float]:
     lines: list[str] = []
     try:
         with _llama.capture_log(lambda _level, line: lines.append(line)):
-            Mtmd(mmproj, model, threads=2, warmup=True).close()
+            Mtmd(mmproj, model, threads=2, warmup=True, flash_attn=flash_attn).close()
     finally:
         llama_cpp.llama_model_free(model)
     text = "".join(lines)
@@ -81,6 +81,12 @@ def test_vision_estimate_matches_clips_allocation(pairs: dict[str, tuple[Path, .
     # the largest image: 4096 tokens = 16384 patches, so the 4 heads' scores alone are 4 GiB
     assert estimate.compute_bytes > 4 * 16384**2 * 4
     assert estimate.embd_bytes == 4096 * 64 * 4  # the tiny language model's hidden size is 64
+    # with flash attention (what the runtime uses unless flash_attn=False) the scores never exist
+    flash = clip_log(text_gguf, mmproj, flash_attn=True)["compute"]
+    assert vision_compute_bytes(header, WARMUP_IMAGE_TOKENS, flash_attn=True) / MIB == pytest.approx(
+        flash, rel=0.1
+    )
+    assert mmproj_memory(mmproj, flash_attn=True).compute_bytes < estimate.compute_bytes / 50
     small = mmproj_memory(mmproj, max_image_tokens=256)
     assert small.max_media_tokens == 256 and small.compute_bytes < estimate.compute_bytes / 100
 

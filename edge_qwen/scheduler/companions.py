@@ -1,0 +1,77 @@
+"""What a model loads beside its own weights, priced for its memory estimate: LoRA adapter files,
+a draft model for speculative decoding, and a vision/audio projector (mmproj). Each is read from
+its file's header once per file version (estimates run in loops) and charged with the model: one
+entry, one budget.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import TYPE_CHECKING
+
+from ..gguf_header import read_header
+from ..runtime.results import ModelSettings
+
+if TYPE_CHECKING:
+    from .estimate import ModelShape
+
+
+def adapter_file_bytes(path: str) -> int:
+    """Tensor bytes of a LoRA adapter file, read once per file version (estimates run in loops)."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return 0  # loading will name the missing file
+    return _adapter_bytes_cached(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _adapter_bytes_cached(path: str, _size: int, _mtime: int) -> int:
+    from ..adapters import adapter_bytes
+
+    return adapter_bytes(path)
+
+
+def draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
+    """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
+    its compute buffer for one step's catch-up), charged with the target: one entry, one budget."""
+    if settings.draft is None:
+        return 0
+    try:
+        stat = os.stat(settings.draft)
+    except OSError:
+        return 0  # loading will name the missing file
+    from ..runtime.loader import draft_settings
+    from .estimate import estimate
+
+    shape = _shape_cached(settings.draft, stat.st_size, stat.st_mtime_ns)
+    return estimate(
+        shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu
+    ).total_bytes
+
+
+@functools.lru_cache(maxsize=16)
+def _shape_cached(path: str, _size: int, _mtime: int) -> ModelShape:
+    from .estimate import model_shape
+
+    return model_shape(read_header(path))
+
+
+def media_bytes(settings: ModelSettings) -> int:
+    """The projector's memory for its largest image or clip (:mod:`.estimate_media`); image and
+    audio tokens fill the text model's ``n_ctx`` cells, already counted in ``kv_bytes``."""
+    if settings.mmproj is None:
+        return 0
+    try:
+        stat = os.stat(settings.mmproj)
+    except OSError:
+        return 0  # loading will name the missing file
+    return _media_cached(settings.mmproj, stat.st_size, stat.st_mtime_ns, settings.flash_attn is not False)
+
+
+@functools.lru_cache(maxsize=16)
+def _media_cached(path: str, _size: int, _mtime: int, flash_attn: bool) -> int:
+    from .estimate_media import mmproj_memory
+
+    return mmproj_memory(path, flash_attn=flash_attn).total_bytes
