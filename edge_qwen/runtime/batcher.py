@@ -30,76 +30,28 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from collections.abc import Sequence as Seq
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from ..errors import ContextOverflowError, GenerationError, ModelClosedError
-from .request import STARTED, AdapterSet, Request
-from .results import GenerationChunk, Timings
+from ..errors import GenerationError, ModelClosedError
+from .admission import Admission
+from .batch_types import (
+    BatchEntry,
+    Decoder,
+    DraftSource,
+    EngineStats,
+    MediaFeeder,
+    SequenceFactory,
+    Wanted,
+)
+from .request import AdapterSet, Request
 from .sequence import Sequence
-from .slots import Slot, choose_slot, idle_caches_to_drop, media_boundary, used_cells
+from .slots import Slot, media_boundary
 from .speculative import verify
 
-
-@dataclass
-class BatchEntry:
-    """Consecutive tokens of one sequence in a batch. With ``logits``, the decoder fills ``rows``
-    with the batch indices of the logits at the last ``len(draft) + 1`` positions (``row`` is the
-    last one); ``draft`` are the trailing tokens that are only speculated."""
-
-    seq_id: int
-    tokens: Seq[int]
-    pos: int
-    logits: bool
-    row: int = -1
-    draft: Seq[int] = ()
-    rows: list[int] = field(default_factory=list)
+__all__ = ["BatchEngine", "BatchEntry", "Decoder", "DraftSource", "EngineStats", "MediaFeeder", "Wanted"]
 
 
-class Decoder(Protocol):
-    """What the step loop needs from a llama.cpp context (see :mod:`edge_qwen.runtime.decoder`)."""
-
-    def decode(self, entries: Seq[BatchEntry]) -> int: ...
-    def sample(self, sampler: Any, row: int) -> int: ...
-    def is_eog(self, token: int) -> bool: ...
-    def seq_rm(self, seq_id: int, p0: int) -> bool: ...
-    def seq_cp(self, src: int, dst: int, n_tokens: int) -> None: ...
-    def use_adapters(self, key: AdapterSet) -> None: ...
-    def last_error(self) -> str: ...
-
-
-class MediaFeeder(Protocol):
-    """Evaluates one image / audio chunk into a sequence at a position (mtmd's helper); 0 on success."""
-
-    def eval_media(self, span: Any, seq_id: int, pos: int) -> int: ...
-
-
-Wanted = tuple[Seq[int], int]  # a sequence's tokens so far, and the most tokens to draft for it
-
-
-class DraftSource(Protocol):
-    """A draft model (:class:`~edge_qwen.runtime.draft.DraftModel`): drafts for several sequences."""
-
-    def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]: ...
-    def forget(self) -> None: ...
-
-
-SequenceFactory = Callable[[Request, int], Sequence]
-
-
-@dataclass
-class EngineStats:
-    steps: int = 0
-    decoded_tokens: int = 0
-    preemptions: int = 0
-    drafted_tokens: int = 0
-    accepted_tokens: int = 0
-    media_chunks: int = 0  # images / audio clips evaluated (a cached one is not counted again)
-
-
-class BatchEngine:
+class BatchEngine(Admission):
     """The slots, the queue and the step loop of one context."""
 
     def __init__(
@@ -323,91 +275,6 @@ class BatchEngine:
             self._truncate(slot, len(slot.tokens) - rejected)
             if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
                 seq.prefilling = True
-
-    # -- admission ------------------------------------------------------------------------------------
-
-    def _admit(self) -> None:
-        while self.waiting:
-            item = self.waiting[0]
-            if isinstance(item, Request) and self._settle_without_slot(item):
-                self.waiting.popleft()
-                continue
-            key = item.key if isinstance(item, Sequence) else item.spec.adapters
-            placement = choose_slot(self.slots, item.tokens, allow_copy=self.unified, key=key)
-            if placement is None:
-                return
-            slot = placement.slot
-            if self.unified and not self._room_for(item.tokens, placement.cached, slot):
-                return
-            self.waiting.popleft()
-            seq = item if isinstance(item, Sequence) else self._start(item)
-            if seq is None:
-                continue
-            self._place(seq, slot, placement.reuse, placement.donor, placement.donor_tokens)
-
-    def _settle_without_slot(self, request: Request) -> bool:
-        """Requests that need no slot: expired, cancelled while queued, cache resets, too long."""
-        if request.expired:
-            return True
-        if request.cancelled.is_set() or not request.tokens or len(request.tokens) >= self.n_ctx_seq:
-            if not request.claim():
-                return True
-            queue_ms = (time.perf_counter() - request.submitted) * 1e3
-            if request.cancelled.is_set():
-                timings = Timings(queue_ms=queue_ms)
-                request.sink(GenerationChunk("", finish_reason="cancelled", timings=timings))
-            elif not request.tokens:
-                self.drop_idle_caches()
-                request.sink(GenerationChunk("", finish_reason="stop", timings=Timings(queue_ms=queue_ms)))
-            else:
-                request.sink(ContextOverflowError(len(request.tokens), self.n_ctx_seq))
-            return True
-        return False
-
-    def _room_for(self, tokens: Seq[int], cached: int, slot: Slot) -> bool:
-        """Make (by dropping idle caches) or find room for the prompt's new cells plus one."""
-        freed_by_truncation = max(0, slot.own_cells - max(0, cached - slot.shared))
-        free = self.n_ctx - self._committed_cells() + freed_by_truncation
-        drop = idle_caches_to_drop(self.slots, slot, len(tokens) - cached + 1, free)
-        if drop is None:
-            return False
-        for other in drop:
-            self._clear(other)
-        return True
-
-    def _committed_cells(self) -> int:
-        """Cells held by idle caches plus every running sequence's whole prompt-so-far (admitted
-        prompts count before they are prefilled)."""
-        running = sum(
-            max(0, len(seq.tokens) - self.slots[i].shared) + seq.extra_cells
-            for i, seq in self.running.items()
-        )
-        return running + used_cells([s for s in self.slots if not s.busy])
-
-    def _start(self, request: Request) -> Sequence | None:
-        if not request.claim():
-            return None
-        request.sink(STARTED)
-        try:
-            return self._make(request, self.n_ctx_seq)
-        except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: the caller's error
-            request.sink(exc)
-            return None
-
-    def _place(self, seq: Sequence, slot: Slot, reuse: int, donor: Slot | None, donor_tokens: int) -> None:
-        if donor is not None:
-            self._clear(slot)
-            self.decoder.seq_cp(donor.seq_id, slot.seq_id, donor_tokens)
-            slot.tokens = list(seq.tokens[:donor_tokens])
-            slot.shared = donor_tokens  # copied media cells are shared too: they cost nothing here
-            reuse = donor_tokens
-        else:
-            reuse = self._truncate(slot, reuse)
-        slot.key = seq.key
-        slot.busy = True
-        seq.prefilling = True
-        seq.start(reuse)
-        self.running[slot.seq_id] = seq
 
     # -- KV bookkeeping ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as L
 
-from ..errors import ConfigError, ContextOverflowError, ModelClosedError
+from ..errors import ModelClosedError
 from . import _native
 from .batcher import BatchEngine
 from .compute import ComputeThread
@@ -26,25 +26,23 @@ from .decoder import NativeDecoder
 from .draft import DraftModel
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_draft, load_native
-from .lora import AdapterSlots, adapter_set
-from .media import LOCAL_POLICY, MediaPolicy, has_media
-from .multimodal import MediaSupport, tokenize_with_media
-from .presets import SamplingParams, preset_for, resolve
-from .request import AdapterSet, Request, RequestSpec, Sink
+from .lora import AdapterSlots
+from .multimodal import MediaSupport
+from .prompting import RequestBuilder
+from .request import Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings, settings_from
-from .sampling import build_sampler, grammar_text
+from .sampling import build_sampler
 from .sequence import Sequence as Sequence_
-from .speculative import DRAFT, SpecConfig, spec_config
+from .speculative import spec_config
 from .thinking import THINK_CLOSE
 from .threads import ThreadGovernor
-from .vocab import Vocabulary
 
 Message = Mapping[str, Any]
 
 __all__ = ["AsyncGenerationStream", "GenerationStream", "Model"]
 
 
-class Model(Vocabulary):
+class Model(RequestBuilder):
     """A loaded GGUF with its own llama.cpp context. Use ``Model.load(path)``.
 
     All requests — sync, async, streamed, batched — are queued FIFO and admitted into the
@@ -216,127 +214,6 @@ class Model(Vocabulary):
             f"parallel={self.parallel})"
         )
 
-    # -- request preparation (caller thread) ---------------------------------------------------------
-
-    def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
-        sampling = dict(sampling)
-        chosen = self._adapter_set(sampling)
-        speculative = self._speculative(sampling.pop("speculative", None))
-        if isinstance(prompt, str):
-            tokens = self.tokenize(prompt, add_special=True, parse_special=False)
-        else:
-            tokens = [int(t) for t in prompt]
-        if not tokens:
-            raise ConfigError("the prompt is empty; pass some text or token ids")
-        self._check_fits(tokens)
-        params = self._params(enable_thinking=None, sampling=sampling)
-        return RequestSpec(tuple(tokens), params, adapters=chosen, speculative=speculative)
-
-    def _chat_request(
-        self,
-        messages: Sequence[Message],
-        sampling: dict[str, Any],
-        *,
-        enable_thinking: bool | None,
-        thinking_budget: int | None,
-        tools: Sequence[Mapping[str, Any]] | None,
-        truncate: bool,
-    ) -> RequestSpec:
-        sampling = dict(sampling)
-        chosen = self._adapter_set(sampling)
-        speculative = self._speculative(sampling.pop("speculative", None))
-        policy = sampling.pop("media_policy", LOCAL_POLICY)
-        msgs = [dict(m) for m in messages]
-        if self._media is not None and has_media(msgs):
-            return self._media_request(msgs, sampling, policy, enable_thinking=enable_thinking,
-                                       thinking_budget=thinking_budget, tools=tools, adapters=chosen,
-                                       speculative=speculative)  # fmt: skip
-        while True:
-            rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
-            tokens = self.prompt_tokens(rendered)
-            if len(tokens) < self.n_ctx_seq:
-                break
-            if not truncate or not _drop_oldest_turn(msgs):
-                raise ContextOverflowError(len(tokens), self.n_ctx_seq)
-        if thinking_budget is not None and thinking_budget < 0:
-            raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
-        return RequestSpec(
-            tuple(tokens),
-            self._params(enable_thinking=enable_thinking, sampling=sampling),
-            thinking_open=rendered.thinking_open,
-            thinking_budget=thinking_budget,
-            adapters=chosen,
-            speculative=speculative,
-        )
-
-    def _media_request(
-        self, msgs: list[dict[str, Any]], sampling: dict[str, Any], policy: MediaPolicy, *,
-        enable_thinking: bool | None, thinking_budget: int | None, tools: Sequence[Mapping[str, Any]] | None,
-        adapters: AdapterSet, speculative: SpecConfig | None,
-    ) -> RequestSpec:  # fmt: skip
-        """A chat with images or audio: media loaded under ``policy``, the template rendered with one
-        marker per item, and each marker replaced by mtmd's chunks (:mod:`.multimodal`)."""
-        assert self._media is not None
-        extracted = self._media.extract(msgs, policy)
-        rendered = self.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
-        prompt = tokenize_with_media(
-            self._media.mtmd, rendered.segments, extracted.items,
-            lambda text, special: self.tokenize(text, parse_special=special),
-        )  # fmt: skip
-        if len(prompt.tokens) + prompt.extra_cells >= self.n_ctx_seq:
-            for owner in prompt.owners:
-                owner.close()
-            raise ContextOverflowError(len(prompt.tokens) + prompt.extra_cells, self.n_ctx_seq)
-        if thinking_budget is not None and thinking_budget < 0:
-            raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
-        return RequestSpec(
-            tuple(prompt.tokens),
-            self._params(enable_thinking=enable_thinking, sampling=sampling),
-            thinking_open=rendered.thinking_open,
-            thinking_budget=thinking_budget,
-            adapters=adapters,
-            speculative=speculative,
-            media=prompt.spans,
-            media_owners=prompt.owners,
-        )
-
-    @property
-    def mmproj(self) -> str | None:
-        """The projector loaded for images / audio (``mmproj=``), or None for a text-only model."""
-        return self._media.path if self._media is not None else None
-
-    @property
-    def has_draft(self) -> bool:
-        """Whether a draft model was loaded (``draft=``) for speculative decoding."""
-        return self._draft_native is not None
-
-    def _speculative(self, value: Any) -> SpecConfig | None:
-        """A request's speculation: its own choice, else the model's default (``speculative=`` at
-        load), else the draft model when one is loaded."""
-        config = spec_config(value if value is not None else self.settings.speculative)
-        if config is None and self.has_draft:
-            config = DRAFT
-        if config is not None and config.mode == "draft" and not self.has_draft:
-            raise ConfigError(
-                "speculative mode 'draft' needs a draft model: load this one with "
-                "Model.load(path, draft='smaller.gguf') (edge-qwen run/serve --draft FILE), or use 'lookup'"
-            )
-        return config
-
-    def _adapter_set(self, sampling: dict[str, Any]) -> AdapterSet:
-        """Take ``adapter=`` / ``adapters=`` out of a request's keywords: its LoRA set."""
-        return adapter_set(sampling.pop("adapter", None), sampling.pop("adapters", None), self._lora.names)
-
-    def _params(self, *, enable_thinking: bool | None, sampling: dict[str, Any]) -> SamplingParams:
-        preset = preset_for(self.architecture, enable_thinking is not False)
-        params = resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
-        grammar_text(params)  # a schema or grammar llama.cpp cannot take fails here, before queueing
-        return params
-
-    def _check_fits(self, tokens: Sequence[int]) -> None:
-        if len(tokens) >= self.n_ctx_seq:
-            raise ContextOverflowError(len(tokens), self.n_ctx_seq)
-
     def _check_open(self) -> None:
         if self._closed:
             raise ModelClosedError(f"{self.path.name} was closed; load it again with Model.load(path)")
@@ -471,15 +348,3 @@ def _media_support(settings: ModelSettings, model: Any, ctx: Any, n_batch: int) 
         use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
         flash_attn=settings.flash_attn,  # auto: the encoder's attention scores never materialise
     )  # fmt: skip
-
-
-def _drop_oldest_turn(messages: list[dict[str, Any]]) -> bool:
-    """Remove the oldest non-system turn (a user message and the replies up to the next user message)."""
-    first = next((i for i, m in enumerate(messages) if m.get("role") != "system"), None)
-    if first is None:
-        return False
-    nxt = next((i for i in range(first + 1, len(messages)) if messages[i].get("role") == "user"), None)
-    if nxt is None:
-        return False
-    del messages[first:nxt]
-    return True
