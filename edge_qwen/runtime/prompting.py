@@ -92,6 +92,8 @@ class RequestBuilder(Vocabulary):
         """A chat with images or audio: media loaded under ``policy``, the template rendered with one
         marker per item, and each marker replaced by mtmd's chunks (:mod:`.multimodal`)."""
         assert self._media is not None
+        if speculative is not None and speculative.mode == "draft":
+            speculative = None  # the draft model has no projector: it cannot read the image
         extracted = self._media.extract(msgs, policy)
         rendered = self.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
         prompt = tokenize_with_media(

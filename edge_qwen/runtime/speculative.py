@@ -169,7 +169,9 @@ class LookupDrafter(Drafter):
                 continue
             at = self._index[n].get(tuple(tokens[-n:]))
             if at is not None:
-                return list(tokens[at : at + min(self.k_now, limit)])
+                draft = list(tokens[at : at + min(self.k_now, limit)])
+                cut = next((i for i, t in enumerate(draft) if t < 0), len(draft))  # media placeholders
+                return draft[:cut]
         return []
 
     def _extend(self, tokens: Sequence[int]) -> None:

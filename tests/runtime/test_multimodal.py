@@ -198,3 +198,11 @@ def test_an_audio_clip_is_heard(audio_pair: tuple[Path, Path]) -> None:
         text_only = model.chat([{"role": "user", "content": "What was said?"}], temperature=0, max_tokens=4)
         assert model._engine.stats.media_chunks == 1
         assert result.usage.prompt_tokens > text_only.usage.prompt_tokens + 20  # the clip's tokens
+
+
+def test_prompt_lookup_with_an_image_answers_as_without(vl: Model) -> None:
+    messages = ask_image(random_image(112, 84, seed=20), "Describe it. Describe it. Describe it.")
+    vl.reset()
+    plain = vl.chat(messages, temperature=0, max_tokens=16)
+    vl.reset()
+    assert vl.chat(messages, temperature=0, max_tokens=16, speculative="lookup").token_ids == plain.token_ids

@@ -257,3 +257,11 @@ def test_a_thinking_budget_ending_inside_an_accepted_run():
     assert decoder.drafts and len(decoder.drafts[0][0][1]) > 4  # the budget ran out inside that draft
     assert results[0] == results[1]
     assert "<50><51>" in results[0][0] + results[0][1]
+
+
+def test_lookup_never_drafts_a_media_placeholder():
+    """Images stand in a prompt as runs of a negative placeholder id; a draft must stop before one."""
+    drafter = LookupDrafter(SpecConfig(n=2, n_min=2, k=6))
+    image = [-77] * 4
+    tokens = [5, 6, 7, *image, 9, 5, 6]
+    assert drafter.propose(tokens, limit=6) == [7]
