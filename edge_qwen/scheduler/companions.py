@@ -17,13 +17,20 @@ if TYPE_CHECKING:
     from .estimate import ModelShape
 
 
-def adapter_file_bytes(path: str) -> int:
-    """Tensor bytes of a LoRA adapter file, read once per file version (estimates run in loops)."""
+def _version(path: str) -> tuple[int, int] | None:
+    """(size, mtime) of a file, the key of its cached reading; None when it is missing (loading
+    names the missing file; the estimate leaves it out)."""
     try:
         stat = os.stat(path)
     except OSError:
-        return 0  # loading will name the missing file
-    return _adapter_bytes_cached(path, stat.st_size, stat.st_mtime_ns)
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
+def adapter_file_bytes(path: str) -> int:
+    """Tensor bytes of a LoRA adapter file."""
+    version = _version(path)
+    return 0 if version is None else _adapter_bytes_cached(path, *version)
 
 
 @functools.lru_cache(maxsize=64)
@@ -35,17 +42,14 @@ def _adapter_bytes_cached(path: str, _size: int, _mtime: int) -> int:
 
 def draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
     """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
-    its compute buffer for one step's catch-up), charged with the target: one entry, one budget."""
-    if settings.draft is None:
+    its compute buffer for one step's catch-up)."""
+    version = None if settings.draft is None else _version(settings.draft)
+    if settings.draft is None or version is None:
         return 0
-    try:
-        stat = os.stat(settings.draft)
-    except OSError:
-        return 0  # loading will name the missing file
     from ..runtime.loader import draft_settings
     from .estimate import estimate
 
-    shape = _shape_cached(settings.draft, stat.st_size, stat.st_mtime_ns)
+    shape = _shape_cached(settings.draft, *version)
     return estimate(
         shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu
     ).total_bytes
@@ -61,13 +65,10 @@ def _shape_cached(path: str, _size: int, _mtime: int) -> ModelShape:
 def media_bytes(settings: ModelSettings) -> int:
     """The projector's memory for its largest image or clip (:mod:`.estimate_media`); image and
     audio tokens fill the text model's ``n_ctx`` cells, already counted in ``kv_bytes``."""
-    if settings.mmproj is None:
+    version = None if settings.mmproj is None else _version(settings.mmproj)
+    if settings.mmproj is None or version is None:
         return 0
-    try:
-        stat = os.stat(settings.mmproj)
-    except OSError:
-        return 0  # loading will name the missing file
-    return _media_cached(settings.mmproj, stat.st_size, stat.st_mtime_ns, settings.flash_attn is not False)
+    return _media_cached(settings.mmproj, *version, settings.flash_attn is not False)
 
 
 @functools.lru_cache(maxsize=16)

@@ -2,7 +2,7 @@
 
 * Greedy, on the real Qwen2.5-Coder-0.5B drafting for itself (the only real pair here): the answer
   is the one without speculation for a code edit, a chat prompt and a JSON-schema prompt, alone and
-  with several sequences speculating together (same near-tie rule as test_speculative_real.py).
+  with several sequences speculating together (the near-tie rule of test_speculative_real.py).
 * Sampling, on a tiny random Qwen3 drafting for itself: over thousands of seeded requests, the
   tokens drawn with speculation follow the same distribution as without it (a chi-square test of
   homogeneity at the 0.1% level). A rule that accepted drafts too often would pile probability
@@ -19,12 +19,11 @@ from pathlib import Path
 
 import pytest
 from make_tiny_checkpoints import make_checkpoint
-from test_speculative_real import CASES, NEAR_TIE, ask
+from test_speculative_real import CASES, ask, assert_same_or_near_tie
 
 from edge_qwen.convert import convert
 from edge_qwen.errors import ConfigError, DraftModelError
-from edge_qwen.logits import token_logits
-from edge_qwen.runtime import GenerationResult, Model
+from edge_qwen.runtime import Model
 from edge_qwen.runtime.handles import drain
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -43,21 +42,6 @@ def tiny_qwen3_gguf(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_di
         root / "checkpoint", arch="qwen3", dtype="bf16", tokenizer_dir=qwen3_tokenizer_dir
     )
     return convert(checkpoint, root / "gguf", outtype="f16", evaluate=False, quiet=True).gguf
-
-
-def assert_same_or_near_tie(model: Model, text: str, plain: GenerationResult, got: GenerationResult) -> None:
-    """Where two greedy answers part, the speculative one's token is within ``NEAR_TIE`` nats of the
-    best in llama.cpp's reference logits for the common prefix (the answer without speculation may be
-    the one that rounded away from it: batches of different shapes round differently)."""
-    if got.token_ids == plain.token_ids:
-        return
-    pairs = zip(plain.token_ids, got.token_ids, strict=False)
-    d = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(plain.token_ids), len(got.token_ids)))
-    assert d < len(plain.token_ids) and d < len(got.token_ids), "one answer is a prefix of the other"
-    prefix = model.prompt_tokens(model.render(ask(text))) + list(plain.token_ids[:d])
-    logits = token_logits(model.path, prefix, threads=2)[-1]
-    gap = float(logits.max()) - float(logits[got.token_ids[d]])
-    assert gap <= NEAR_TIE, f"token {d} differs and is no near-tie (gap {gap:.3f} nats)"
 
 
 @pytest.mark.parametrize("name", list(CASES))

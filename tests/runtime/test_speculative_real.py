@@ -2,9 +2,9 @@
 the one without speculation, for a code edit, a chat prompt and a JSON-schema prompt, alone and with
 several sequences speculating in one batch.
 
-The rule (as in test_batching.py): llama.cpp's kernels may round a verification batch of k+1 tokens
-differently from a one-token step, so where two greedy answers part, the first differing token must
-be a near-tie in llama.cpp's reference logits for the common prefix (at most ``NEAR_TIE`` nats).
+The rule: llama.cpp's kernels may round a verification batch of k+1 tokens differently from a
+one-token step, so where two greedy answers part, the speculative answer's token must be within
+``NEAR_TIE`` nats of the best in llama.cpp's reference logits for the common prefix.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def plain(model: Model) -> dict[str, GenerationResult]:
 
 
 def assert_same_or_near_tie(model: Model, text: str, plain: GenerationResult, got: GenerationResult) -> None:
+    """Where two greedy answers part, the speculative one's token is within ``NEAR_TIE`` nats of the
+    best in llama.cpp's reference logits for the common prefix (the answer without speculation may be
+    the one that rounded away from it: batches of different shapes round differently)."""
     if got.token_ids == plain.token_ids:
         return
     pairs = zip(plain.token_ids, got.token_ids, strict=False)
@@ -78,7 +81,7 @@ def assert_same_or_near_tie(model: Model, text: str, plain: GenerationResult, go
     assert d < len(plain.token_ids) and d < len(got.token_ids), "one answer is a prefix of the other"
     prefix = model.prompt_tokens(model.render(ask(text))) + list(plain.token_ids[:d])
     logits = token_logits(model.path, prefix, threads=2)[-1]
-    gap = abs(float(logits[plain.token_ids[d]]) - float(logits[got.token_ids[d]]))
+    gap = float(logits.max()) - float(logits[got.token_ids[d]])
     assert gap <= NEAR_TIE, f"token {d} differs and is no near-tie (gap {gap:.3f} nats)"
 
 
