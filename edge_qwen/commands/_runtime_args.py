@@ -1,8 +1,10 @@
-"""Command-line options shared by ``run``, ``chat`` and ``tokenize``: loading a GGUF and sampling it."""
+"""Command-line options shared by ``run``, ``chat`` and ``tokenize``: loading a GGUF (with its
+projector for images and audio) and sampling it."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -20,6 +22,50 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft", default=None, metavar="FILE",
         help="a smaller GGUF with the same tokenizer that drafts tokens (speculative decoding, same output)",
     )  # fmt: skip
+
+
+def add_media_arguments(parser: argparse.ArgumentParser, *, files: bool) -> None:
+    """``--mmproj`` (the projector of a vision/audio model); with ``files``, ``--image`` / ``--audio``."""
+    parser.add_argument(
+        "--mmproj", default=None, metavar="FILE",
+        help="the vision/audio projector GGUF written by edge-qwen convert next to the model (mmproj-*.gguf)",
+    )  # fmt: skip
+    if files:
+        parser.add_argument(
+            "--image", action="append", default=[], metavar="FILE",
+            help="an image file (PNG, JPEG, WebP, ...) to ask about; repeatable; needs --mmproj",
+        )  # fmt: skip
+        parser.add_argument(
+            "--audio", action="append", default=[], metavar="FILE",
+            help="an audio file (WAV or MP3) to ask about; repeatable; needs --mmproj",
+        )  # fmt: skip
+
+
+def media_part(kind: str, path: str, mmproj: str | None) -> dict[str, Any]:
+    """A content part for an image or audio file (read now), refused with the way out when the
+    model has no projector or the file cannot be read.
+
+    Raises:
+        ConfigError: no ``--mmproj``, or the file is missing or unreadable.
+    """
+    from ..errors import ConfigError
+
+    if not mmproj:
+        raise ConfigError(
+            f"{kind} input needs the model's projector: pass --mmproj FILE (the mmproj GGUF that "
+            "edge-qwen convert wrote next to the model)"
+        )
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {kind} {path}: {exc.strerror or exc}; check the path") from None
+    return {"type": kind, kind: data}
+
+
+def user_content(prompt: str, images: list[str], audio: list[str], mmproj: str | None) -> Any:
+    """The user message's content: the prompt alone, or the images and clips first, then the text."""
+    parts = [media_part("image", p, mmproj) for p in images] + [media_part("audio", p, mmproj) for p in audio]
+    return [*parts, {"type": "text", "text": prompt}] if parts else prompt
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,7 +124,7 @@ def load_model(args: argparse.Namespace) -> Any:
     draft = getattr(args, "draft", None)
     return Model.load(
         resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files,
-        draft=resolve_model(draft) if draft else None,
+        draft=resolve_model(draft) if draft else None, mmproj=getattr(args, "mmproj", None),
     )  # fmt: skip
 
 

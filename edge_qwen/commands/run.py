@@ -1,6 +1,7 @@
 """``edge-qwen run MODEL PROMPT`` — one answer from a GGUF, through the model's chat template.
 
-The prompt becomes a user message (after ``--system`` if given). ``--stream`` prints the answer as
+The prompt becomes a user message (after ``--system`` if given), after the ``--image`` / ``--audio``
+files when there are any (they need the model's ``--mmproj``). ``--stream`` prints the answer as
 it is generated (reasoning on stderr, dimmed into brackets, for Qwen3 thinking). JSON keys
 (``--json``): text, reasoning, finish_reason, usage {prompt_tokens, completion_tokens,
 cached_tokens}, timings {ttft_ms, prefill_tok_s, decode_tok_s, queue_ms}.
@@ -13,23 +14,27 @@ import sys
 from typing import Any
 
 from ._runtime_args import (
+    add_media_arguments,
     add_model_arguments,
     add_sampling_arguments,
     chat_options,
     load_model,
     system_messages,
+    user_content,
 )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("prompt", help="the user message")
+    add_media_arguments(parser, files=True)
     add_sampling_arguments(parser)
     parser.add_argument("--stream", action="store_true", help="print the answer while it is generated")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    messages = system_messages(args.system) + [{"role": "user", "content": args.prompt}]
+    content = user_content(args.prompt, args.image, args.audio, args.mmproj)  # before the model loads
+    messages = system_messages(args.system) + [{"role": "user", "content": content}]
     with load_model(args) as model:
         if args.stream and not args.json:
             stream = model.chat_stream(messages, **chat_options(args))

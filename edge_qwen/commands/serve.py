@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -56,6 +57,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--draft", action="append", default=[], metavar="[MODEL=]FILE",
         help="a smaller GGUF with the same tokenizer that drafts for MODEL (speculative decoding, same "
         "output); MODEL may be left out with one model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mmproj", action="append", default=[], metavar="[MODEL=]FILE",
+        help="the vision/audio projector GGUF of MODEL (from edge-qwen convert), so requests may carry "
+        "images or audio; MODEL may be left out with one model",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-remote-media", action="store_true",
+        help="fetch http(s) image URLs in requests (never from private, loopback or link-local addresses); "
+        "default: only inline data: URLs",
     )  # fmt: skip
     parser.add_argument(
         "--lookup", action="store_true",
@@ -160,19 +171,51 @@ def parse_drafts(values: list[str], models: dict[str, Path]) -> dict[str, str]:
     from ..registry import resolve_model
 
     drafts: dict[str, str] = {}
+    for name, target in _model_files("--draft", values, models).items():
+        path = resolve_model(target)
+        if not path.is_file():
+            raise ConfigError(f"--draft: {target} is neither a .gguf file nor a downloaded registry model")
+        drafts[name] = str(path)
+    return drafts
+
+
+def parse_mmprojs(values: list[str], models: dict[str, Path]) -> dict[str, str]:
+    """``--mmproj`` items: the projector GGUF of each model that takes images or audio."""
+    projectors: dict[str, str] = {}
+    for name, target in _model_files("--mmproj", values, models).items():
+        if not Path(target).is_file():
+            raise ConfigError(
+                f"--mmproj: {target} is not a file; pass the mmproj GGUF that edge-qwen convert wrote "
+                "next to the model (mmproj-*.gguf)"
+            )
+        projectors[name] = target
+    return projectors
+
+
+def _model_files(option: str, values: list[str], models: dict[str, Path]) -> dict[str, str]:
+    """``[MODEL=]FILE`` items of ``option`` as {model: file}; MODEL may be left out with one model."""
+    files: dict[str, str] = {}
     for item in values:
         name, sep, target = item.partition("=")
         if not sep:
             name, target = (next(iter(models)) if len(models) == 1 else ""), item
         if name not in models or not target:
             raise ConfigError(
-                f"--draft {item!r}: write FILE (with one model) or MODEL=FILE, MODEL one of {sorted(models)}"
+                f"{option} {item!r}: write FILE (with one model) or MODEL=FILE, MODEL one of {sorted(models)}"
             )
-        path = resolve_model(target)
-        if not path.is_file():
-            raise ConfigError(f"--draft: {target} is neither a .gguf file nor a downloaded registry model")
-        drafts[name] = str(path)
-    return drafts
+        if name in files:
+            raise ConfigError(f"{option}: model {name!r} is given two files; pass one")
+        files[name] = target
+    return files
+
+
+def media_policy(allow_remote: bool) -> Any:
+    """The server's media policy: never local files; http(s) URLs only with ``--allow-remote-media``,
+    then through the SSRF-guarded fetcher."""
+    from ..runtime.media import SERVER_POLICY
+    from ..runtime.media_fetch import RemoteFetcher
+
+    return dataclasses.replace(SERVER_POLICY, fetch=RemoteFetcher()) if allow_remote else SERVER_POLICY
 
 
 def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
@@ -212,6 +255,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         max_prompt_tokens=args.max_prompt_tokens,
         max_concurrency=args.max_concurrency,
         log_prompts=args.log_prompts,
+        media_policy=media_policy(args.allow_remote_media),
     )
     _setup_logging(args.log_level)
     if not is_loopback(args.host) and api_key is None:
@@ -223,6 +267,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     parallel, n_ctx = serve_shape(args.parallel, args.ctx)
     adapters, routes = parse_loras(args.lora, models)
     drafts = parse_drafts(args.draft, models)
+    projectors = parse_mmprojs(args.mmproj, models)
     scheduler = Scheduler(args.budget, max_queue=args.max_concurrency, queue_timeout=args.queue_timeout)
     provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency, routes=routes)
     try:
@@ -230,6 +275,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.add(
                 name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
+                mmproj=projectors.get(name),
             )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))

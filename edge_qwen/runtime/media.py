@@ -11,7 +11,8 @@ Accepted parts (``content`` may also be a plain string)::
 
 URLs: ``data:image/...;base64,...`` always; a local path or ``file://`` only where
 :class:`MediaPolicy` ``allow_local_files`` (the Python API, never the server); ``http(s)`` never:
-edge-qwen works offline and fetching would be an SSRF hole, so the client sends a ``data:`` URL.
+unless the policy has a ``fetch`` (:mod:`~edge_qwen.runtime.media_fetch`, with its SSRF guard):
+edge-qwen works offline, so by default the client sends a ``data:`` URL.
 
 **Where the model's own markers come from.** libmtmd (``tools/mtmd/mtmd.cpp``) replaces each
 ``<__media__>`` marker in the prompt with chunks and adds the model's delimiters itself: for
@@ -33,36 +34,29 @@ the fixed default, so :func:`extract_media` refuses message text that contains t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import os
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image
 
 from ..errors import (
-    LocalMediaRefusedError,
     MediaDecodeError,
     MediaMarkerError,
     MediaTooLargeError,
-    RemoteMediaError,
     UnsupportedMediaError,
 )
 from .media_audio import AudioDecoder, decode_wav, mp3_byte_limit, sniff_audio
 from .media_image import IMAGE_FORMATS, decode_image, rgb_from_array, rgb_from_pil
+from .media_source import check_size, read_source
 
 AUDIO_FORMATS = frozenset({"wav", "mp3"})
 DEFAULT_PART_TEXT: Mapping[str, str] = {"image": "{marker}", "audio": "{marker}"}
 #: What Qwen2-Audio-Instruct's template writes around each clip ({n} counts clips from 1).
 QWEN2_AUDIO_PART_TEXT: Mapping[str, str] = {"image": "{marker}", "audio": "Audio {n}: {marker}\n"}
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least: C:\ is a path
 
 
 @dataclass(frozen=True)
@@ -79,10 +73,16 @@ class MediaLimits:
 
 @dataclass(frozen=True)
 class MediaPolicy:
-    """Where media may come from. The server uses the default; the Python API allows local files."""
+    """Where media may come from. The server uses the default; the Python API allows local files.
+
+    ``fetch(url, max_bytes)`` reads an ``http(s)`` URL; None (the default) refuses them. The one
+    edge-qwen ships, :class:`~edge_qwen.runtime.media_fetch.RemoteFetcher`, refuses private,
+    loopback and link-local addresses (SSRF) and is what ``serve --allow-remote-media`` installs.
+    """
 
     allow_local_files: bool = False
     limits: MediaLimits = field(default_factory=MediaLimits)
+    fetch: Callable[[str, int], bytes] | None = None
 
 
 LOCAL_POLICY = MediaPolicy(allow_local_files=True)
@@ -273,69 +273,6 @@ def split_at_markers(
 # --- sources -----------------------------------------------------------------------------------
 
 
-def _read_source(source: Any, *, policy: MediaPolicy, mime: str, raw_base64: bool) -> bytes:
-    """The encoded bytes behind a URL, path or bytes, each refused before it is read in full."""
-    limit = policy.limits.max_bytes
-    if isinstance(source, bytes | bytearray | memoryview):
-        return _check_size(bytes(source), limit)
-    if isinstance(source, os.PathLike):
-        return _read_file(Path(source), policy)
-    text = str(source).strip()
-    match = _SCHEME.match(text[:64])
-    scheme = match.group(1).lower() if match else ""
-    if text.startswith("data:"):
-        header, sep, payload = text.partition(",")
-        if not sep or not header.endswith(";base64") or not header[5:].startswith(mime):
-            raise UnsupportedMediaError(
-                f"a data URL must look like 'data:{mime}/png;base64,...', not {header[:60]!r}"
-            )
-        return _b64decode(payload, limit)
-    if scheme in ("http", "https"):
-        raise RemoteMediaError(
-            "remote media URLs are not fetched (edge-qwen runs offline); download the file and send it "
-            f"inline as a data URL ('data:{mime}/...;base64,...')"
-        )
-    if scheme == "file":
-        return _read_file(Path(unquote(urlparse(text).path)), policy)
-    if scheme:
-        raise UnsupportedMediaError(f"URL scheme {scheme!r} is not supported; send a data: URL")
-    if raw_base64 and not (policy.allow_local_files and os.path.exists(text[:4096])):
-        return _b64decode(text, limit)  # OpenAI's input_audio.data: bare base64
-    return _read_file(Path(text), policy)
-
-
-def _read_file(path: Path, policy: MediaPolicy) -> bytes:
-    if not policy.allow_local_files:
-        raise LocalMediaRefusedError(
-            "local files are not read here (a server must not open paths a client names); "
-            "send the media inline as a data URL"
-        )
-    try:
-        size = path.stat().st_size
-        _check_size(b"", policy.limits.max_bytes, size)
-        return _check_size(path.read_bytes(), policy.limits.max_bytes)
-    except OSError as exc:
-        raise MediaDecodeError(f"cannot read {path}: {exc.strerror or exc}; check the path") from exc
-
-
-def _b64decode(payload: str, limit: int) -> bytes:
-    payload = "".join(payload.split()) if any(c.isspace() for c in payload[:4096]) else payload
-    _check_size(b"", limit, len(payload) // 4 * 3)  # refused before decoding
-    try:
-        return _check_size(base64.b64decode(payload, validate=True), limit)
-    except (binascii.Error, ValueError) as exc:
-        raise MediaDecodeError(f"the media is not valid base64 ({exc}); encode the file bytes") from exc
-
-
-def _check_size(data: bytes, limit: int, size: int | None = None) -> bytes:
-    size = len(data) if size is None else size
-    if size > limit:
-        raise MediaTooLargeError(
-            "the media item's size (bytes)", size, limit, "send a smaller or more compressed file"
-        )
-    return data
-
-
 def _digest(kind: str, array: np.ndarray, rate: int | None = None) -> str:
     h = hashlib.sha256(f"{kind}|{array.dtype.str}|{array.shape}|{rate}|".encode())
     h.update(np.ascontiguousarray(array).data)
@@ -367,7 +304,7 @@ def load_image(source: Any, *, policy: MediaPolicy = SERVER_POLICY) -> MediaItem
     elif isinstance(source, Image.Image):
         rgb = rgb_from_pil(source, limits.max_pixels)
     else:
-        data = _read_source(source, policy=policy, mime="image", raw_base64=False)
+        data = read_source(source, policy=policy, mime="image", raw_base64=False)
         rgb, n_bytes = (
             decode_image(data, max_pixels=limits.max_pixels, formats=limits.image_formats),
             len(data),
@@ -406,7 +343,7 @@ def load_audio(
         if pcm.ndim != 1 or pcm.size == 0 or not np.isfinite(pcm).all():
             raise MediaDecodeError("an audio array must be non-empty, finite float32 [samples]")
         return _audio_item(pcm, sample_rate, 0, limits)
-    data = _read_source(source, policy=policy, mime="audio", raw_base64=True)
+    data = read_source(source, policy=policy, mime="audio", raw_base64=True)
     kind = (format or sniff_audio(data) or "").lower()
     if kind not in limits.audio_formats:
         raise UnsupportedMediaError(
@@ -425,7 +362,7 @@ def load_audio(
 def _decode_mp3(data: bytes, limits: MediaLimits, decoder: AudioDecoder | None) -> np.ndarray:
     if decoder is None:
         raise UnsupportedMediaError("MP3 needs the model's mmproj loaded (libmtmd decodes it); send WAV")
-    _check_size(data, mp3_byte_limit(limits.max_audio_seconds))  # bounds the decoded size too
+    check_size(data, mp3_byte_limit(limits.max_audio_seconds))  # bounds the decoded size too
     pcm = decoder(data)
     if pcm.size == 0:
         raise MediaDecodeError("the MP3 file holds no audio frames; re-encode it")

@@ -33,12 +33,16 @@ from ..errors import (
     ConfigError,
     ContextOverflowError,
     GenerationError,
+    MediaError,
+    MediaTooLargeError,
     ModelClosedError,
     ModelLoadError,
     QueueFullError,
     QueueTimeoutError,
     UnknownModelError,
 )
+from ..runtime.media import SERVER_POLICY, MediaPolicy
+from ..runtime.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult, Usage
 from . import security
 from .formats import ChatFormat, Format, TextFormat, tool_names
@@ -66,6 +70,8 @@ class ServerConfig:
     max_prompt_tokens: int | None = None
     max_concurrency: int = 64
     log_prompts: bool = False
+    #: where images and audio may come from: no local files; remote URLs only with a ``fetch``
+    media_policy: MediaPolicy = SERVER_POLICY
 
 
 class APIError(Exception):
@@ -101,6 +107,8 @@ _ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     UnknownModelError: (404, "invalid_request_error", "model_not_found"),
     ContextOverflowError: (400, "invalid_request_error", "context_length_exceeded"),
     ChatTemplateError: (400, "invalid_request_error", "invalid_messages"),
+    MediaError: (400, "invalid_request_error", "invalid_media"),  # status: the error's own .status
+    MediaTooLargeError: (413, "invalid_request_error", "media_too_large"),
     ConfigError: (400, "invalid_request_error", "invalid_parameter"),
     QueueTimeoutError: (503, "server_error", "queue_timeout"),
     QueueFullError: (503, "server_error", "queue_full"),
@@ -120,6 +128,8 @@ def api_error(exc: Exception) -> APIError:
     for cls in type(exc).__mro__:
         if cls in _ERRORS:
             status, kind, code = _ERRORS[cls]
+            if isinstance(exc, MediaError):
+                return APIError(exc.status, str(exc), type=kind, code=code, param="messages")
             headers = {"Retry-After": "1"} if status in (429, 503) else None
             return APIError(status, str(exc), type=kind, code=code, headers=headers)
     return APIError(500, "internal error; see the server log", type="server_error", code="internal_error")
@@ -240,15 +250,25 @@ class _Server:
         ctx.model = body.model
         ctx.content_hash = security.content_hash(json.dumps(messages, sort_keys=True, ensure_ascii=False))
         if self.config.log_prompts:
-            log.debug("request %s messages=%s", ctx.request_id, json.dumps(messages, ensure_ascii=False))
+            shown = _redacted_messages(messages)
+            log.debug("request %s messages=%s", ctx.request_id, json.dumps(shown, ensure_ascii=False))
         kwargs: dict[str, Any] = {"enable_thinking": body.thinking(), "thinking_budget": body.thinking_budget}
         if body.tools:
             kwargs["tools"] = body.tools
+        media = any(m.has_media for m in body.messages)
+        policy = self.config.media_policy
+        if media:
+            kwargs["media_policy"] = policy
 
         def start(model: Model) -> AsyncGenerationStream:
-            rendered = model.render(messages, enable_thinking=kwargs["enable_thinking"], tools=body.tools)
+            chat = messages
+            if media and policy.fetch is not None and model.mmproj:  # on a worker thread, off the loop
+                chat = fetch_remote_parts(messages, policy.fetch, policy.limits.max_bytes)
+            # with media, the limit counts the text; the model checks the context with media tokens
+            counted = [_text_only(m) for m in chat] if media else chat
+            rendered = model.render(counted, enable_thinking=kwargs["enable_thinking"], tools=body.tools)
             self.check_prompt_tokens(len(model.prompt_tokens(rendered)), model)
-            return model.achat_stream(messages, **kwargs, **sampling)
+            return model.achat_stream(chat, **kwargs, **sampling)
 
         formatter = ChatFormat(ctx.request_id, body.model, tools=tool_names(body.tools))
         return await self.generate(
@@ -547,6 +567,44 @@ class _SSEResponse(StreamingResponse):
 
 def _sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _text_only(message: Mapping[str, Any]) -> dict[str, Any]:
+    """A message with its media parts left out (what the prompt-token limit counts)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return dict(message)
+    text = "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
+    return {**message, "content": text}
+
+
+def _redacted_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for ``--log-prompts``: inline media (data: URLs, base64 audio) replaced by a
+    short description with its size and hash, so the log holds neither the media nor megabytes."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        out.append({**message, "content": [_redacted_part(p) for p in content]} if isinstance(content, list)
+                   else message)  # fmt: skip
+    return out
+
+
+def _redacted_part(part: Any) -> Any:
+    if not isinstance(part, Mapping):
+        return part
+    if part.get("type") == "image_url" and isinstance(part.get("image_url"), Mapping):
+        url = str(part["image_url"].get("url", ""))
+        if not url.startswith("data:"):
+            return part
+        return {**part, "image_url": {"url": _redacted(url.partition(",")[0] + ",", url)}}
+    if part.get("type") == "input_audio" and isinstance(part.get("input_audio"), Mapping):
+        audio = part["input_audio"]
+        return {**part, "input_audio": {**audio, "data": _redacted("", str(audio.get("data", "")))}}
+    return part
+
+
+def _redacted(prefix: str, data: str) -> str:
+    return f"{prefix}<redacted {len(data)} chars sha256={security.content_hash(data)}>"
 
 
 def _too_large(limit: int) -> APIError:
