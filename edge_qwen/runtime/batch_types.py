@@ -5,7 +5,7 @@ interfaces of what it drives — the llama.cpp context (:class:`Decoder`), a dra
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -54,7 +54,8 @@ class DraftSource(Protocol):
     """A draft model (:class:`~edge_qwen.runtime.draft.DraftModel`): drafts for several sequences."""
 
     def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]: ...
-    def forget(self) -> None: ...
+    def prefetch(self, histories: Mapping[int, Seq[int]]) -> None: ...
+    def forget(self, seq_ids: Iterable[int] | None = None) -> None: ...
 
 
 SequenceFactory = Callable[[Request, int], Sequence]

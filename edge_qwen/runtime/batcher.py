@@ -125,6 +125,11 @@ class BatchEngine(Admission):
             return
         self.stats.steps += 1
         self._advance(entries)
+        if self.draft is not None:  # the draft model reads prompts while the target prefills them
+            reading = {i: self.slots[i].tokens for i, seq in self.running.items()
+                       if seq.prefilling and seq.drafter is not None and seq.drafter.uses_model}  # fmt: skip
+            if reading:
+                self.draft.prefetch(reading)
 
     def _next_key(self) -> AdapterSet:
         """The adapter set this step serves: the sets with running sequences take turns."""
@@ -304,6 +309,8 @@ class BatchEngine(Admission):
         for slot in self.slots:
             if not slot.busy and (adapter is None or any(n == adapter for n, _ in slot.key)):
                 self._clear(slot)
+        if adapter is None and self.draft is not None:
+            self.draft.forget(s.seq_id for s in self.slots if not s.busy)
 
     def uses_adapter(self, name: str) -> int:
         """How many running or waiting requests apply the adapter ``name``."""

@@ -17,7 +17,7 @@ comparing is the standard acceptance rule and the output distribution is the tar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from typing import Protocol
 
@@ -40,11 +40,16 @@ class DraftModel:
     """Greedy drafts for up to ``parallel`` sequences from a draft context (compute thread only).
 
     ``n_vocab`` is the target's vocabulary size (a drafted id must exist there); ``n_batch`` the most
-    tokens a step's catch-up feeds (at most the draft context's batch size)."""
+    tokens a generating step's catch-up feeds, ``max_batch`` (the draft context's batch size) the
+    most a prefilling step's does (:meth:`prefetch`)."""
 
-    def __init__(self, decoder: DraftDecoder, *, parallel: int, n_batch: int, n_vocab: int) -> None:
+    def __init__(
+        self, decoder: DraftDecoder, *, parallel: int, n_batch: int, n_vocab: int,
+        max_batch: int | None = None,
+    ) -> None:  # fmt: skip
         self.decoder = decoder
         self.n_batch = n_batch
+        self.max_batch = max(n_batch, max_batch or n_batch)
         self.n_vocab = n_vocab
         self.cached: list[list[int]] = [[] for _ in range(parallel)]
         self.decodes = 0
@@ -56,7 +61,7 @@ class DraftModel:
         wanted = {s: (t, n) for s, (t, n) in wanted.items() if n > 0 and t}
         if not wanted:
             return {}
-        rows = self._catch_up({s: t for s, (t, _n) in wanted.items()})
+        rows = self._catch_up({s: t for s, (t, _n) in wanted.items()}, self.n_batch)
         drafts: dict[int, list[int]] = {s: [] for s in rows}
         active = dict(rows)
         while active:
@@ -74,13 +79,18 @@ class DraftModel:
             active = {e.seq_id: e.row for e in entries}
         return {s: d for s, d in drafts.items() if d}
 
-    def _catch_up(self, histories: Mapping[int, Seq[int]]) -> dict[int, int]:
+    def prefetch(self, histories: Mapping[int, Seq[int]]) -> None:
+        """Read the prompt chunks the target has just prefilled, in the same step (no draft yet), so
+        that drafting starts without a long catch-up when the first token comes."""
+        self._catch_up({s: t for s, t in histories.items() if t}, self.max_batch)
+
+    def _catch_up(self, histories: Mapping[int, Seq[int]], budget: int) -> dict[int, int]:
         """Feed each sequence's tokens the draft cache lacks (at least its last one, whose logits
-        start the draft), at most ``n_batch`` tokens in all, in one decode: a long prompt catches
+        start the draft), at most ``budget`` tokens in all, in one decode: a long prompt catches
         up over several steps instead of stalling one. Returns the logits row of every sequence
         brought up to date (only those draft this step)."""
         entries: list[BatchEntry] = []
-        room = self.n_batch
+        room = budget
         for seq_id, tokens in histories.items():
             cached = self.cached[seq_id]
             self._truncate(seq_id, min(common_prefix(cached, tokens), len(tokens) - 1))
@@ -118,9 +128,9 @@ class DraftModel:
             keep = 0
         del cached[keep:]
 
-    def forget(self) -> None:
-        """Drop every draft cache (after the target's state became unknown)."""
-        for seq_id in range(len(self.cached)):
+    def forget(self, seq_ids: Iterable[int] | None = None) -> None:
+        """Drop the draft caches of ``seq_ids`` (all: after the target's state became unknown)."""
+        for seq_id in range(len(self.cached)) if seq_ids is None else seq_ids:
             self._truncate(seq_id, 0)
 
 

@@ -116,7 +116,7 @@ class AsyncGenerationStream:
 
     async def _get(self) -> object:
         if self._items is None:
-            self._start()
+            await self._start()
         assert self._items is not None and self._request is not None
         if not self._started:
             try:
@@ -131,7 +131,9 @@ class AsyncGenerationStream:
             return item
         return await self._items.get()
 
-    def _start(self) -> None:
+    async def _start(self) -> None:
+        """Prepare and queue the request on a worker thread: rendering, tokenizing and decoding an
+        image must not stall the event loop. A cancel while it is prepared cancels it once queued."""
         loop = asyncio.get_running_loop()
         items: asyncio.Queue[object] = asyncio.Queue()
         self._items = items
@@ -143,7 +145,12 @@ class AsyncGenerationStream:
                 if self._request is not None:
                     self._request.cancel()
 
-        self._request = self._submit(sink)
+        queued = loop.run_in_executor(None, self._submit, sink)
+        try:
+            self._request = await asyncio.shield(queued)
+        except asyncio.CancelledError:
+            queued.add_done_callback(_cancel_when_queued)
+            raise
 
     @property
     def result(self) -> GenerationResult:
@@ -187,3 +194,8 @@ async def adrain(stream: AsyncGenerationStream) -> GenerationResult:
     async for _ in stream:
         pass
     return stream.result
+
+
+def _cancel_when_queued(queued: asyncio.Future[Request]) -> None:
+    if not queued.cancelled() and queued.exception() is None:
+        queued.result().cancel()

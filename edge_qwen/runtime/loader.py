@@ -49,10 +49,9 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
 
 
 def draft_settings(settings: ModelSettings) -> ModelSettings:
-    """The draft model's context: the target's cells and sequences, a batch of one step's catch-up
-    (``prefill_chunk`` tokens), no adapters."""
-    n_batch = max(settings.prefill_chunk, settings.parallel)
-    return dataclasses.replace(settings, n_batch=n_batch, n_ubatch=n_batch, adapters=(), draft=None)
+    """The draft model's context: the target's cells, sequences and batch sizes (it reads prompts as
+    the target prefills them), no adapters, no projector."""
+    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None)
 
 
 def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, Any]:

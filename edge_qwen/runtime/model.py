@@ -85,8 +85,10 @@ class Model(RequestBuilder):
             dmodel, dctx = draft
             n_batch = int(L.llama_n_batch(dctx))
             self._draft_decoder = NativeDecoder(dctx, L.llama_model_get_vocab(dmodel), n_batch, governor)
-            drafter = DraftModel(self._draft_decoder, parallel=self.parallel, n_batch=n_batch,
-                                 n_vocab=int(L.llama_vocab_n_tokens(self._vocab)))  # fmt: skip
+            drafter = DraftModel(
+                self._draft_decoder, parallel=self.parallel, n_batch=settings.prefill_chunk,
+                n_vocab=int(L.llama_vocab_n_tokens(self._vocab)), max_batch=n_batch,
+            )  # fmt: skip
         self._media = media
         self._engine = BatchEngine(
             self._decoder,

@@ -36,7 +36,7 @@ from typing import Any
 from ..errors import ConfigError
 
 MODES = ("lookup", "draft", "off")
-DRAFT_K = 8  # draft-model default: each drafted token costs a draft decode, unlike a lookup
+DRAFT_K = 6  # draft-model default: each drafted token costs a draft decode, unlike a lookup
 
 
 @dataclass(frozen=True)

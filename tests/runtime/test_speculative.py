@@ -83,7 +83,7 @@ def test_speculative_option_values():
     assert spec_config("lookup") == SpecConfig()
     assert spec_config(False) == SpecConfig(mode="off") and not spec_config("off").enabled
     assert spec_config({"mode": "lookup", "n": 4, "k": 6}) == SpecConfig(n=4, k=6)
-    assert spec_config("draft") == SpecConfig(mode="draft", k=8)  # a draft model drafts fewer per step
+    assert spec_config("draft") == SpecConfig(mode="draft", k=6)  # a draft model drafts fewer per step
     assert spec_config({"mode": "draft", "k": 4, "p_min": 0.5}).p_min == 0.5
     for bad in ({"mode": "ngram"}, {"kk": 3}, {"k": 0}, {"n": 1, "n_min": 2}, {"p_min": 1.0}, 3):
         with pytest.raises(ConfigError):
