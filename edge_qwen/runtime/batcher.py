@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import GenerationError, ModelClosedError
@@ -46,6 +47,7 @@ from .batch_types import (
 from .request import AdapterSet, Request
 from .sequence import Sequence
 from .slots import Slot, media_boundary
+from .spec_cost import StepCost, best_draft_length
 from .speculative import verify
 
 __all__ = ["BatchEngine", "BatchEntry", "Decoder", "DraftSource", "EngineStats", "MediaFeeder", "Wanted"]
@@ -67,10 +69,14 @@ class BatchEngine(Admission):
         name: str = "model",
         draft: DraftSource | None = None,
         media: MediaFeeder | None = None,
+        cost: StepCost | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.decoder = decoder
         self.draft = draft
         self.media = media
+        self.cost = cost  # measured step cost: how long drafts should be (None: as the drafter says)
+        self._clock = clock
         self._make = make_sequence
         self.slots = [Slot(i) for i in range(parallel)]
         self.n_ctx = n_ctx
@@ -113,8 +119,11 @@ class BatchEngine(Admission):
         speculate = True
         while True:
             entries = self._plan(speculate)
+            started = self._clock()
             rc = self.decoder.decode(entries)
             if rc == 0:
+                if self.cost is not None:
+                    self.cost.observe(sum(len(e.tokens) for e in entries), self._clock() - started)
                 break
             if rc == 1 and any(e.draft for e in entries):
                 speculate = False  # no KV cells for the drafts: this step goes without them
@@ -156,7 +165,7 @@ class BatchEngine(Admission):
                 n_decode += len(pending)
         room = self.n_batch - n_decode
         if speculate:
-            room -= self._add_drafts(entries, room)
+            room -= self._add_drafts(entries, room, n_decode)
         budget = min(room, self.prefill_chunk) if n_decode else room
         for seq_id, seq, pending in prefilling:
             if budget <= 0:
@@ -205,7 +214,7 @@ class BatchEngine(Admission):
         self.slots[seq_id].busy = False
         seq.fail(exc)
 
-    def _add_drafts(self, entries: list[BatchEntry], room: int) -> int:
+    def _add_drafts(self, entries: list[BatchEntry], room: int, n_decode: int = 1) -> int:
         """Append the drafts of speculating sequences to their entries (within ``room`` batch
         tokens, max_tokens and the sequence's context); returns how many tokens they add. Prompt
         lookup drafts each sequence alone; the draft model drafts all of its sequences together."""
@@ -219,6 +228,11 @@ class BatchEngine(Admission):
                 continue
             limit = min(room - added, seq.max_tokens - seq.n_out - 1,
                         self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
+            if self.cost is not None:  # the length this machine's step cost makes worth it
+                uses_draft = drafter.uses_model and self.draft is not None
+                draft_cost = self.draft.position_cost if uses_draft and self.draft is not None else 0.0
+                limit = best_draft_length(drafter.acceptance(), min(limit, drafter.k_now), n_decode,
+                                          self.cost, draft_cost)  # fmt: skip
             if drafter.uses_model:
                 n = drafter.limit(limit) if self.draft is not None else 0
                 if n > 0:

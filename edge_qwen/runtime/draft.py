@@ -17,6 +17,7 @@ comparing is the standard acceptance rule and the output distribution is the tar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Sequence as Seq
 from typing import Protocol
@@ -45,7 +46,7 @@ class DraftModel:
 
     def __init__(
         self, decoder: DraftDecoder, *, parallel: int, n_batch: int, n_vocab: int,
-        max_batch: int | None = None,
+        max_batch: int | None = None, clock: Callable[[], float] = time.perf_counter,
     ) -> None:  # fmt: skip
         self.decoder = decoder
         self.n_batch = n_batch
@@ -53,6 +54,13 @@ class DraftModel:
         self.n_vocab = n_vocab
         self.cached: list[list[int]] = [[] for _ in range(parallel)]
         self.decodes = 0
+        self._clock = clock
+        self._position_s = 0.0  # running mean seconds of one drafting decode
+
+    @property
+    def position_cost(self) -> float:
+        """Seconds one drafted position costs (a draft decode of one token per drafting sequence)."""
+        return self._position_s
 
     def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]:
         """Drafts for ``{seq_id: (tokens so far, most tokens to draft)}``; a sequence with nothing
@@ -74,8 +82,13 @@ class DraftModel:
                 draft.append(token)
                 if len(draft) < wanted[seq_id][1]:
                     entries.append(BatchEntry(seq_id, [token], len(self.cached[seq_id]), True))
-            if not entries or self._decode(entries) != 0:
+            if not entries:
                 break
+            started = self._clock()
+            if self._decode(entries) != 0:
+                break
+            elapsed = self._clock() - started
+            self._position_s = elapsed if not self._position_s else 0.8 * self._position_s + 0.2 * elapsed
             active = {e.seq_id: e.row for e in entries}
         return {s: d for s, d in drafts.items() if d}
 

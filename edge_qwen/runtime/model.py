@@ -33,6 +33,7 @@ from .request import Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings, settings_from
 from .sampling import build_sampler
 from .sequence import Sequence as Sequence_
+from .spec_cost import StepCost
 from .speculative import spec_config
 from .thinking import THINK_CLOSE
 from .threads import ThreadGovernor
@@ -101,6 +102,7 @@ class Model(RequestBuilder):
             name=path.name,
             draft=drafter,
             media=self._media,
+            cost=StepCost(),
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()

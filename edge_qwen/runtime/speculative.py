@@ -107,6 +107,12 @@ class Drafter:
         self._misses = 0
         self.drafted = 0
         self.accepted = 0
+        self.rejections = 0  # drafts cut short by a token the model did not confirm
+
+    def acceptance(self) -> float:
+        """The chance that a drafted token is accepted, from this sequence's history (a geometric
+        model: each draft runs until its first rejection), starting from an even prior."""
+        return (self.accepted + 1) / (self.accepted + self.rejections + 2)
 
     @property
     def uses_model(self) -> bool:
@@ -132,6 +138,7 @@ class Drafter:
             return
         self.drafted += drafted
         self.accepted += accepted
+        self.rejections += accepted < drafted
         if accepted == drafted:
             self.k_now = min(self.config.k, self.k_now * 2)
             self._misses = 0
