@@ -133,10 +133,11 @@ class BatchEngine(Admission):
             self._fail_batch(entries, rc)
             return
         self.stats.steps += 1
+        prefilled = [e.seq_id for e in entries if self.running[e.seq_id].prefilling]
         self._advance(entries)
         if self.draft is not None:  # the draft model reads prompts while the target prefills them
-            reading = {i: self.slots[i].tokens for i, seq in self.running.items()
-                       if seq.prefilling and seq.drafter is not None and seq.drafter.uses_model}  # fmt: skip
+            reading = {i: self.slots[i].tokens for i in prefilled if i in self.running
+                       and (d := self.running[i].drafter) is not None and d.uses_model}  # fmt: skip
             if reading:
                 self.draft.prefetch(reading)
 

@@ -111,8 +111,10 @@ class Drafter:
 
     def acceptance(self) -> float:
         """The chance that a drafted token is accepted, from this sequence's history (a geometric
-        model: each draft runs until its first rejection), starting from an even prior."""
-        return (self.accepted + 1) / (self.accepted + self.rejections + 2)
+        model: each draft runs until its first rejection). The prior: even for prompt lookup, 0.8
+        for a draft model of the same family (they agree on most tokens)."""
+        hits, misses = (4, 1) if self.uses_model else (1, 1)
+        return (self.accepted + hits) / (self.accepted + self.rejections + hits + misses)
 
     @property
     def uses_model(self) -> bool:

@@ -177,3 +177,14 @@ def test_vocab_check_names_what_differs():
     other = [*same[:42], b"hello", *same[43:]]
     why = vocab_mismatch(300, 300, spelled({"target": same, "draft": other}), special)
     assert why == "token 42 is 't42' in the target but 'hello' in the draft"
+
+
+def test_the_draft_model_reads_the_prompt_in_the_prefill_step():
+    """No catch-up stall at the first token: the prompt the target just prefilled is read then."""
+    prompt = repetitive_prompts(1, seed=15)[0]
+    draft, _ = draft_model(echo_token)
+    engine, _ = make_engine(parallel=1, model=echo_token, draft=draft, prefill_chunk=512)
+    submit(engine, prompt, max_tokens=20, speculative="draft")
+    engine.step()  # the whole prompt in one step
+    assert draft.cached[0] == list(prompt)
+    run(engine)
