@@ -31,3 +31,19 @@ def real_gguf() -> Path:
 def qwen3_tokenizer_dir() -> Path:
     """Folder with the real Qwen3 tokenizer.json and tokenizer_config.json (ASSETS item 2)."""
     return fetch_assets.fetch_tokenizer(log=lambda msg: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_pair(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> tuple[Path, Path]:
+    """A tiny random Qwen2-VL checkpoint (real Qwen3 tokenizer) converted to an F32 text GGUF and an
+    F32 mmproj by edge-qwen: (text GGUF, mmproj)."""
+    from make_tiny_multimodal import make_multimodal_checkpoint
+
+    from edge_qwen.convert import convert
+
+    root = tmp_path_factory.mktemp("tiny-vl-pair")
+    ck = make_multimodal_checkpoint(
+        root / "ck", arch="qwen2vl", dtype="f32", tokenizer_dir=qwen3_tokenizer_dir
+    )
+    out = convert(ck, root / "out", outtype="f32", evaluate=False, quiet=True).as_dict()
+    return Path(out["gguf"]), Path(out["mmproj"]["path"])

@@ -28,17 +28,28 @@ def add_media_arguments(parser: argparse.ArgumentParser, *, files: bool) -> None
     """``--mmproj`` (the projector of a vision/audio model); with ``files``, ``--image`` / ``--audio``."""
     parser.add_argument(
         "--mmproj", default=None, metavar="FILE",
-        help="the vision/audio projector GGUF written by edge-qwen convert next to the model (mmproj-*.gguf)",
+        help="the vision/audio projector GGUF (default: the one edge-qwen convert paired with the model)",
     )  # fmt: skip
     if files:
         parser.add_argument(
             "--image", action="append", default=[], metavar="FILE",
-            help="an image file (PNG, JPEG, WebP, ...) to ask about; repeatable; needs --mmproj",
+            help="an image file (PNG, JPEG, WebP, ...) to ask about; repeatable; needs the model's mmproj",
         )  # fmt: skip
         parser.add_argument(
             "--audio", action="append", default=[], metavar="FILE",
             help="an audio file (WAV or MP3) to ask about; repeatable; needs --mmproj",
         )  # fmt: skip
+
+
+def fill_mmproj(args: argparse.Namespace) -> None:
+    """Without ``--mmproj``, the projector ``convert`` paired with the model (its manifest names it)."""
+    if getattr(args, "mmproj", None):
+        return
+    from ..registry import resolve_model
+    from ..registry.store import partner_mmproj
+
+    partner = partner_mmproj(resolve_model(args.model))
+    args.mmproj = str(partner) if partner is not None else None
 
 
 def media_part(kind: str, path: str, mmproj: str | None) -> dict[str, Any]:

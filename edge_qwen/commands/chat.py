@@ -20,6 +20,7 @@ from ._runtime_args import (
     add_model_arguments,
     add_sampling_arguments,
     chat_options,
+    fill_mmproj,
     load_model,
     media_part,
     system_messages,
@@ -36,6 +37,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    fill_mmproj(args)
     options = chat_options(args)
     history: list[dict[str, Any]] = list(system_messages(args.system))
     attached: list[dict[str, Any]] = []  # media parts for the next user message

@@ -18,6 +18,7 @@ from ._runtime_args import (
     add_model_arguments,
     add_sampling_arguments,
     chat_options,
+    fill_mmproj,
     load_model,
     system_messages,
     user_content,
@@ -33,6 +34,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    fill_mmproj(args)
     content = user_content(args.prompt, args.image, args.audio, args.mmproj)  # before the model loads
     messages = system_messages(args.system) + [{"role": "user", "content": content}]
     with load_model(args) as model:

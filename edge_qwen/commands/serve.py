@@ -241,6 +241,7 @@ def is_loopback(host: str) -> bool:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
+    from ..registry.store import partner_mmproj
     from ..scheduler import Scheduler, parse_size
     from ..server import ServerConfig, create_app
     from ..server.provider import SchedulerProvider
@@ -268,6 +269,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     adapters, routes = parse_loras(args.lora, models)
     drafts = parse_drafts(args.draft, models)
     projectors = parse_mmprojs(args.mmproj, models)
+    for name, path in models.items():  # a converted vision/audio model brings its own projector
+        partner = partner_mmproj(path) if name not in projectors else None
+        if partner is not None:
+            projectors[name] = str(partner)
     scheduler = Scheduler(args.budget, max_queue=args.max_concurrency, queue_timeout=args.queue_timeout)
     provider = SchedulerProvider(scheduler, max_waiting=args.max_concurrency, routes=routes)
     try:

@@ -281,3 +281,21 @@ def list_models(registry: Registry | None = None) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def partner_mmproj(gguf: str | Path) -> Path | None:
+    """The projector ``convert`` wrote beside a vision or audio model: the ``mmproj`` its manifest
+    names (looked for next to the GGUF too, when the folder was moved), or None for a text model.
+    A registry model that ``pull`` converted from its checkpoint keeps the pair in its folder."""
+    from ..quantize import read_manifest
+
+    try:
+        named = read_manifest(gguf).get("mmproj")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(named, str):
+        return None
+    for candidate in (Path(named), Path(gguf).parent / Path(named).name):
+        if candidate.is_file():
+            return candidate
+    return None

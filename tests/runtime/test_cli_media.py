@@ -5,6 +5,7 @@ error (JSON under ``--json``), never a traceback."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,22 +15,15 @@ from PIL import Image
 from edge_qwen.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from make_tiny_multimodal import make_multimodal_checkpoint, random_image  # noqa: E402
-
-from edge_qwen.convert import convert  # noqa: E402
+from make_tiny_multimodal import random_image  # noqa: E402
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 QUESTION = "What trends do you see?"
 
 
 @pytest.fixture(scope="module")
-def vl_pair(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("cli-vl")
-    ck = make_multimodal_checkpoint(
-        root / "ck", arch="qwen2vl", dtype="f32", tokenizer_dir=qwen3_tokenizer_dir
-    )
-    out = convert(ck, root / "out", outtype="f32", evaluate=False, quiet=True).as_dict()
-    return Path(out["gguf"]), Path(out["mmproj"]["path"])
+def vl_pair(tiny_vl_pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_vl_pair
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +55,29 @@ def test_run_with_an_image_asks_about_it(
     assert seen["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] + 2 * 26
 
 
-def test_an_image_without_mmproj_says_to_pass_it(
+@pytest.fixture()
+def unpaired(vl_pair: tuple[Path, Path], tmp_path: Path) -> Path:
+    """The language model alone: no manifest beside it names a projector."""
+    lone = tmp_path / vl_pair[0].name
+    os.link(vl_pair[0], lone)
+    return lone
+
+
+def test_the_projector_convert_paired_with_the_model_is_found(
     vl_pair: tuple[Path, Path], chart: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out = run_json(capsys, "run", *common(vl_pair[0]), QUESTION, "--image", str(chart))
+    gguf, mmproj = vl_pair
+    explicit = run_json(
+        capsys, "run", *common(gguf), QUESTION, "--mmproj", str(mmproj), "--image", str(chart)
+    )
+    found = run_json(capsys, "run", *common(gguf), QUESTION, "--image", str(chart))  # its manifest names it
+    assert found[0] == explicit[0] == 0 and found[1]["usage"] == explicit[1]["usage"]
+
+
+def test_an_image_without_mmproj_says_to_pass_it(
+    unpaired: Path, chart: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = run_json(capsys, "run", *common(unpaired), QUESTION, "--image", str(chart))
     assert code == 2
     assert out["error"]["type"] == "ConfigError" and "--mmproj" in out["error"]["message"]
 
@@ -100,12 +113,11 @@ def test_chat_attaches_images_to_the_next_message(
 
 
 def test_chat_image_without_mmproj_says_to_pass_it(
-    vl_pair: tuple[Path, Path], chart: Path, capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    unpaired: Path, chart: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     lines = iter([f"/image {chart}", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    code = main(["chat", *common(vl_pair[0]), "--json"])
+    code = main(["chat", *common(unpaired), "--json"])
     captured = capsys.readouterr()
     assert code == 0 and json.loads(captured.out) == {"turns": 0}
     assert "pass --mmproj FILE" in captured.err

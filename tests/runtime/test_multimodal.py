@@ -49,13 +49,8 @@ def ask_image(img: np.ndarray, text: str = "What is in this picture?") -> list[d
 
 
 @pytest.fixture(scope="module")
-def vl_pair(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: Path) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("runtime-vl")
-    ck = make_multimodal_checkpoint(
-        root / "ck", arch="qwen2vl", dtype="f32", tokenizer_dir=qwen3_tokenizer_dir
-    )
-    out = convert(ck, root / "out", outtype="f32", evaluate=False, quiet=True).as_dict()
-    return Path(out["gguf"]), Path(out["mmproj"]["path"])
+def vl_pair(tiny_vl_pair: tuple[Path, Path]) -> tuple[Path, Path]:
+    return tiny_vl_pair
 
 
 @pytest.fixture(scope="module")
