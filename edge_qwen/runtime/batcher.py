@@ -237,7 +237,7 @@ class BatchEngine(Admission):
                 continue
             limit = min(room - added, seq.max_tokens - seq.n_out - 1,
                         self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
-            if self.cost is not None:  # the length this machine's step cost makes worth it
+            if self.cost is not None and drafter.config.adaptive:  # what this machine's step cost pays for
                 uses_draft = drafter.uses_model and self.draft is not None
                 draft_cost = self.draft.position_cost if uses_draft and self.draft is not None else 0.0
                 limit = best_draft_length(drafter.acceptance(), min(limit, drafter.k_now), n_decode,

@@ -44,7 +44,9 @@ class SpecConfig:
     """How one request speculates. ``n``: longest n-gram matched (shorter ones down to ``n_min`` are
     tried when it finds nothing); ``k``: most tokens drafted per step. ``max_pause``: the longest
     drafting pause (steps) after consecutive misses. ``p_min`` (draft model only): drafting stops
-    before the first token the draft model gives less than this probability."""
+    before the first token the draft model gives less than this probability. ``adaptive``: draft
+    only as many tokens as the measured step cost says will pay (:mod:`.spec_cost`); False drafts
+    up to ``k`` whatever it costs."""
 
     mode: str = "lookup"
     n: int = 3
@@ -52,6 +54,7 @@ class SpecConfig:
     k: int = 10
     max_pause: int = 32
     p_min: float = 0.6
+    adaptive: bool = True
 
     @property
     def enabled(self) -> bool:
