@@ -219,6 +219,7 @@ class BatchEngine(Admission):
             self.stats.media_chunks += 1
 
     def _end(self, seq_id: int, exc: BaseException) -> None:
+        """A running sequence fails with ``exc``; its slot is free again."""
         seq = self.running.pop(seq_id)
         self.slots[seq_id].busy = False
         seq.fail(exc)
@@ -238,8 +239,8 @@ class BatchEngine(Admission):
             limit = min(room - added, seq.max_tokens - seq.n_out - 1,
                         self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
             if self.cost is not None and drafter.config.adaptive:  # what this machine's step cost pays for
-                uses_draft = drafter.uses_model and self.draft is not None
-                draft_cost = self.draft.position_cost if uses_draft and self.draft is not None else 0.0
+                model_drafts = drafter.uses_model and self.draft is not None
+                draft_cost = self.draft.position_cost if model_drafts and self.draft else 0.0
                 limit = best_draft_length(drafter.acceptance(), min(limit, drafter.k_now), n_decode,
                                           self.cost, draft_cost)  # fmt: skip
             if drafter.uses_model:
@@ -388,14 +389,10 @@ class BatchEngine(Admission):
             if rc == 1:  # the single remaining sequence has no room to grow: the context is full
                 self._finish(seq_id, "length")
                 continue
-            seq = self.running.pop(seq_id)
-            slot.busy = False
-            seq.fail(
-                GenerationError(
-                    f"llama_decode failed with code {rc}; the request was dropped and the model is still "
-                    f"usable. If it repeats, reload the model (llama.cpp: {detail})"
-                )
-            )
+            self._end(seq_id, GenerationError(
+                f"llama_decode failed with code {rc}; the request was dropped and the model is still "
+                f"usable. If it repeats, reload the model (llama.cpp: {detail})"
+            ))  # fmt: skip
 
     def fail_all(self, exc: BaseException) -> None:
         """A step raised: every request gets the error, every cache is dropped (its state is unknown)."""

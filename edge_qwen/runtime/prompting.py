@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, ContextOverflowError
+from .chat_template import RenderedPrompt
 from .lora import AdapterSlots, adapter_set
 from .media import LOCAL_POLICY, MediaPolicy, has_media
-from .multimodal import MediaSupport, tokenize_with_media
+from .multimodal import MediaSupport, MediaTokens, tokenize_with_media
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, RequestSpec
 from .results import ModelSettings
@@ -61,20 +62,23 @@ class RequestBuilder(Vocabulary):
         chosen = self._adapter_set(sampling)
         speculative = self._speculative(sampling.pop("speculative", None))
         policy = sampling.pop("media_policy", LOCAL_POLICY)
-        msgs = [dict(m) for m in messages]
-        if self._media is not None and has_media(msgs):
-            return self._media_request(msgs, sampling, policy, enable_thinking=enable_thinking,
-                                       thinking_budget=thinking_budget, tools=tools, adapters=chosen,
-                                       speculative=speculative)  # fmt: skip
-        while True:
-            rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
-            tokens = self.prompt_tokens(rendered)
-            if len(tokens) < self.n_ctx_seq:
-                break
-            if not truncate or not _drop_oldest_turn(msgs):
-                raise ContextOverflowError(len(tokens), self.n_ctx_seq)
         if thinking_budget is not None and thinking_budget < 0:
             raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
+        msgs = [dict(m) for m in messages]
+        media: MediaTokens | None = None
+        if self._media is not None and has_media(msgs):
+            if speculative is not None and speculative.mode == "draft":
+                speculative = None  # the draft model has no projector: it cannot read the image
+            rendered, media = self._media_prompt(msgs, policy, enable_thinking=enable_thinking, tools=tools)
+            tokens = media.tokens
+        else:
+            while True:
+                rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
+                tokens = self.prompt_tokens(rendered)
+                if len(tokens) < self.n_ctx_seq:
+                    break
+                if not truncate or not _drop_oldest_turn(msgs):
+                    raise ContextOverflowError(len(tokens), self.n_ctx_seq)
         return RequestSpec(
             tuple(tokens),
             self._params(enable_thinking=enable_thinking, sampling=sampling),
@@ -82,40 +86,29 @@ class RequestBuilder(Vocabulary):
             thinking_budget=thinking_budget,
             adapters=chosen,
             speculative=speculative,
+            media=media.spans if media is not None else (),
+            media_owners=media.owners if media is not None else (),
         )
 
-    def _media_request(
-        self, msgs: list[dict[str, Any]], sampling: dict[str, Any], policy: MediaPolicy, *,
-        enable_thinking: bool | None, thinking_budget: int | None, tools: Sequence[Mapping[str, Any]] | None,
-        adapters: AdapterSet, speculative: SpecConfig | None,
-    ) -> RequestSpec:  # fmt: skip
+    def _media_prompt(
+        self, msgs: list[dict[str, Any]], policy: MediaPolicy, *, enable_thinking: bool | None,
+        tools: Sequence[Mapping[str, Any]] | None,
+    ) -> tuple[RenderedPrompt, MediaTokens]:  # fmt: skip
         """A chat with images or audio: media loaded under ``policy``, the template rendered with one
         marker per item, and each marker replaced by mtmd's chunks (:mod:`.multimodal`)."""
         assert self._media is not None
-        if speculative is not None and speculative.mode == "draft":
-            speculative = None  # the draft model has no projector: it cannot read the image
         extracted = self._media.extract(msgs, policy)
         rendered = self.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
         prompt = tokenize_with_media(
             self._media.mtmd, rendered.segments, extracted.items,
             lambda text, special: self.tokenize(text, parse_special=special),
         )  # fmt: skip
-        if len(prompt.tokens) + prompt.extra_cells >= self.n_ctx_seq:
+        cells = len(prompt.tokens) + prompt.extra_cells
+        if cells >= self.n_ctx_seq:
             for owner in prompt.owners:
                 owner.close()
-            raise ContextOverflowError(len(prompt.tokens) + prompt.extra_cells, self.n_ctx_seq)
-        if thinking_budget is not None and thinking_budget < 0:
-            raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
-        return RequestSpec(
-            tuple(prompt.tokens),
-            self._params(enable_thinking=enable_thinking, sampling=sampling),
-            thinking_open=rendered.thinking_open,
-            thinking_budget=thinking_budget,
-            adapters=adapters,
-            speculative=speculative,
-            media=prompt.spans,
-            media_owners=prompt.owners,
-        )
+            raise ContextOverflowError(cells, self.n_ctx_seq)
+        return rendered, prompt
 
     @property
     def mmproj(self) -> str | None:
