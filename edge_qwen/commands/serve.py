@@ -50,6 +50,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
     parser.add_argument(
+        "--prompt-cache", default="128MiB", metavar="SIZE",
+        help="host memory per model for K/V the slots give up, restored when a conversation returns "
+        "(default 128MiB; 0 turns it off; charged to the budget)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lora", action="append", default=[], metavar="[BASE:]NAME=FILE[:SCALE]",
         help="serve a GGUF LoRA adapter on a model as BASE:NAME (BASE may be left out with one model)",
     )  # fmt: skip
@@ -266,6 +271,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
     parallel, n_ctx = serve_shape(args.parallel, args.ctx)
+    from ..scheduler.device import parse_size
+
+    prompt_cache = parse_size(args.prompt_cache)
     adapters, routes = parse_loras(args.lora, models)
     drafts = parse_drafts(args.draft, models)
     projectors = parse_mmprojs(args.mmproj, models)
@@ -280,7 +288,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.add(
                 name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
-                mmproj=projectors.get(name),
+                mmproj=projectors.get(name), prompt_cache=prompt_cache,
             )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))

@@ -44,6 +44,7 @@ from .batch_types import (
     SequenceFactory,
     Wanted,
 )
+from .prompt_cache import PromptCache
 from .request import AdapterSet, Request
 from .sequence import Sequence
 from .slots import Slot, media_boundary
@@ -70,12 +71,14 @@ class BatchEngine(Admission):
         draft: DraftSource | None = None,
         media: MediaFeeder | None = None,
         cost: StepCost | None = None,
+        prompt_cache: PromptCache | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.decoder = decoder
         self.draft = draft
         self.media = media
         self.cost = cost  # measured step cost: how long drafts should be (None: as the drafter says)
+        self.prompt_cache = prompt_cache or PromptCache(0)
         self._clock = clock
         self._make = make_sequence
         self.slots = [Slot(i) for i in range(parallel)]
@@ -329,10 +332,11 @@ class BatchEngine(Admission):
         slot.media_cells.clear()
 
     def drop_idle_caches(self, adapter: str | None = None) -> None:
-        """Forget idle caches (only those computed with ``adapter``, when given)."""
+        """Forget idle caches and saved ones (only those computed with ``adapter``, when given)."""
         for slot in self.slots:
             if not slot.busy and (adapter is None or any(n == adapter for n, _ in slot.key)):
                 self._clear(slot)
+        self.prompt_cache.forget(adapter)
         if adapter is None and self.draft is not None:
             self.draft.forget(s.seq_id for s in self.slots if not s.busy)
 
@@ -346,7 +350,7 @@ class BatchEngine(Admission):
         """llama.cpp found no KV cells for the batch: drop an idle cache, else preempt the youngest."""
         idle = [s for s in self.slots if not s.busy and s.tokens]
         if idle:
-            self._clear(min(idle, key=lambda s: s.last_used))
+            self._evict(min(idle, key=lambda s: s.last_used))
             return True
         if len(self.running) < 2:
             return False

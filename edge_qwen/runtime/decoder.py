@@ -6,6 +6,7 @@ bindings. It is used from the compute thread only.
 
 from __future__ import annotations
 
+import ctypes
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -103,6 +104,25 @@ class NativeDecoder:
 
     def seq_cp(self, src: int, dst: int, n_tokens: int) -> None:
         L.llama_memory_seq_cp(self.memory, src, dst, 0, n_tokens)
+
+    def seq_state(self, seq_id: int) -> bytes | None:
+        """A copy of the sequence's cells (its K/V and positions) for the prompt cache; None when
+        llama.cpp cannot write it."""
+        size = int(L.llama_state_seq_get_size(self.ctx, seq_id))
+        if size <= 0:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        written = int(L.llama_state_seq_get_data(self.ctx, buf, size, seq_id))
+        return bytes(memoryview(buf)[:written]) if written > 0 else None
+
+    def load_state(self, seq_id: int, state: bytes) -> bool:
+        """Write a saved sequence state into ``seq_id`` (which must be empty); False when llama.cpp
+        refused it (no free cells for it, for one), with the sequence left empty."""
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if int(L.llama_state_seq_set_data(self.ctx, buf, len(state), seq_id)) > 0:
+            return True
+        L.llama_memory_seq_rm(self.memory, seq_id, 0, -1)
+        return False
 
     def use_adapters(self, key: AdapterSet) -> None:
         """Apply exactly this adapter set to the context (a no-op when it is already applied)."""

@@ -28,6 +28,7 @@ from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, dr
 from .loader import load_draft, load_native
 from .lora import AdapterSlots
 from .multimodal import MediaSupport
+from .prompt_cache import PromptCache
 from .prompting import RequestBuilder
 from .request import Request, RequestSpec, Sink
 from .results import GenerationResult, ModelSettings, settings_from
@@ -103,6 +104,7 @@ class Model(RequestBuilder):
             draft=drafter,
             media=self._media,
             cost=StepCost(),
+            prompt_cache=PromptCache(settings.prompt_cache),
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()
@@ -256,8 +258,11 @@ class Model(RequestBuilder):
 
     def slot_usage(self) -> dict[str, int]:
         """Sequence slots busy and requests waiting (a racy read, for health pages and metrics)."""
+        cache = self._engine.prompt_cache
         return {"slots_total": self.parallel, "slots_busy": self._engine.slots_in_use,
-                "waiting": len(self._engine.waiting)}  # fmt: skip
+                "waiting": len(self._engine.waiting), "prompt_cache_bytes": cache.used_bytes,
+                "prompt_cache_entries": len(cache.entries),
+                "prompt_cache_restored": cache.stats.restored}  # fmt: skip
 
     # -- public API: text prompts ---------------------------------------------------------------------
 

@@ -42,6 +42,10 @@ class ModelSettings:
 
     ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
     beside the language model): chat messages may then carry images and audio clips.
+
+    ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
+    (:mod:`~edge_qwen.runtime.prompt_cache`): with more conversations than slots, a returning one
+    is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
     """
 
     n_ctx: int = 4096
@@ -64,6 +68,7 @@ class ModelSettings:
     draft: str | None = None
     speculative: str | None = None
     mmproj: str | None = None
+    prompt_cache: int = 0
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:

@@ -163,6 +163,7 @@ class MemoryEstimate:
     adapter_bytes: int = 0  # LoRA adapters loaded next to the weights
     draft_bytes: int = 0  # the draft model for speculative decoding: its whole estimate
     media_bytes: int = 0  # the projector (mmproj): weights, encoder compute buffer, embeddings
+    prompt_cache_bytes: int = 0  # host copies of K/V the slots gave up (its budget, charged whole)
 
     @property
     def total_bytes(self) -> int:
@@ -172,6 +173,7 @@ class MemoryEstimate:
             + self.adapter_bytes
             + self.draft_bytes
             + self.media_bytes
+            + self.prompt_cache_bytes
             + self.kv_bytes
             + self.compute_resident_bytes
             + self.output_bytes
@@ -362,6 +364,7 @@ def estimate(
         adapter_bytes=sum(adapter_file_bytes(path) for _name, path in settings.adapters),
         draft_bytes=draft_bytes(settings, parallel, cpu_features, gpu),
         media_bytes=media_bytes(settings),
+        prompt_cache_bytes=max(0, settings.prompt_cache),
     )
 
 

@@ -524,12 +524,14 @@ class Scheduler:
 
 
 def _slots(model: Any) -> dict[str, int]:
-    """Sequence slots of a resident model (``parallel`` and how many are generating now)."""
+    """Sequence slots of a resident model (``parallel``, how many are generating now) and its prompt
+    cache's use."""
     usage = getattr(model, "slot_usage", None)
     if model is None or usage is None:
         return {"slots_total": 0, "slots_busy": 0}
     out = usage()
-    return {"slots_total": int(out["slots_total"]), "slots_busy": int(out["slots_busy"])}
+    keys = ("slots_total", "slots_busy", "prompt_cache_bytes", "prompt_cache_restored")
+    return {k: int(out.get(k, 0)) for k in keys}
 
 
 def _collect(chunks: Iterator[GenerationChunk]) -> GenerationResult:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -39,7 +39,7 @@ class _SnapshotCollector(Collector):
     def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
         self._snapshot = snapshot
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snap = self._snapshot()
         yield GaugeMetricFamily(
             "edge_qwen_queue_depth", "Requests waiting for a model", value=snap.get("queue_depth", 0)
@@ -56,7 +56,17 @@ class _SnapshotCollector(Collector):
         slots_total = GaugeMetricFamily(
             "edge_qwen_model_slots_total", "Sequence slots of the loaded context (parallel)", labels=["model"]
         )
+        cache_bytes = GaugeMetricFamily(
+            "edge_qwen_model_prompt_cache_bytes", "Host memory holding saved prompt caches", labels=["model"]
+        )
+        restored = CounterMetricFamily(
+            "edge_qwen_model_prompt_cache_restored",
+            "Prompts started from a saved prompt cache",
+            labels=["model"],
+        )
         for m in snap.get("models", []):
+            cache_bytes.add_metric([m["name"]], m.get("prompt_cache_bytes", 0))
+            restored.add_metric([m["name"]], m.get("prompt_cache_restored", 0))
             resident.add_metric([m["name"]], 1.0 if m.get("resident") else 0.0)
             in_flight.add_metric([m["name"]], m.get("in_flight", 0))
             slots_busy.add_metric([m["name"]], m.get("slots_busy", 0))
@@ -65,6 +75,8 @@ class _SnapshotCollector(Collector):
         yield in_flight
         yield slots_busy
         yield slots_total
+        yield cache_bytes
+        yield restored
         memory = snap.get("memory", {})
         for key, help_text in (
             ("used_bytes", "Memory the scheduler accounts to resident models"),

@@ -12,6 +12,7 @@ and draw tokens with a seeded :class:`FakeSampler` that records every token it a
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 
 from edge_qwen.runtime.batcher import BatchEngine, BatchEntry
 from edge_qwen.runtime.presets import SamplingParams
+from edge_qwen.runtime.prompt_cache import PromptCache
 from edge_qwen.runtime.request import STARTED, Request, RequestSpec
 from edge_qwen.runtime.results import GenerationChunk, ResultBuilder
 from edge_qwen.runtime.sequence import Sequence as Seq
@@ -83,6 +85,7 @@ class FakeDecoder:
     drafts: list[list[tuple[int, list[int]]]] = field(default_factory=list)
     model: Model = next_token
     confidence: Callable[[int], float] = lambda token: 1.0  # a draft model's probability of its token
+    loaded: list[int] = field(default_factory=list)  # sequences a saved state was written into
 
     def history(self, seq_id: int) -> list[int]:
         return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
@@ -140,6 +143,19 @@ class FakeDecoder:
             if src in seqs and pos < n_tokens:
                 seqs.add(dst)
 
+    def seq_state(self, seq_id: int) -> bytes | None:
+        cells = sorted((pos, tok) for pos, tok, seqs in self.cells if seq_id in seqs)
+        return json.dumps(cells).encode() if cells else None
+
+    def load_state(self, seq_id: int, state: bytes) -> bool:
+        cells = json.loads(state)
+        if len(self.cells) + len(cells) > self.n_cells:
+            return False  # like llama.cpp: no free cells for it
+        assert not self.history(seq_id), "a state written into a sequence that is not empty"
+        self.cells += [(pos, tok, {seq_id}) for pos, tok in cells]
+        self.loaded.append(seq_id)
+        return True
+
     def use_adapters(self, key: Any) -> None:
         self.adapters = key
         self.adapter_log.append(key)
@@ -194,7 +210,7 @@ class Collector:
 def make_engine(
     *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True,
     n_batch: int = 512, model: Model = next_token, think_close: Sequence[int] = (),
-    draft: Any = None,
+    draft: Any = None, prompt_cache: int = 0,
 ) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
     """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`;
     ``draft`` is a draft model (a DraftModel over another FakeDecoder)."""
@@ -213,7 +229,7 @@ def make_engine(
 
     engine = BatchEngine(
         decoder, make, parallel=parallel, n_ctx=n_ctx, n_batch=n_batch, unified=unified,
-        prefill_chunk=prefill_chunk, draft=draft,
+        prefill_chunk=prefill_chunk, draft=draft, prompt_cache=PromptCache(prompt_cache, min_tokens=8),
     )  # fmt: skip
     return engine, decoder
 
