@@ -6,7 +6,8 @@ greedy tokens each) and ``llama-batched-bench`` from the same llama.cpp runs ``-
 -npl P`` with the same context, batch, threads and KV layout — in the same run, each contender
 alone in a fresh process. Reported per P: aggregate decode tok/s (tokens generated after every
 sequence has its first token, over that time), per-sequence inter-token latency, and the ratio
-engine / llama-batched-bench.
+engine / llama-batched-bench. Per P the two alternate ``--runs`` times (medians), so drift on a
+shared machine hits both alike.
 
 ``--single-vs DIR`` compares single-stream decode (one request, ``--tg`` greedy tokens of a 128-token
 prompt, median of 5, each contender in fresh processes, alternating) with another checkout of
@@ -177,9 +178,11 @@ def prefill_sweep_run(path: Path, chunk: int, args: argparse.Namespace) -> dict[
 # -- llama-batched-bench -------------------------------------------------------------------------
 
 
-def batched_bench(binary: str, path: Path, args: argparse.Namespace) -> dict[int, dict[str, float]]:
+def batched_bench(
+    binary: str, path: Path, args: argparse.Namespace, npl: list[int]
+) -> dict[int, dict[str, Any]]:
     cmd = [binary, "-m", str(path), "-c", str(args.ctx), "-b", str(args.batch), "-ub", str(args.ubatch),
-           "-npp", str(args.pp), "-ntg", str(args.tg), "-npl", ",".join(map(str, args.parallel)),
+           "-npp", str(args.pp), "-ntg", str(args.tg), "-npl", ",".join(map(str, npl)),
            "-t", str(args.threads), "-tb", str(args.threads), "--output-format", "jsonl"]  # fmt: skip
     if args.kvu:
         cmd.append("-kvu")
@@ -201,13 +204,18 @@ def main() -> None:
     parser.add_argument("--batched-bench", default=None, help="path of llama-batched-bench")
     parser.add_argument("--parallel", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16])
     parser.add_argument("--pp", type=int, default=128)
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs per P (medians)")
     parser.add_argument("--tg", type=int, default=64)
     parser.add_argument("--ctx", type=int, default=4096)
     parser.add_argument("--batch", type=int, default=2048)
     parser.add_argument("--ubatch", type=int, default=512)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--kvu", action=argparse.BooleanOptionalAction, default=True,
-                        help="unified KV cache (the engine's default; -kvu for llama-batched-bench)")
+    parser.add_argument(
+        "--kvu",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="unified KV cache (the engine's default; -kvu for llama-batched-bench)",
+    )
     parser.add_argument("--prefill-sweep", action="store_true")
     parser.add_argument("--single-vs", type=Path, default=None, metavar="DIR")
     parser.add_argument(
@@ -246,12 +254,19 @@ def main() -> None:
         ]
         print(json.dumps(report, indent=2))
         return
-    ref = batched_bench(args.batched_bench, args.model, args) if args.batched_bench else {}
     rows = []
-    for p in args.parallel:
-        ours = in_subprocess([*common, "--worker", "engine", "--value", str(p)])
-        peer = ref.get(p, {}).get("decode_tok_s")
+    for p in args.parallel:  # per P, the two contenders alternate run by run: drift hits both alike
+        ours_runs, peer_runs = [], []
+        for _ in range(args.runs):
+            if args.batched_bench:
+                peer_runs.append(batched_bench(args.batched_bench, args.model, args, [p])[p]["decode_tok_s"])
+            ours_runs.append(in_subprocess([*common, "--worker", "engine", "--value", str(p)]))
+        ours = min(ours_runs, key=lambda r: abs(r["decode_tok_s"] - statistics.median(
+            x["decode_tok_s"] for x in ours_runs)))  # the median run, whole  # fmt: skip
+        peer = statistics.median(peer_runs) if peer_runs else None
+        ours["runs_decode_tok_s"] = [r["decode_tok_s"] for r in ours_runs]
         ours["llama_batched_bench_decode_tok_s"] = peer
+        ours["llama_batched_bench_runs"] = peer_runs
         ours["ratio"] = ours["decode_tok_s"] / peer if peer else None
         rows.append(ours)
     report.update({"pp": args.pp, "tg": args.tg, "kv_unified": args.kvu, "rows": rows})
