@@ -11,50 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import math
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..errors import (
-    BudgetExceededError,
-    ChatTemplateError,
-    ConfigError,
-    ContextOverflowError,
-    GenerationError,
-    MediaError,
-    MediaTooLargeError,
-    ModelClosedError,
-    ModelLoadError,
-    QueueFullError,
-    QueueTimeoutError,
-    UnknownModelError,
-)
+from ..errors import ContextOverflowError
 from ..runtime.media import SERVER_POLICY, MediaPolicy
 from ..runtime.media_fetch import fetch_remote_parts
-from ..runtime.results import GenerationChunk, GenerationResult, Usage
+from ..runtime.results import GenerationChunk, GenerationResult
 from . import security
 from .formats import ChatFormat, Format, TextFormat, tool_names
+from .http_errors import APIError, api_error, register_error, too_large
 from .metrics import CONTENT_TYPE, ServerMetrics, process_rss_bytes
 from .provider import ModelProvider
+from .request_log import RequestContext, endpoint
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .streaming import SSEResponse, closer, drain, partial_result, sse, until_disconnect
 
 if TYPE_CHECKING:
     from ..runtime.model import AsyncGenerationStream, Model
 
+__all__ = ["APIError", "ServerConfig", "create_app", "register_error"]
+
 log = logging.getLogger("edge_qwen.server")
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -72,67 +60,6 @@ class ServerConfig:
     log_prompts: bool = False
     #: where images and audio may come from: no local files; remote URLs only with a ``fetch``
     media_policy: MediaPolicy = SERVER_POLICY
-
-
-class APIError(Exception):
-    """An error response: HTTP status, OpenAI error type/code, and extra headers."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
-
-    def response(self, request_id: str) -> JSONResponse:
-        return JSONResponse(self.body(), self.status, headers={**self.headers, "X-Request-ID": request_id})
-
-
-# edge-qwen error -> (HTTP status, OpenAI error type, code)
-_ERRORS: dict[type[Exception], tuple[int, str, str]] = {
-    UnknownModelError: (404, "invalid_request_error", "model_not_found"),
-    ContextOverflowError: (400, "invalid_request_error", "context_length_exceeded"),
-    ChatTemplateError: (400, "invalid_request_error", "invalid_messages"),
-    MediaError: (400, "invalid_request_error", "invalid_media"),  # status: the error's own .status
-    MediaTooLargeError: (413, "invalid_request_error", "media_too_large"),
-    ConfigError: (400, "invalid_request_error", "invalid_parameter"),
-    QueueTimeoutError: (503, "server_error", "queue_timeout"),
-    QueueFullError: (503, "server_error", "queue_full"),
-    BudgetExceededError: (503, "server_error", "insufficient_memory"),
-    ModelClosedError: (503, "server_error", "model_unavailable"),
-    ModelLoadError: (503, "server_error", "model_unavailable"),
-    GenerationError: (500, "server_error", "generation_failed"),
-}
-
-
-def register_error(exc_type: type[Exception], status: int, type: str, code: str) -> None:
-    """Map another exception (e.g. a scheduler's queue-full error) to an HTTP error."""
-    _ERRORS[exc_type] = (status, type, code)
-
-
-def api_error(exc: Exception) -> APIError:
-    for cls in type(exc).__mro__:
-        if cls in _ERRORS:
-            status, kind, code = _ERRORS[cls]
-            if isinstance(exc, MediaError):
-                return APIError(exc.status, str(exc), type=kind, code=code, param="messages")
-            headers = {"Retry-After": "1"} if status in (429, 503) else None
-            return APIError(status, str(exc), type=kind, code=code, headers=headers)
-    return APIError(500, "internal error; see the server log", type="server_error", code="internal_error")
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -182,12 +109,12 @@ class _Server:
         limit = self.config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
+            raise too_large(limit)
         body = bytearray()
         async for part in request.stream():
             body += part
             if len(body) > limit:
-                raise _too_large(limit)
+                raise too_large(limit)
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -230,7 +157,7 @@ class _Server:
 
     # -- endpoints --------------------------------------------------------------------------------
 
-    async def chat_completions(self, request: Request, ctx: _RequestContext) -> Response:
+    async def chat_completions(self, request: Request, ctx: RequestContext) -> Response:
         key = self.authorize(request)
         self.rate_limit(request, key)
         body = await self.read_json(request, ChatCompletionRequest)
@@ -250,7 +177,7 @@ class _Server:
         ctx.model = body.model
         ctx.content_hash = security.content_hash(json.dumps(messages, sort_keys=True, ensure_ascii=False))
         if self.config.log_prompts:
-            shown = _redacted_messages(messages)
+            shown = security.redacted_messages(messages)
             log.debug("request %s messages=%s", ctx.request_id, json.dumps(shown, ensure_ascii=False))
         kwargs: dict[str, Any] = {"enable_thinking": body.thinking(), "thinking_budget": body.thinking_budget}
         if body.tools:
@@ -275,7 +202,7 @@ class _Server:
             request, ctx, body.model, body.stream, body.include_usage, start, formatter
         )
 
-    async def completions(self, request: Request, ctx: _RequestContext) -> Response:
+    async def completions(self, request: Request, ctx: RequestContext) -> Response:
         key = self.authorize(request)
         self.rate_limit(request, key)
         body = await self.read_json(request, CompletionRequest)
@@ -301,7 +228,7 @@ class _Server:
     async def generate(
         self,
         request: Request,
-        ctx: _RequestContext,
+        ctx: RequestContext,
         name: str,
         stream: bool,
         include_usage: bool,
@@ -317,23 +244,23 @@ class _Server:
                 held.push_async_callback(gen.aclose)
                 try:
                     if not stream:
-                        result = await _until_disconnect(request, _drain(gen))
+                        result = await until_disconnect(request, drain(gen))
                         self.finish(ctx, result)
                         return JSONResponse(fmt.complete(result), headers={"X-Request-ID": ctx.request_id})
-                    first = await _until_disconnect(request, gen.__anext__())
+                    first = await until_disconnect(request, gen.__anext__())
                 except ClientDisconnect:
-                    self.finish(ctx, _partial(gen.result))
+                    self.finish(ctx, partial_result(gen.result))
                     raise
                 events = self.events(ctx, gen, first, fmt, include_usage)
                 # the stream now owns the admission slot and the lease
                 release = admitted.pop_all()
                 cleanup = held.pop_all()
-                return _SSEResponse(events, on_close=_closer(cleanup, release), request_id=ctx.request_id)
+                return SSEResponse(events, on_close=closer(cleanup, release), request_id=ctx.request_id)
         raise AssertionError("unreachable")
 
     async def events(
         self,
-        ctx: _RequestContext,
+        ctx: RequestContext,
         gen: AsyncGenerationStream,
         first: GenerationChunk,
         fmt: Format,
@@ -341,10 +268,10 @@ class _Server:
     ) -> AsyncIterator[bytes]:
         chunk: GenerationChunk | None = first
         try:
-            yield _sse(fmt.first_chunk())
+            yield sse(fmt.first_chunk())
             while chunk is not None:
                 for payload in fmt.chunk(chunk):
-                    yield _sse(payload)
+                    yield sse(payload)
                 if chunk.finish_reason is not None:
                     break
                 chunk = await gen.__anext__()
@@ -354,25 +281,25 @@ class _Server:
             err = api_error(exc)
             ctx.status = err.status
             log.warning("request %s failed mid-stream: %s", ctx.request_id, exc)
-            yield _sse(err.body())
+            yield sse(err.body())
             yield b"data: [DONE]\n\n"
             return
         except BaseException:  # the client went away (cancellation): stop the model, count it
             gen.cancel()
             ctx.status = 499
-            self.finish(ctx, _partial(gen.result))
+            self.finish(ctx, partial_result(gen.result))
             raise
         result = gen.result
         self.finish(ctx, result)
         if include_usage:
-            yield _sse(fmt.usage_chunk(result))
+            yield sse(fmt.usage_chunk(result))
         yield b"data: [DONE]\n\n"
 
-    def finish(self, ctx: _RequestContext, result: GenerationResult) -> None:
+    def finish(self, ctx: RequestContext, result: GenerationResult) -> None:
         ctx.result = result
         self.metrics.observe_generation(ctx.model or "", result)
 
-    async def list_models(self, request: Request, ctx: _RequestContext) -> Response:
+    async def list_models(self, request: Request, ctx: RequestContext) -> Response:
         key = self.authorize(request)
         self.rate_limit(request, key)
         data = [
@@ -380,7 +307,7 @@ class _Server:
         ]
         return JSONResponse({"object": "list", "data": data})
 
-    async def health(self, request: Request, ctx: _RequestContext) -> Response:
+    async def health(self, request: Request, ctx: RequestContext) -> Response:
         snap = self.provider.snapshot()
         memory = dict(snap.get("memory", {}))
         memory["process_rss_bytes"] = process_rss_bytes()
@@ -394,179 +321,24 @@ class _Server:
         }
         return JSONResponse(body)
 
-    async def prometheus(self, request: Request, ctx: _RequestContext) -> Response:
+    async def prometheus(self, request: Request, ctx: RequestContext) -> Response:
         self.authorize(request)
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
-
-
-# --- request bookkeeping ----------------------------------------------------------------------------
-
-
-@dataclass
-class _RequestContext:
-    request_id: str
-    endpoint: str
-    started: float
-    status: int = 200
-    model: str | None = None
-    content_hash: str | None = None
-    result: GenerationResult | None = None
-
-
-def _endpoint(
-    server: _Server, name: str, handler: Callable[[Request, _RequestContext], Awaitable[Response]]
-) -> Any:
-    """Wrap a handler: request id, error mapping, metrics and one log line per request."""
-
-    async def endpoint(request: Request) -> Response:
-        ctx = _RequestContext(uuid.uuid4().hex, name, time.perf_counter())
-        server.metrics.in_flight.inc()
-        response: Response | None = None
-        try:
-            response = await handler(request, ctx)
-            response.headers.setdefault("X-Request-ID", ctx.request_id)
-        except APIError as exc:
-            response = exc.response(ctx.request_id)
-        except ClientDisconnect:
-            ctx.status = 499
-        except Exception as exc:  # noqa: BLE001 - mapped to an HTTP error; unknown ones are logged
-            err = api_error(exc)
-            if err.status >= 500 and type(exc) not in _ERRORS:
-                log.exception("request %s failed", ctx.request_id)
-            response = err.response(ctx.request_id)
-        if response is None:
-            _done(server, ctx, 499)
-            return Response(status_code=499)
-        if isinstance(response, _SSEResponse):
-            response.on_done = lambda: _done(server, ctx, ctx.status)
-        else:
-            _done(server, ctx, response.status_code)
-        return response
-
-    return endpoint
-
-
-def _done(server: _Server, ctx: _RequestContext, status: int) -> None:
-    server.metrics.in_flight.dec()
-    elapsed = time.perf_counter() - ctx.started
-    server.metrics.requests.labels(ctx.endpoint, str(status)).inc()
-    server.metrics.latency.labels(ctx.endpoint).observe(elapsed)
-    if ctx.endpoint in ("health", "metrics") and status == 200:
-        return
-    r = ctx.result
-    log.info(
-        "request %s %s model=%s status=%s content_sha256=%s prompt_tokens=%s completion_tokens=%s "
-        "finish=%s ttft_ms=%s decode_tok_s=%s total_ms=%.1f",
-        ctx.request_id,
-        ctx.endpoint,
-        ctx.model,
-        status,
-        ctx.content_hash,
-        r.usage.prompt_tokens if r else None,
-        r.usage.completion_tokens if r else None,
-        r.finish_reason if r else None,
-        f"{r.timings.ttft_ms:.1f}" if r else None,
-        f"{r.timings.decode_tok_s:.1f}" if r else None,
-        elapsed * 1e3,
-    )
 
 
 def create_app(provider: ModelProvider, config: ServerConfig | None = None) -> Starlette:
     """The ASGI app serving ``provider``'s models under ``config``'s security and limits."""
     server = _Server(provider, config or ServerConfig())
     routes = [
-        Route("/v1/chat/completions", _endpoint(server, "chat", server.chat_completions), methods=["POST"]),
-        Route("/v1/completions", _endpoint(server, "completions", server.completions), methods=["POST"]),
-        Route("/v1/models", _endpoint(server, "models", server.list_models), methods=["GET"]),
-        Route("/health", _endpoint(server, "health", server.health), methods=["GET"]),
-        Route("/metrics", _endpoint(server, "metrics", server.prometheus), methods=["GET"]),
+        Route("/v1/chat/completions", endpoint(server, "chat", server.chat_completions), methods=["POST"]),
+        Route("/v1/completions", endpoint(server, "completions", server.completions), methods=["POST"]),
+        Route("/v1/models", endpoint(server, "models", server.list_models), methods=["GET"]),
+        Route("/health", endpoint(server, "health", server.health), methods=["GET"]),
+        Route("/metrics", endpoint(server, "metrics", server.prometheus), methods=["GET"]),
     ]
     app = Starlette(routes=routes)
     app.state.server = server
     return app
-
-
-# --- generation helpers -----------------------------------------------------------------------------
-
-
-def _partial(result: GenerationResult) -> GenerationResult:
-    """A cancelled stream's result: its final chunk (with usage) never arrived, so count what did."""
-    if result.usage.prompt_tokens or not result.token_ids:
-        return result
-    return dataclasses.replace(result, usage=Usage(completion_tokens=len(result.token_ids)))
-
-
-async def _drain(gen: AsyncGenerationStream) -> GenerationResult:
-    async for _ in gen:
-        pass
-    return gen.result
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work`` unless the client disconnects first; then cancel it (and its generation)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            watcher.cancel()
-            raise ClientDisconnect()
-        watcher.cancel()
-    return task.result()
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-def _closer(
-    cleanup: contextlib.AsyncExitStack, release: contextlib.ExitStack
-) -> Callable[[], Awaitable[None]]:
-    async def close() -> None:
-        try:
-            await cleanup.aclose()
-        finally:
-            release.close()
-
-    return close
-
-
-class _SSEResponse(StreamingResponse):
-    """Server-Sent Events that always release their lease, even when the client vanished early."""
-
-    def __init__(
-        self, events: AsyncIterator[bytes], *, on_close: Callable[[], Awaitable[None]], request_id: str
-    ) -> None:
-        super().__init__(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Request-ID": request_id, "X-Accel-Buffering": "no"},
-        )
-        self._events = events
-        self._on_close = on_close
-        self.on_done: Callable[[], None] | None = None
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            await self._on_close()
-            if self.on_done is not None:
-                self.on_done()
-
-
-def _sse(payload: Mapping[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _text_only(message: Mapping[str, Any]) -> dict[str, Any]:
@@ -576,40 +348,3 @@ def _text_only(message: Mapping[str, Any]) -> dict[str, Any]:
         return dict(message)
     text = "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
     return {**message, "content": text}
-
-
-def _redacted_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``messages`` for ``--log-prompts``: inline media (data: URLs, base64 audio) replaced by a
-    short description with its size and hash, so the log holds neither the media nor megabytes."""
-    out = []
-    for message in messages:
-        content = message.get("content")
-        out.append({**message, "content": [_redacted_part(p) for p in content]} if isinstance(content, list)
-                   else message)  # fmt: skip
-    return out
-
-
-def _redacted_part(part: Any) -> Any:
-    if not isinstance(part, Mapping):
-        return part
-    if part.get("type") == "image_url" and isinstance(part.get("image_url"), Mapping):
-        url = str(part["image_url"].get("url", ""))
-        if not url.startswith("data:"):
-            return part
-        return {**part, "image_url": {"url": _redacted(url.partition(",")[0] + ",", url)}}
-    if part.get("type") == "input_audio" and isinstance(part.get("input_audio"), Mapping):
-        audio = part["input_audio"]
-        return {**part, "input_audio": {**audio, "data": _redacted("", str(audio.get("data", "")))}}
-    return part
-
-
-def _redacted(prefix: str, data: str) -> str:
-    return f"{prefix}<redacted {len(data)} chars sha256={security.content_hash(data)}>"
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(
-        413,
-        f"the request body is larger than this server's limit of {limit} bytes; send a shorter request",
-        code="request_too_large",
-    )

@@ -1,4 +1,5 @@
-"""Who may call the server and how often: API-key check and per-client token buckets.
+"""Who may call the server and how often (API-key check, per-client token buckets), and what of a
+request the log may hold (a content hash; media redacted).
 
 Why constant time: comparing a secret with ``==`` returns as soon as a byte differs, which leaks
 how much of a guess was right through response timing. :func:`hmac.compare_digest` does not.
@@ -13,8 +14,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 def key_matches(expected: str, presented: str | None) -> bool:
@@ -97,3 +99,32 @@ class RateLimiter:
 def content_hash(text: str) -> str:
     """A short SHA-256 of request content for logs: correlates repeats without storing prompts."""
     return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def redacted_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for ``--log-prompts``: inline media (data: URLs, base64 audio) replaced by a
+    short description with its size and hash, so the log holds neither the media nor megabytes."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        out.append({**message, "content": [_redacted_part(p) for p in content]} if isinstance(content, list)
+                   else message)  # fmt: skip
+    return out
+
+
+def _redacted_part(part: Any) -> Any:
+    if not isinstance(part, Mapping):
+        return part
+    if part.get("type") == "image_url" and isinstance(part.get("image_url"), Mapping):
+        url = str(part["image_url"].get("url", ""))
+        if not url.startswith("data:"):
+            return part
+        return {**part, "image_url": {"url": _redacted(url.partition(",")[0] + ",", url)}}
+    if part.get("type") == "input_audio" and isinstance(part.get("input_audio"), Mapping):
+        audio = part["input_audio"]
+        return {**part, "input_audio": {**audio, "data": _redacted("", str(audio.get("data", "")))}}
+    return part
+
+
+def _redacted(prefix: str, data: str) -> str:
+    return f"{prefix}<redacted {len(data)} chars sha256={content_hash(data)}>"

@@ -26,7 +26,7 @@ from edge_qwen.runtime import Model, media_fetch
 from edge_qwen.runtime.media import SERVER_POLICY, MediaLimits, MediaPolicy
 from edge_qwen.runtime.media_fetch import RemoteFetcher
 from edge_qwen.server import ServerConfig, StaticProvider
-from edge_qwen.server.app import _redacted_messages
+from edge_qwen.server.security import redacted_messages as _redacted_messages
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_tiny_multimodal import make_multimodal_checkpoint, random_image  # noqa: E402
