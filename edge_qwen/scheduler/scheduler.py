@@ -19,22 +19,19 @@ import dataclasses
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import BudgetExceededError, ConfigError, QueueFullError, QueueTimeoutError
+from ..errors import ConfigError, QueueFullError, QueueTimeoutError
 from ..gguf_header import read_header
 from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings, settings_from
 from .device import resolve_budget
 from .estimate import (
     MemoryEstimate,
-    ModelShape,
-    estimate,
     host_cpu_features,
-    largest_context,
     model_shape,
 )
+from .planning import Entry, Planner
 
 MiB = 2**20
 Loader = Callable[..., Any]  # Model.load(path, **settings) -> Model
@@ -55,37 +52,6 @@ def process_rss() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-@dataclass
-class _Entry:
-    name: str
-    path: Path
-    settings: ModelSettings
-    shape: ModelShape
-    pin: bool = False
-    keep_alive: float | None = None
-    model: Any = None
-    effective: ModelSettings | None = None
-    estimate: MemoryEstimate | None = None
-    adjustments: list[str] = field(default_factory=list)
-    loading: bool = False
-    busy: int = 0  # leases out (requests queued on or running in the model)
-    waiting: int = 0  # requests waiting for their turn / for the model to be resident
-    next_ticket: int = 0
-    serving: int = 0
-    last_used: float = 0.0
-    measured_bytes: int | None = None
-    loads: int = 0
-    freeing: int = 0  # bytes of an unloaded model the compute thread has not freed yet
-
-    @property
-    def charged(self) -> int:
-        """Bytes of the budget this model holds (while loading, and until an unload is complete)."""
-        held = self.freeing
-        if (self.model is not None or self.loading) and self.estimate is not None:
-            held += self.estimate.total_bytes
-        return held
 
 
 class Scheduler:
@@ -115,7 +81,7 @@ class Scheduler:
         self.queue_timeout = queue_timeout
         self.cpu_features = host_cpu_features() if cpu_features is None else cpu_features
         self._loader = loader or _default_loader
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._cond = threading.Condition()
         self._closed = False
         self._peak_charged = 0
@@ -143,117 +109,30 @@ class Scheduler:
                 raise ConfigError(
                     f"a model named {name!r} is already registered; pick another name or remove it"
                 )
-            self._entries[name] = _Entry(name, Path(path), config, shape, pin=pin, keep_alive=keep_alive)
+            self._entries[name] = Entry(name, Path(path), config, shape, pin=pin, keep_alive=keep_alive)
             if keep_alive is not None and self._reaper is None:
                 self._reaper = threading.Thread(target=self._reap, name="edge-qwen:reaper", daemon=True)
                 self._reaper.start()
 
-    def _entry(self, name: str) -> _Entry:
+    @property
+    def _planner(self) -> Planner:
+        return Planner(self.budget, self.min_ctx, self.allow_kv_quantization, self.cpu_features)
+
+    def plan(self, name: str) -> tuple[ModelSettings, MemoryEstimate, list[str]]:
+        """Settings the model would be loaded with now (shrunk / KV-quantized to fit), or raise."""
+        with self._cond:
+            return self._planner.plan(self._entry(name), self._entries.values())
+
+    def _entry(self, name: str) -> Entry:
         entry = self._entries.get(name)
         if entry is None:
             known = ", ".join(sorted(self._entries)) or "none"
             raise ConfigError(f"no model named {name!r} (registered: {known}); add it with Scheduler.add")
         return entry
 
-    # -- planning --------------------------------------------------------------------------------
-
-    def _estimate(self, entry: _Entry, settings: ModelSettings) -> MemoryEstimate:
-        return estimate(entry.shape, settings, cpu_features=self.cpu_features)
-
-    def _capacity(self, entry: _Entry) -> tuple[int, list[_Entry]]:
-        """Budget left once every evictable model is gone (pinned residents stay)."""
-        pinned = [e for e in self._entries.values() if e is not entry and e.pin and e.charged]
-        return self.budget - sum(e.charged for e in pinned), pinned
-
-    def plan(self, name: str) -> tuple[ModelSettings, MemoryEstimate, list[str]]:
-        """Settings the model would be loaded with now (shrunk / KV-quantized to fit), or raise."""
-        with self._cond:
-            entry = self._entry(name)
-            return self._plan(entry)
-
-    def _plan(self, entry: _Entry) -> tuple[ModelSettings, MemoryEstimate, list[str]]:
-        capacity, pinned = self._capacity(entry)
-        wanted = entry.settings
-        est = self._estimate(entry, wanted)
-        if est.total_bytes <= capacity:
-            return wanted, est, []
-        for kv in self._kv_ladder(wanted):
-            trial = dataclasses.replace(wanted, cache_type_k=kv, cache_type_v=kv) if kv else wanted
-            n_ctx = largest_context(
-                entry.shape, trial, capacity, cpu_features=self.cpu_features,
-                minimum=self.min_ctx, maximum=wanted.n_ctx,
-            )  # fmt: skip
-            if n_ctx is not None:
-                chosen = dataclasses.replace(trial, n_ctx=n_ctx)
-                notes = [f"n_ctx {wanted.n_ctx} -> {n_ctx}"] if n_ctx < est.n_ctx else []
-                if kv:
-                    notes.append(f"KV cache {wanted.cache_type_k} -> {kv}")
-                return chosen, self._estimate(entry, chosen), notes
-        raise self._refusal(entry, capacity, pinned)
-
-    def _kv_ladder(self, settings: ModelSettings) -> list[str | None]:
-        ladder: list[str | None] = [None]
-        if self.allow_kv_quantization:
-            order = ["f16", "q8_0", "q4_0"]
-            current = order.index(settings.cache_type_v) if settings.cache_type_v in order else 0
-            ladder += order[current + 1 :]
-        return ladder
-
-    def _refusal(self, entry: _Entry, capacity: int, pinned: list[_Entry]) -> BudgetExceededError:
-        smallest_kv = self._kv_ladder(entry.settings)[-1] or entry.settings.cache_type_v
-        floor = dataclasses.replace(
-            entry.settings, n_ctx=self.min_ctx, cache_type_k=smallest_kv, cache_type_v=smallest_kv
-        )
-        need = self._estimate(entry, floor)
-        suggestions: list[str] = []
-        tiny = largest_context(entry.shape, floor, capacity, cpu_features=self.cpu_features, minimum=256)
-        if tiny is not None:
-            suggestions.append(f"allow a smaller context (n_ctx {tiny} fits; min_ctx is {self.min_ctx})")
-        others = need.total_bytes - need.weights_bytes
-        if capacity > others:
-            suggestions.append(
-                f"use a smaller quantization: weights must be at most {(capacity - others) / MiB:,.0f} MiB "
-                f"(these are {need.weights_bytes / MiB:,.0f} MiB)"
-            )
-        freed = capacity
-        for other in sorted(pinned, key=lambda e: -e.charged):
-            freed += other.charged
-            suggestions.append(f"unpin and unload {other.name!r} (frees {other.charged / MiB:,.0f} MiB)")
-            if freed >= need.total_bytes:
-                break
-        suggestions.append(
-            f"raise the budget to at least {(self.budget - capacity + need.total_bytes) / MiB:,.0f} MiB"
-        )
-        what = f"model {entry.name!r} ({entry.path.name}) at n_ctx {need.n_ctx} with a {smallest_kv} KV cache"
-        return BudgetExceededError(what, need.total_bytes, capacity, suggestions)
-
-    def _victims(self, entry: _Entry, need: int) -> list[_Entry] | None:
-        """Idle models to evict (LRU first) so ``need`` fits; None when busy models must finish first."""
-        free = self.budget - sum(e.charged for e in self._entries.values())
-        if free >= need:
-            return []
-        pending = sum(e.freeing for e in self._entries.values())
-        if pending and free + pending >= need:
-            return None  # the unloads under way make room: wait for them, evict nothing more
-        free += pending
-        idle = sorted(
-            (
-                e for e in self._entries.values()
-                if e is not entry and e.model is not None and not e.pin and not e.busy and not e.waiting
-            ),
-            key=lambda e: e.last_used,
-        )  # fmt: skip
-        chosen: list[_Entry] = []
-        for candidate in idle:
-            chosen.append(candidate)
-            free += candidate.charged
-            if free >= need:
-                return chosen
-        return None
-
     # -- residency -------------------------------------------------------------------------------
 
-    def _unload_locked(self, entry: _Entry) -> None:
+    def _unload_locked(self, entry: Entry) -> None:
         """Start unloading; never waits. The compute thread frees the memory after its current step,
         and the bytes stay charged until then — so a load that needs them waits on the condition,
         not on the compute thread with the lock held (that would stall ``/health`` and every lease)."""
@@ -265,17 +144,17 @@ class Scheduler:
             model.close(wait=False, on_freed=lambda: self._freed(entry, bytes_))
         self._cond.notify_all()
 
-    def _freed(self, entry: _Entry, bytes_: int) -> None:
+    def _freed(self, entry: Entry, bytes_: int) -> None:
         with self._cond:
             entry.freeing -= bytes_
             self._cond.notify_all()
 
-    def _ensure_resident(self, entry: _Entry, deadline: float | None) -> None:
+    def _ensure_resident(self, entry: Entry, deadline: float | None) -> None:
         """With the lock held and the entry's turn: make its model resident (may wait, evict, load)."""
         while entry.model is None:
             if not entry.loading:
-                settings, est, notes = self._plan(entry)
-                victims = self._victims(entry, est.total_bytes)
+                settings, est, notes = self._planner.plan(entry, self._entries.values())
+                victims = self._planner.victims(entry, est.total_bytes, self._entries.values())
                 if victims:  # start unloading them; their bytes count until the compute thread freed them
                     for victim in victims:
                         self._unload_locked(victim)
@@ -286,7 +165,7 @@ class Scheduler:
             self._wait(deadline)
 
     def _load_locked(
-        self, entry: _Entry, settings: ModelSettings, est: MemoryEstimate, notes: list[str]
+        self, entry: Entry, settings: ModelSettings, est: MemoryEstimate, notes: list[str]
     ) -> None:
         entry.loading, entry.estimate, entry.effective, entry.adjustments = True, est, settings, notes
         self._peak_charged = max(self._peak_charged, sum(e.charged for e in self._entries.values()))
@@ -316,7 +195,7 @@ class Scheduler:
 
     # -- leases ----------------------------------------------------------------------------------
 
-    def _acquire(self, name: str, timeout: float | None) -> tuple[_Entry, Any]:
+    def _acquire(self, name: str, timeout: float | None) -> tuple[Entry, Any]:
         """Wait for this request's turn and a resident model; the caller must then submit and _advance."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -343,13 +222,13 @@ class Scheduler:
             finally:
                 entry.waiting -= 1
 
-    def _advance(self, entry: _Entry) -> None:
+    def _advance(self, entry: Entry) -> None:
         """The request is queued on the model: the next ticket may go."""
         with self._cond:
             entry.serving += 1
             self._cond.notify_all()
 
-    def _release(self, entry: _Entry) -> None:
+    def _release(self, entry: Entry) -> None:
         with self._cond:
             entry.busy -= 1
             entry.last_used = time.monotonic()
@@ -394,7 +273,7 @@ class Scheduler:
     def chat(self, name: str, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
         return _collect(self.chat_stream(name, messages, **kwargs))
 
-    async def _acquire_async(self, name: str) -> tuple[_Entry, Any]:
+    async def _acquire_async(self, name: str) -> tuple[Entry, Any]:
         """``_acquire`` on a worker thread. If the awaiting task is cancelled while the thread still
         waits, the turn and the model it later obtains are handed straight back (else they leak and
         every later request for the model waits for its timeout)."""
@@ -405,7 +284,7 @@ class Scheduler:
             pending.add_done_callback(self._hand_back)
             raise
 
-    def _hand_back(self, acquired: asyncio.Future[tuple[_Entry, Any]]) -> None:
+    def _hand_back(self, acquired: asyncio.Future[tuple[Entry, Any]]) -> None:
         if not acquired.cancelled() and acquired.exception() is None:
             entry, _ = acquired.result()
             self._advance(entry)
