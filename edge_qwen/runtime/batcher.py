@@ -66,7 +66,7 @@ class BatchEngine(Admission):
         n_ctx: int,
         n_batch: int,
         unified: bool = True,
-        prefill_chunk: int = 256,
+        prefill_chunk: int = 128,
         name: str = "model",
         draft: DraftSource | None = None,
         media: MediaFeeder | None = None,

@@ -63,7 +63,7 @@ class ModelSettings:
     queue_timeout: float | None = None
     parallel: int = 4
     kv_unified: bool = True
-    prefill_chunk: int = 256
+    prefill_chunk: int = 128
     adapters: tuple[tuple[str, str], ...] = ()
     draft: str | None = None
     speculative: str | None = None
