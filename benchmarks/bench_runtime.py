@@ -139,7 +139,9 @@ def _measure(args: argparse.Namespace, name: str) -> dict[str, float]:
         )
         metrics = _llama_runs(llama, prompt[: args.prompt_tokens], args.decode_tokens)
     else:
-        model = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
+        governed = name == "engine_governed"  # no thread count given: the governor follows the load
+        model = Model.load(args.model, n_ctx=2048, n_threads=None if governed else threads, n_batch=2048,
+                           n_ubatch=512)  # fmt: skip
         prompt = _prompt_tokens(model, args.prompt_tokens)
         if name == "engine_two_models":  # a second resident model that has computed too
             other = Model.load(args.model, n_ctx=2048, n_threads=threads, n_batch=2048, n_ubatch=512)
@@ -163,7 +165,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--llama-bench", default=None, help="path of a llama-bench binary (default: PATH)")
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--only", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=(*CONTENDERS, "engine_governed"), help=argparse.SUPPRESS)
     parser.add_argument("--metric", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--contention", type=int, default=0, metavar="K",
@@ -356,8 +358,9 @@ def _decode_speeds(args: argparse.Namespace, threads: int) -> dict[str, float]:
             else:
                 raw = _measure_in_subprocess(args, "raw", n, "decode_tok_s")["decode_tok_s"]
                 speeds.setdefault(f"raw_t{n}", []).append(raw)
-        engine = _measure_in_subprocess(args, "engine", threads, "decode_tok_s")["decode_tok_s"]
-        speeds.setdefault("engine", []).append(engine)
+        for name in ("engine", "engine_governed"):  # --threads N pinned, and the default
+            engine = _measure_in_subprocess(args, name, threads, "decode_tok_s")["decode_tok_s"]
+            speeds.setdefault(name, []).append(engine)
     return {name: statistics.median(values) for name, values in speeds.items()}
 
 
@@ -370,6 +373,8 @@ def _llama_bench_decode(args: argparse.Namespace, binary: str, threads: int) -> 
 
 def _contention(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     """Solo, then with ``--contention`` busy processes: decode speeds and their ratios to solo.
+    ``engine`` is pinned to ``--threads``; ``engine_governed`` is loaded without a thread count, as
+    ``edge-qwen run``/``serve`` do by default, so the load-aware governor picks it.
     Goals (issue 13): the engine keeps >= 0.65x of its solo speed with one competitor, and load-aware
     threads cost nothing alone (>= 0.98x of the pinned count)."""
     solo = _decode_speeds(args, threads)
@@ -385,6 +390,7 @@ def _contention(args: argparse.Namespace, threads: int) -> dict[str, Any]:
         "loaded_decode_tok_s": loaded,
         "ratio_to_solo": {name: round(loaded[name] / solo[name], 3) for name in solo},
         "engine_solo_vs_reference_solo": round(solo["engine"] / solo[reference], 3),
+        "governed_solo_vs_pinned_solo": round(solo["engine_governed"] / solo["engine"], 3),
     }
 
 
