@@ -30,7 +30,7 @@ def test_a_short_soak_sees_no_unexpected_status_and_frees_everything(server: tup
     report = asyncio.run(
         soak_server.soak(
             target, proc.pid, rounds=1, concurrency=200, max_seconds=40, dribble_delay=0.02, seed=14,
-            grammar_kinds=list(soak_server.GRAMMAR_KINDS),
+            grammar_kinds=list(soak_server.GRAMMAR_KINDS), warmup_rounds=1,
         )
     )  # fmt: skip
     assert proc.poll() is None, "the server died"
