@@ -1,4 +1,5 @@
-"""``edge-qwen serve``: option parsing, and SIGTERM letting a running stream finish before exiting."""
+"""``edge-qwen serve``: option parsing, SIGTERM letting a running stream finish before exiting, and
+Ctrl-C ending it with status 130 and a one-line message (no traceback)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,34 @@ def test_sigterm_drains_the_running_stream_then_exits(real_gguf: Path) -> None:
         finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"][0]["finish_reason"]]
         assert finish == ["length"]  # the whole answer, not cut off by the shutdown
         assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_ctrl_c_stops_the_server_with_130_and_no_traceback(real_gguf: Path) -> None:
+    port = free_port()
+    cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"qwen={real_gguf}", "--ctx", "512"]
+    cmd += ["--threads", "1", "--port", str(port), "--log-level", "warning"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err.decode()[-2000:]
+        assert "Traceback" not in err.decode() and "interrupted" in err.decode()
     finally:
         if proc.poll() is None:
             proc.kill()
