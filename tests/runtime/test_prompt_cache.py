@@ -118,3 +118,13 @@ def test_kv_exhaustion_keeps_dropped_idle_caches_in_host_memory():
     run(engine)
     assert out_tokens(sink) == solo(follow_up, 4) and out_tokens(big) == solo(list(range(100, 190)), 4)
     assert len(decoder.cells) <= 160
+
+
+def test_a_preempted_sequence_comes_back_from_host_memory_exactly():
+    engine, decoder = make_engine(parallel=4, n_ctx=150, prompt_cache=1 << 20)
+    jobs = [(p, submit(engine, p, max_tokens=30)[1]) for p in (conversation(i) for i in range(3))]
+    run(engine)
+    assert engine.stats.preemptions > 0 and engine.prompt_cache.stats.restored > 0
+    for prompt, sink in jobs:
+        assert out_tokens(sink) == solo(prompt, 30)
+    assert len(decoder.cells) <= 150
