@@ -9,18 +9,15 @@ where a token is sampled ask for logits.
 Sequences with different LoRA adapter sets never share a decode step (llama.cpp applies adapters
 per context): each step serves one adapter set, and the sets with work take turns.
 
-Speculative decoding (:mod:`~edge_qwen.runtime.speculative`): a generating sequence with a drafter
-(prompt lookup, or the draft model of :mod:`~edge_qwen.runtime.draft`, which drafts for all its
-sequences together before the step's decode) appends its drafted tokens to its entry and asks for
-logits at each of them; the target's tokens are taken one by one while they match, and the
-rejected tail is removed from the KV cache (``seq_rm``) and from the slot's token list in the same
-step.
+Speculative decoding: a sequence's drafted tokens ride in its entry and are verified after the
+decode (:mod:`~edge_qwen.runtime.drafting`).
 
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
-token it has so far, to be re-prefilled (its sampler, text and counters live in its
-:class:`~edge_qwen.runtime.sequence.Sequence`, so the stream just pauses). A request whose prompt
-cannot fit even when the others finish was refused before it was queued.
+token it has so far, to be re-prefilled, or restored from the prompt cache when it has one (its
+sampler, text and counters live in its :class:`~edge_qwen.runtime.sequence.Sequence`, so the
+stream just pauses). A request whose prompt cannot fit even when the others finish was refused
+before it was queued.
 
 The engine talks to llama.cpp only through a :class:`Decoder`, so the scheduling logic is tested
 with a fake one. It runs on the compute thread only.
@@ -44,17 +41,17 @@ from .batch_types import (
     SequenceFactory,
     Wanted,
 )
+from .drafting import Drafting
 from .prompt_cache import PromptCache
 from .request import AdapterSet, Request
 from .sequence import Sequence
 from .slots import Slot, media_boundary
-from .spec_cost import StepCost, best_draft_length
-from .speculative import verify
+from .spec_cost import StepCost
 
 __all__ = ["BatchEngine", "BatchEntry", "Decoder", "DraftSource", "EngineStats", "MediaFeeder", "Wanted"]
 
 
-class BatchEngine(Admission):
+class BatchEngine(Admission, Drafting):
     """The slots, the queue and the step loop of one context."""
 
     def __init__(
@@ -140,18 +137,6 @@ class BatchEngine(Admission):
             self._prefetch(entries)
         self._advance(entries)
 
-    def _prefetch(self, entries: list[BatchEntry]) -> None:
-        """The draft model reads the prompt chunks the target just prefilled, before their first
-        token is sampled: its cost lands in the time to first token, not as a stall after it."""
-        assert self.draft is not None
-        reading = {}
-        for e in entries:
-            seq = self.running[e.seq_id]
-            if seq.prefilling and seq.drafter is not None and seq.drafter.uses_model:
-                reading[e.seq_id] = seq.tokens[: e.pos + len(e.tokens)]
-        if reading:
-            self.draft.prefetch(reading)
-
     def _next_key(self) -> AdapterSet:
         """The adapter set this step serves: the sets with running sequences take turns."""
         keys = list(dict.fromkeys(seq.key for seq in self.running.values()))
@@ -227,47 +212,6 @@ class BatchEngine(Admission):
         self.slots[seq_id].busy = False
         seq.fail(exc)
 
-    def _add_drafts(self, entries: list[BatchEntry], room: int, n_decode: int = 1) -> int:
-        """Append the drafts of speculating sequences to their entries (within ``room`` batch
-        tokens, max_tokens and the sequence's context); returns how many tokens they add. Prompt
-        lookup drafts each sequence alone; the draft model drafts all of its sequences together."""
-        added = 0
-        wanted: dict[int, Wanted] = {}
-        p_min: dict[int, float] = {}
-        for entry in entries:
-            seq = self.running[entry.seq_id]
-            drafter = seq.drafter
-            if drafter is None:
-                continue
-            limit = min(room - added, seq.max_tokens - seq.n_out - 1,
-                        self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
-            if self.cost is not None and drafter.config.adaptive:  # what this machine's step cost pays for
-                model_drafts = drafter.uses_model and self.draft is not None
-                draft_cost = self.draft.position_cost if model_drafts and self.draft else 0.0
-                limit = best_draft_length(drafter.acceptance(), min(limit, drafter.k_now), n_decode,
-                                          self.cost, draft_cost)  # fmt: skip
-            if drafter.uses_model:
-                n = drafter.limit(limit) if self.draft is not None else 0
-                if n > 0:
-                    wanted[entry.seq_id], p_min[entry.seq_id] = (seq.tokens, n), drafter.config.p_min
-                    added += n  # reserved until the draft model says how many it drafted
-                continue
-            draft = drafter.propose(seq.tokens, limit)
-            if draft:
-                entry.tokens = [*entry.tokens, *draft]
-                entry.draft = draft
-                added += len(draft)
-        if wanted and self.draft is not None:
-            added -= sum(n for _tokens, n in wanted.values())
-            drafts = self.draft.propose(wanted, p_min)
-            for entry in entries:
-                drafted = drafts.get(entry.seq_id, [])
-                if drafted:
-                    entry.tokens = [*entry.tokens, *drafted]
-                    entry.draft = drafted
-                    added += len(drafted)
-        return added
-
     def _advance(self, entries: list[BatchEntry]) -> None:
         now = time.monotonic()
         for entry in entries:
@@ -284,29 +228,6 @@ class BatchEngine(Admission):
             self._take_tokens(seq, slot, entry)
             if seq.finish is not None:
                 self._finish(entry.seq_id)
-
-    def _take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
-        """Sample at the entry's logits rows and hand the tokens to the sequence, one by one, while
-        they confirm the draft; then drop the rejected drafted tokens from the KV cache."""
-        decoder = self.decoder
-        rows = entry.rows or [entry.row]
-
-        def take(token: int) -> bool:
-            return seq.take(token, decoder.is_eog(token))
-
-        kept = verify(entry.draft, lambda j: decoder.sample(seq.sampler, rows[j]), take)
-        if seq.drafter is None:
-            return
-        seq.drafter.observe(len(entry.draft), kept)
-        if not entry.draft:
-            return
-        self.stats.drafted_tokens += len(entry.draft)
-        self.stats.accepted_tokens += kept
-        rejected = len(entry.draft) - kept
-        if rejected:
-            self._truncate(slot, len(slot.tokens) - rejected)
-            if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
-                seq.prefilling = True
 
     # -- KV bookkeeping ----------------------------------------------------------------------------------
 
@@ -357,7 +278,7 @@ class BatchEngine(Admission):
         seq_id = max(self.running, key=lambda i: self.running[i].admitted_at)
         seq = self.running.pop(seq_id)
         slot = self.slots[seq_id]
-        self._clear(slot)
+        self._evict(slot)  # with a prompt cache, its return is a restore instead of a re-prefill
         slot.busy = False
         seq.prefilling = True
         self.waiting.appendleft(seq)

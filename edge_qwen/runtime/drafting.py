@@ -1,0 +1,113 @@
+"""The speculative half of the step loop: drafts appended to the batch, verified after it.
+
+A generating sequence with a drafter (prompt lookup, or the draft model of
+:mod:`~edge_qwen.runtime.draft`, which drafts for all its sequences together before the step's
+decode) appends its drafted tokens to its entry and asks for logits at each of them; how many it
+drafts comes from the measured step cost (:mod:`~edge_qwen.runtime.spec_cost`). After the decode
+the target's tokens are taken one by one while they match, and the rejected tail is removed from
+the KV cache (``seq_rm``) and from the slot's token list in the same step. A mixin of
+:class:`~edge_qwen.runtime.batcher.BatchEngine`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .batch_types import BatchEntry, Wanted
+from .sequence import Sequence
+from .slots import Slot
+from .spec_cost import StepCost, best_draft_length
+from .speculative import verify
+
+if TYPE_CHECKING:
+    from .batch_types import Decoder, DraftSource, EngineStats
+
+
+class Drafting:
+    """Drafting and verification for the step loop (its state lives in the engine)."""
+
+    decoder: Decoder
+    draft: DraftSource | None
+    cost: StepCost | None
+    running: dict[int, Sequence]
+    n_ctx_seq: int
+    stats: EngineStats
+
+    def _truncate(self, slot: Slot, keep: int) -> int:  # the engine's KV bookkeeping
+        raise NotImplementedError
+
+    def _prefetch(self, entries: list[BatchEntry]) -> None:
+        """The draft model reads the prompt chunks the target just prefilled, before their first
+        token is sampled: its cost lands in the time to first token, not as a stall after it."""
+        assert self.draft is not None
+        reading = {}
+        for e in entries:
+            seq = self.running[e.seq_id]
+            if seq.prefilling and seq.drafter is not None and seq.drafter.uses_model:
+                reading[e.seq_id] = seq.tokens[: e.pos + len(e.tokens)]
+        if reading:
+            self.draft.prefetch(reading)
+
+    def _add_drafts(self, entries: list[BatchEntry], room: int, n_decode: int = 1) -> int:
+        """Append the drafts of speculating sequences to their entries (within ``room`` batch
+        tokens, max_tokens and the sequence's context); returns how many tokens they add. Prompt
+        lookup drafts each sequence alone; the draft model drafts all of its sequences together."""
+        added = 0
+        wanted: dict[int, Wanted] = {}
+        p_min: dict[int, float] = {}
+        for entry in entries:
+            seq = self.running[entry.seq_id]
+            drafter = seq.drafter
+            if drafter is None:
+                continue
+            limit = min(room - added, seq.max_tokens - seq.n_out - 1,
+                        self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
+            if self.cost is not None and drafter.config.adaptive:  # what this machine's step cost pays for
+                model_drafts = drafter.uses_model and self.draft is not None
+                draft_cost = self.draft.position_cost if model_drafts and self.draft else 0.0
+                limit = best_draft_length(drafter.acceptance(), min(limit, drafter.k_now), n_decode,
+                                          self.cost, draft_cost)  # fmt: skip
+            if drafter.uses_model:
+                n = drafter.limit(limit) if self.draft is not None else 0
+                if n > 0:
+                    wanted[entry.seq_id], p_min[entry.seq_id] = (seq.tokens, n), drafter.config.p_min
+                    added += n  # reserved until the draft model says how many it drafted
+                continue
+            draft = drafter.propose(seq.tokens, limit)
+            if draft:
+                entry.tokens = [*entry.tokens, *draft]
+                entry.draft = draft
+                added += len(draft)
+        if wanted and self.draft is not None:
+            added -= sum(n for _tokens, n in wanted.values())
+            drafts = self.draft.propose(wanted, p_min)
+            for entry in entries:
+                drafted = drafts.get(entry.seq_id, [])
+                if drafted:
+                    entry.tokens = [*entry.tokens, *drafted]
+                    entry.draft = drafted
+                    added += len(drafted)
+        return added
+
+    def _take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
+        """Sample at the entry's logits rows and hand the tokens to the sequence, one by one, while
+        they confirm the draft; then drop the rejected drafted tokens from the KV cache."""
+        decoder = self.decoder
+        rows = entry.rows or [entry.row]
+
+        def take(token: int) -> bool:
+            return seq.take(token, decoder.is_eog(token))
+
+        kept = verify(entry.draft, lambda j: decoder.sample(seq.sampler, rows[j]), take)
+        if seq.drafter is None:
+            return
+        seq.drafter.observe(len(entry.draft), kept)
+        if not entry.draft:
+            return
+        self.stats.drafted_tokens += len(entry.draft)
+        self.stats.accepted_tokens += kept
+        rejected = len(entry.draft) - kept
+        if rejected:
+            self._truncate(slot, len(slot.tokens) - rejected)
+            if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
+                seq.prefilling = True
