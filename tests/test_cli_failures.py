@@ -51,6 +51,12 @@ def no_temp_files(folder: Path) -> bool:
     return not folder.exists() or not [p for p in folder.rglob("*") if p.name.endswith(".incomplete")]
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: SIGINT as a terminal delivers it, even when this test run was
+    started as a background job (which inherits an ignored SIGINT, and Python keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_without_the_server_extra_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # `import uvicorn` now fails as if not installed
     code, data, err = run_main("serve", "--models", "model.gguf", "--json")
@@ -85,7 +91,9 @@ def test_a_closed_stdout_ends_quietly(json_flag: list[str], tmp_path: Path) -> N
 def test_ctrl_c_during_convert_exits_130_and_removes_temp_files(checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, str(HOOKS), "INT@write:15000000", "--", "convert", str(checkpoint), "-o", str(out)]
-    proc = subprocess.run([*cmd, "--no-eval", "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [*cmd, "--no-eval", "--json"], capture_output=True, text=True, timeout=300, preexec_fn=default_sigint
+    )
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["error"]["type"] == "KeyboardInterrupt"
     assert "Traceback" not in proc.stderr
@@ -97,7 +105,9 @@ def test_ctrl_c_during_pull_exits_130_and_leaves_nothing(fake_hub: FakeHub) -> N
     fake_hub.stall_first_get_at = 500_000
     extra = ["--tiny-registry", sha(data), str(len(data)), "--hf-chunk", "65536"]
     cmd = [sys.executable, str(HOOKS), "none", *extra, "--", "pull", "tiny", "--source", "hub", "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     try:
         assert fake_hub.stalled.wait(60), "the download did not start"
         proc.send_signal(signal.SIGINT)

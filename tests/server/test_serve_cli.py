@@ -21,6 +21,12 @@ from edge_qwen.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def default_sigint() -> None:
+    """Run in the child before exec: SIGINT as a terminal delivers it, even when this test run was
+    started as a background job (which inherits an ignored SIGINT, and Python keeps it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(("text", "per_min"), [("60", 60), ("60/min", 60), ("2/s", 120), ("120/hour", 2)])
 def test_rates_read_as_requests_per_minute(text: str, per_min: float) -> None:
     assert parse_rate(text) == per_min
@@ -100,7 +106,9 @@ def test_ctrl_c_stops_the_server_with_130_and_no_traceback(real_gguf: Path) -> N
     cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"qwen={real_gguf}", "--ctx", "512"]
     cmd += ["--threads", "1", "--port", str(port), "--log-level", "warning"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
