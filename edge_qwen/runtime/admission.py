@@ -122,7 +122,7 @@ class Admission:
             self.prompt_cache.save(slot.tokens, slot.key, lambda: self.decoder.seq_state(slot.seq_id))
 
     def _evict(self, slot: Slot) -> None:
-        """Drop an idle slot's cache for room, keeping a copy in the prompt cache."""
+        """Drop the slot's cache (for room, or for another prompt), keeping a copy in the prompt cache."""
         self._save(slot)
         self._clear(slot)
 
@@ -150,16 +150,14 @@ class Admission:
     ) -> None:
         slot, reuse, donor = placement.slot, placement.reuse, placement.donor
         if saved is not None:
-            self._save(slot)
-            self._clear(slot)
+            self._evict(slot)
             reuse = 0
             if self.decoder.load_state(slot.seq_id, saved.state):
                 slot.tokens, slot.key = list(saved.tokens), saved.key
                 reuse = self._truncate(slot, n_saved)
                 self.prompt_cache.used(saved, reuse)
         elif donor is not None:
-            self._save(slot)
-            self._clear(slot)
+            self._evict(slot)
             self.decoder.seq_cp(donor.seq_id, slot.seq_id, placement.donor_tokens)
             slot.tokens = list(seq.tokens[: placement.donor_tokens])
             slot.shared = placement.donor_tokens  # copied media cells are shared too: they cost nothing here
