@@ -129,10 +129,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
         ("adapters", est["adapter_bytes"], "LoRA adapters"),
-        ("prompts", est.get("prompt_cache_bytes", 0), "prompt cache in host memory (its budget)"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "prompts")]
+    shown = [row for row in rows if row[1] or row[0] != "adapters"]
     lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in shown]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"
