@@ -79,11 +79,26 @@ CPU_FLAG_FEATURES: dict[str, str] = {
 }
 
 
-def host_cpu_features() -> frozenset[str]:
-    """This machine's CPU features, in the names of :data:`REPACK_RULES`."""
-    from .._llama import cpu_flags  # the runtime decides extra buffers from the same flags
+# A pseudo-feature: the runtime keeps every weight in the plain buffer (no CPU_REPACK, no AMX).
+NO_EXTRA_BUFFERS = "no_extra_buffers"
 
-    return frozenset(CPU_FLAG_FEATURES[f] for f in cpu_flags() if f in CPU_FLAG_FEATURES)
+
+def host_cpu_features() -> frozenset[str]:
+    """What the installed llama.cpp uses on this machine, in the names of :data:`REPACK_RULES`.
+
+    The CPU's flags say what it *could* run; the build decides what it does: ``amx`` only when
+    ggml-cpu was compiled with AMX kernels (setup.sh builds with ``-mno-amx-int8`` under GCC 12,
+    so an AMX CPU then repacks into CPU_REPACK like any AVX-512 one), and
+    :data:`NO_EXTRA_BUFFERS` when the runtime turns the extra buffer types off here.
+    """
+    from .. import _llama  # loads the llama.cpp library: only when this machine is planned for
+
+    features = {CPU_FLAG_FEATURES[f] for f in _llama.cpu_flags() if f in CPU_FLAG_FEATURES}
+    if not _llama.build_has_amx():
+        features.discard("amx")
+    if not _llama.default_extra_buffers():
+        features.add(NO_EXTRA_BUFFERS)
+    return frozenset(features)
 
 
 @dataclass(frozen=True)
@@ -334,7 +349,9 @@ def estimate(
     quantized_kv = settings.cache_type_k not in ("f16", "f32") or settings.cache_type_v not in ("f16", "f32")
     # flash_attn=None is "auto": llama.cpp enables it on CPU (and a quantized V cache requires it)
     flash = settings.flash_attn is not False or settings.cache_type_v not in ("f16", "f32")
-    use_extra = ("amx" not in cpu_features) if settings.extra_buffers is None else settings.extra_buffers
+    use_extra = settings.extra_buffers
+    if use_extra is None:  # what the runtime does on the machine these features describe
+        use_extra = NO_EXTRA_BUFFERS not in cpu_features
     offloaded, output_on_device = _offload(shape, settings.n_gpu_layers, gpu)
     host_w, repacked, device_w = weight_bytes(
         shape, cpu_features, use_extra, offloaded, output_on_device, settings.use_mmap
@@ -387,10 +404,6 @@ def estimate_memory(
     if overrides:
         base = dataclasses.replace(base, **overrides)
     features = host_cpu_features() if cpu_features is None else cpu_features
-    if cpu_features is None and base.extra_buffers is None:  # this machine: what the runtime will do
-        from .._llama import default_extra_buffers
-
-        base = dataclasses.replace(base, extra_buffers=default_extra_buffers())
     return estimate(model_shape(read_header(path)), base, parallel=parallel, cpu_features=features, gpu=gpu)
 
 

@@ -102,9 +102,10 @@ def test_repacking_moves_weights_into_a_second_buffer(real_gguf: Path) -> None:
 
 
 def test_amx_repack_matches_llama_cpp(real_gguf: Path) -> None:
-    """On this machine (AMX) extra buffers put repacked weights in an AMX buffer; loading only."""
-    if "amx" not in __import__("edge_qwen.scheduler.estimate", fromlist=["x"]).host_cpu_features():
-        pytest.skip("needs a CPU with AMX")
+    """Where the build has AMX kernels, extra buffers put repacked weights in an AMX buffer; loading only.
+    (An AMX CPU whose llama.cpp was built with -mno-amx-int8 repacks into CPU_REPACK: the grid above.)"""
+    if not _llama.build_has_amx():
+        pytest.skip("needs a llama.cpp build with AMX kernels (an AMX CPU and clang or GCC >= 13)")
     reported = reported_buffers(real_gguf, n_ctx=512, extra_buffers=True)
     est = estimate_memory(real_gguf, n_ctx=512, extra_buffers=True)
     assert est.weights_bytes / MiB == pytest.approx(reported["model"], rel=TOLERANCE)
