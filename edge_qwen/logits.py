@@ -38,14 +38,19 @@ def _log_tail(log: LogCapture) -> str:
 
 @contextlib.contextmanager
 def _loaded_model(
-    path: Path, log: LogCapture, *, vocab_only: bool = False, n_gpu_layers: int = 0
+    path: Path,
+    log: LogCapture,
+    *,
+    vocab_only: bool = False,
+    n_gpu_layers: int = 0,
+    extra_buffers: bool = False,
 ) -> Iterator[llama_cpp.llama_model_p]:
     params = llama_cpp.llama_model_default_params()
     params.vocab_only = vocab_only
     params.n_gpu_layers = n_gpu_layers
-    # A measurement uses the plain kernels: no weight repacking into "extra" buffer types
-    # (see edge_qwen._llama.default_extra_buffers for why they are also unsafe on AMX CPUs).
-    params.use_extra_bufts = False
+    # A measurement uses the plain kernels unless asked: no weight repacking into "extra" buffer
+    # types (see edge_qwen._llama.default_extra_buffers for why they are also unsafe on some AMX builds).
+    params.use_extra_bufts = extra_buffers
     model = llama_cpp.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
         raise ModelLoadError(
@@ -131,13 +136,16 @@ def token_logits(
     n_batch: int = DEFAULT_BATCH,
     n_gpu_layers: int = 0,
     adapters: Sequence[tuple[str | os.PathLike[str], float]] = (),
+    extra_buffers: bool = False,
 ) -> np.ndarray:
     """Logits llama.cpp computes at every position of ``tokens``: float32 ``[len(tokens), n_vocab]``.
 
     Row ``i`` is the next-token distribution after ``tokens[: i + 1]``. Tokens are decoded in
     batches of ``n_batch`` into one fresh context (default size: just large enough), which is freed
     together with the model before returning, also on error. ``adapters`` are GGUF LoRA files with
-    their scales, applied to that context (see :mod:`edge_qwen.adapters`).
+    their scales, applied to that context (see :mod:`edge_qwen.adapters`). ``extra_buffers=True``
+    lets llama.cpp repack weights as the runtime does (other kernels, other rounding): a second
+    valid evaluation to compare with, not the reference.
     """
     path = check_gguf_file(gguf_path)
     n_tokens = len(tokens)
@@ -146,7 +154,9 @@ def token_logits(
     n_batch = max(1, min(n_batch, n_tokens or 1))
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(capture_log())
-        model = stack.enter_context(_loaded_model(path, log, n_gpu_layers=n_gpu_layers))
+        model = stack.enter_context(
+            _loaded_model(path, log, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers)
+        )
         vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
         _check_tokens(tokens, n_vocab)

@@ -2,7 +2,7 @@
 
 * Greedy, on the real Qwen2.5-Coder-0.5B drafting for itself (the only real pair here): the answer
   is the one without speculation for a code edit, a chat prompt and a JSON-schema prompt, alone and
-  with several sequences speculating together (the near-tie rule of test_speculative_real.py).
+  with several sequences speculating together (the measured near-tie rule of near_tie.py).
 * Sampling, on a tiny random Qwen3 drafting for itself: over thousands of seeded requests, the
   tokens drawn with speculation follow the same distribution as without it (a chi-square test of
   homogeneity at the 0.1% level). A rule that accepted drafts too often would pile probability
