@@ -175,3 +175,40 @@ def test_a_full_disk_is_an_error_and_leaves_nothing(checkpoint: Path, tmp_path: 
     error = json.loads(proc.stdout)["error"]
     assert "disk is full" in error["message"] and "Traceback" not in proc.stderr
     assert no_temp_files(out) and not list(out.glob("*.gguf"))
+
+
+HOSTILE = [
+    ("plan", "m.gguf", "--parallel", "0"),
+    ("plan", "m.gguf", "--ctx", "-5"),
+    ("plan", "m.gguf", "--ctx", "0"),
+    ("plan", "m.gguf", "--ubatch", "0"),
+    ("serve", "--port", "99999"),
+    ("serve", "--port", "0"),
+    ("serve", "--parallel", "0"),
+    ("serve", "--ctx", "-1"),
+    ("serve", "--max-concurrency", "0"),
+    ("run", "m.gguf", "hi", "--ctx", "0"),
+    ("run", "m.gguf", "hi", "--threads", "0"),
+    ("run", "m.gguf", "hi", "--max-tokens", "-1"),
+    ("run", "m.gguf", "hi", "--thinking-budget", "-3"),
+    ("chat", "m.gguf", "--ctx", "many"),
+    ("recommend", "--ctx", "0"),
+    ("pull", "qwen3-0.6b", "--ctx", "0"),
+    ("convert", "ck", "-o", "out", "--ctx", "0"),
+    ("convert", "ck", "-o", "out", "--threads", "0"),
+    ("quantize", "m.gguf", "-q", "q8_0", "--threads", "-2"),
+]
+
+
+@pytest.mark.parametrize("argv", HOSTILE, ids=" ".join)
+def test_out_of_range_numbers_are_usage_errors_at_parse_time(argv: tuple[str, ...]) -> None:
+    """A number out of its range ends before any work: exit 2, one error line naming the option
+    and the range, the same as JSON under --json; never a traceback or a silent clamp."""
+    code, data, err = run_main(*argv)
+    assert code == 2 and data is None, err
+    error_lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(error_lines) == 1 and argv[-2] in error_lines[0] and "expected" in error_lines[0], err
+    assert "Traceback" not in err
+    code, data, _ = run_main(*argv, "--json")
+    assert code == 2 and data is not None and data["error"]["type"] == "UsageError"
+    assert argv[-2] in data["error"]["message"]

@@ -7,13 +7,19 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ._types import non_negative_int, positive_int
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", help="a .gguf file, or a registry name[:quant] already pulled (edge-qwen models lists them)"
     )
-    parser.add_argument("--ctx", type=int, default=4096, help="context size in tokens (default 4096)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument(
+        "--ctx", type=positive_int, default=4096, help="context size in tokens (default 4096)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)"
+    )
     parser.add_argument(
         "--lora", action="append", default=[], metavar="FILE[:SCALE]",
         help="apply a GGUF LoRA adapter (from edge-qwen convert-lora) at SCALE (default 1.0); repeatable",
@@ -81,7 +87,7 @@ def user_content(prompt: str, images: list[str], audio: list[str], mmproj: str |
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", default=None, help="system prompt")
-    parser.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate")
+    parser.add_argument("--max-tokens", type=positive_int, default=None, help="most tokens to generate")
     parser.add_argument("--temperature", type=float, default=None, help="0 = greedy (default: model preset)")
     parser.add_argument("--seed", type=int, default=None, help="sampling seed, for reproducible answers")
     think = parser.add_mutually_exclusive_group()
@@ -91,7 +97,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     think.add_argument("--no-think", dest="think", action="store_false", help="Qwen3: answer directly")
     parser.add_argument(
         "--thinking-budget",
-        type=int,
+        type=non_negative_int,
         default=None,
         help="Qwen3: end the reasoning after this many tokens and answer",
     )

@@ -14,6 +14,7 @@ from typing import Any
 from ..convert import convert
 from ..convert.mmproj import MMPROJ_TYPES
 from ..convert.tensors import OUTTYPES
+from ._types import positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -28,10 +29,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) to pin")
     parser.add_argument(
-        "--ctx", type=int, help="target context; above the native one writes YaRN rope scaling"
+        "--ctx", type=positive_int, help="target context; above the native one writes YaRN rope scaling"
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the quality report")
-    parser.add_argument("--threads", type=int, help="threads for quantization and evaluation")
+    parser.add_argument("--threads", type=positive_int, help="threads for quantization and evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

@@ -17,6 +17,7 @@ from ..gguf_header import read_header
 from ..runtime.results import ModelSettings
 from ..scheduler.device import device_profile, resolve_budget, system_memory
 from ..scheduler.estimate import estimate, host_cpu_features, largest_context, model_shape
+from ._types import positive_int
 
 MiB = 2**20
 KV_CHOICES = ("f16", "q8_0", "q4_0")
@@ -25,15 +26,17 @@ KV_CHOICES = ("f16", "q8_0", "q4_0")
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .gguf model file")
     parser.add_argument(
-        "--ctx", type=int, default=4096,
+        "--ctx", type=positive_int, default=4096,
         help="KV cells of the context, shared by the parallel sequences (default 4096)",
     )  # fmt: skip
     parser.add_argument("--kv", choices=KV_CHOICES, default="f16", help="KV cache type (default f16)")
     parser.add_argument(
-        "--parallel", type=int, default=ModelSettings.parallel,
+        "--parallel", type=positive_int, default=ModelSettings.parallel,
         help=f"sequences decoded together (default {ModelSettings.parallel}); they share the --ctx cells",
     )  # fmt: skip
-    parser.add_argument("--ubatch", type=int, default=512, help="physical batch size n_ubatch (default 512)")
+    parser.add_argument(
+        "--ubatch", type=positive_int, default=512, help="physical batch size n_ubatch (default 512)"
+    )
     parser.add_argument(
         "--lora", action="append", default=[], metavar="FILE",
         help="a GGUF LoRA adapter loaded next to the model (counted in the total); repeatable",

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from ..registry.sources import SOURCES
+from ._types import positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--budget", help="memory budget to check the fit against, e.g. 3.5GB")
     where.add_argument("--device", help="device profile to check the fit against, e.g. raspberry-pi-4-4gb")
     parser.add_argument(
-        "--ctx", type=int, default=4096, help="context the model must fit with (default 4096)"
+        "--ctx", type=positive_int, default=4096, help="context the model must fit with (default 4096)"
     )
     parser.add_argument(
         "--force",

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from ..quantize import QUANT_TYPES, parse_quant_list, quantize, update_manifest
+from ._types import positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +29,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="GGUF file to quantize (ideally the F16/BF16 original)")
     parser.add_argument("-q", "--quants", required=True, help=f"comma-separated types: {types}")
     parser.add_argument("-o", "--outdir", help="output folder (default: next to the input)")
-    parser.add_argument("--threads", type=int, help="quantizer/evaluation threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="quantizer/evaluation threads (default: all cores)"
+    )
     parser.add_argument(
         "--allow-requantize",
         action="store_true",

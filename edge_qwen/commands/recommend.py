@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 from ..registry.catalog import TASKS
+from ._types import positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -21,7 +22,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     where.add_argument("--budget", help="memory budget, e.g. 3.5GB or 3000MiB")
     parser.add_argument("--task", choices=TASKS, default=None, help="what the model is for (default: any)")
-    parser.add_argument("--ctx", type=int, default=4096, help="context length it must hold (default 4096)")
+    parser.add_argument(
+        "--ctx", type=positive_int, default=4096, help="context length it must hold (default 4096)"
+    )
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ._types import positive_int, tcp_port
 
 API_KEY_ENV = "EDGE_QWEN_API_KEY"
 _RATE_UNITS = {"s": 60.0, "sec": 60.0, "m": 1.0, "min": 1.0, "h": 1 / 60, "hour": 1 / 60}
@@ -30,7 +31,7 @@ _RATE_UNITS = {"s": 60.0, "sec": 60.0, "m": 1.0, "min": 1.0, "h": 1 / 60, "hour"
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback)")
-    parser.add_argument("--port", type=int, default=8080, help="TCP port (default 8080)")
+    parser.add_argument("--port", type=tcp_port, default=8080, help="TCP port (default 8080)")
     parser.add_argument(
         "--models",
         action="append",
@@ -41,14 +42,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--budget", default=None, help="memory budget, e.g. 3GB (default: available RAM)")
     parser.add_argument(
-        "--parallel", type=int, default=None,
+        "--parallel", type=positive_int, default=None,
         help="sequences each model decodes together (default: 4 on a desktop CPU, 8 with 8+ cores)",
     )  # fmt: skip
     parser.add_argument(
-        "--ctx", type=int, default=None,
+        "--ctx", type=positive_int, default=None,
         help="KV cells per model, shared by its parallel sequences (default 1024 x parallel, at least 4096)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: physical cores)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="CPU threads (default: physical cores)"
+    )
     parser.add_argument(
         "--prompt-cache", default="128MiB", metavar="SIZE",
         help="host memory per model for K/V the slots give up, restored when a conversation returns "
@@ -81,7 +84,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--api-key", default=None, help=f"require this bearer key (default: ${API_KEY_ENV} if set)"
     )
     parser.add_argument(
-        "--max-concurrency", type=int, default=64, help="requests admitted at once, queued or running (64)"
+        "--max-concurrency", type=positive_int, default=64,
+        help="requests admitted at once, queued or running (64)"
     )
     parser.add_argument(
         "--queue-timeout", type=float, default=300.0, help="seconds a request may wait for its model (300)"
@@ -90,9 +94,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--rate", default=None, help="per-client rate limit, e.g. 60/min or 2/s (default off)"
     )
     parser.add_argument("--max-body", default="1MB", help="largest request body (default 1MB)")
-    parser.add_argument("--max-messages", type=int, default=256, help="most messages per chat request (256)")
     parser.add_argument(
-        "--max-prompt-tokens", type=int, default=None, help="most prompt tokens (default n_ctx)"
+        "--max-messages", type=positive_int, default=256, help="most messages per chat request (256)"
+    )
+    parser.add_argument(
+        "--max-prompt-tokens", type=positive_int, default=None, help="most prompt tokens (default n_ctx)"
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
