@@ -67,7 +67,7 @@ def run_child(*args: str) -> dict[str, Any]:
 
 
 def grid_rows(path: Path) -> list[dict[str, Any]]:
-    from edge_qwen.scheduler.estimate import estimate_memory
+    from edge_qwen.sizing.estimate import estimate_memory
 
     rows = []
     for n_ctx, kv, ubatch in GRID:
@@ -116,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", default="bench_memory.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    from edge_qwen.scheduler.estimate import estimate_memory
+    from edge_qwen.sizing.estimate import estimate_memory
 
     path = Path(args.gguf)
     rows = grid_rows(path)

@@ -16,7 +16,7 @@ _EXPORTS: dict[str, str] = {
     "Model": "edge_qwen.runtime.model",
     "GenerationStream": "edge_qwen.runtime.model",
     "AsyncGenerationStream": "edge_qwen.runtime.model",
-    "ModelSettings": "edge_qwen.runtime.results",
+    "ModelSettings": "edge_qwen.settings",
     "GenerationChunk": "edge_qwen.runtime.results",
     "GenerationResult": "edge_qwen.runtime.results",
     "Usage": "edge_qwen.runtime.results",
@@ -30,8 +30,8 @@ _EXPORTS: dict[str, str] = {
     "evaluate_quality": "edge_qwen.quality",
     "gguf_info": "edge_qwen.gguf_info",
     "Scheduler": "edge_qwen.scheduler.scheduler",
-    "MemoryEstimate": "edge_qwen.scheduler.estimate",
-    "estimate_memory": "edge_qwen.scheduler.estimate",
+    "MemoryEstimate": "edge_qwen.sizing.estimate",
+    "estimate_memory": "edge_qwen.sizing.estimate",
     "pull": "edge_qwen.registry.store",
     "resolve_model": "edge_qwen.registry.store",
 }
@@ -69,9 +69,10 @@ if TYPE_CHECKING:
     from .registry.store import pull, resolve_model
     from .runtime.model import AsyncGenerationStream, GenerationStream, Model
     from .runtime.presets import SamplingParams
-    from .runtime.results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
-    from .scheduler.estimate import MemoryEstimate, estimate_memory
+    from .runtime.results import GenerationChunk, GenerationResult, Timings, Usage
     from .scheduler.scheduler import Scheduler
+    from .settings import ModelSettings
+    from .sizing.estimate import MemoryEstimate, estimate_memory
 
 
 def __getattr__(name: str) -> Any:

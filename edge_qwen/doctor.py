@@ -279,7 +279,7 @@ SIMD_FLAGS = (
 def gather(check_hub: bool = True, hub_timeout: float = 2.0) -> dict[str, Any]:
     """Every fact ``doctor`` reports, as one JSON-ready dict. A llama.cpp that cannot be loaded is
     reported (``llama_cpp.load_error``), not raised: the rest of the report says why."""
-    from .scheduler.device import system_memory
+    from .sizing.device import system_memory
 
     report: dict[str, Any] = {}
     facts = Facts(system=platform.system(), machine=platform.machine())

@@ -3,8 +3,12 @@ isolated, offline Hugging Face cache for every test."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +16,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import fetch_assets  # noqa: E402
+
+RSS_PROBE = ROOT / "tests" / "scheduler" / "_rss_probe.py"
+
+
+def run_probe(*args: str) -> dict[str, Any]:
+    """Run tests/scheduler/_rss_probe.py in a fresh interpreter (clean RSS) and return its JSON."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, str(RSS_PROBE), *args]
+    out = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=True)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.fixture()
+def probe() -> Any:
+    return run_probe
 
 
 @pytest.fixture(autouse=True)

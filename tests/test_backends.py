@@ -16,8 +16,9 @@ import pytest
 
 from edge_qwen import _llama, backends
 from edge_qwen.gguf_header import read_header
-from edge_qwen.runtime.results import ModelSettings
-from edge_qwen.scheduler.estimate import estimate, model_shape
+from edge_qwen.settings import ModelSettings
+from edge_qwen.sizing import offload
+from edge_qwen.sizing.estimate import estimate, model_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash") or "/bin/bash"
@@ -61,21 +62,21 @@ def test_plan_offload_fills_from_the_last_layer() -> None:
     args = dict(
         n_layers=10, per_layer_bytes=100 * MiB, fixed_device_bytes=200 * MiB, kv_per_layer_bytes=10 * MiB
     )
-    assert backends.plan_offload(**args, free_device_bytes=2000 * MiB) == 10
-    assert backends.plan_offload(**args, free_device_bytes=2000 * MiB, output_bytes=150 * MiB) == 11
-    assert backends.plan_offload(**args, free_device_bytes=1400 * MiB, output_bytes=150 * MiB) == 10
-    assert backends.plan_offload(**args, free_device_bytes=750 * MiB) == 5  # 200 + 5 x 110 = 750
-    assert backends.plan_offload(**args, free_device_bytes=749 * MiB) == 4
-    assert backends.plan_offload(**args, free_device_bytes=300 * MiB) == 0  # compute buffer + 1 layer > free
-    assert backends.plan_offload(**args, free_device_bytes=2000 * MiB, margin_bytes=1250 * MiB) == 5
+    assert offload.plan_offload(**args, free_device_bytes=2000 * MiB) == 10
+    assert offload.plan_offload(**args, free_device_bytes=2000 * MiB, output_bytes=150 * MiB) == 11
+    assert offload.plan_offload(**args, free_device_bytes=1400 * MiB, output_bytes=150 * MiB) == 10
+    assert offload.plan_offload(**args, free_device_bytes=750 * MiB) == 5  # 200 + 5 x 110 = 750
+    assert offload.plan_offload(**args, free_device_bytes=749 * MiB) == 4
+    assert offload.plan_offload(**args, free_device_bytes=300 * MiB) == 0  # compute buffer + 1 layer > free
+    assert offload.plan_offload(**args, free_device_bytes=2000 * MiB, margin_bytes=1250 * MiB) == 5
 
 
 def test_plan_offload_counts_uneven_layers_from_the_end() -> None:
     # llama.cpp offloads the last layers first: the big last layer decides
-    assert backends.plan_offload(3, [10, 10, 50], 0, 0, 55) == 1
-    assert backends.plan_offload(3, [50, 10, 10], 0, [1, 1, 1], 25) == 2
+    assert offload.plan_offload(3, [10, 10, 50], 0, 0, 55) == 1
+    assert offload.plan_offload(3, [50, 10, 10], 0, [1, 1, 1], 25) == 2
     with pytest.raises(ValueError, match="expected 3 per-layer sizes"):
-        backends.plan_offload(3, [1, 2], 0, 0, 10)
+        offload.plan_offload(3, [1, 2], 0, 0, 10)
 
 
 @pytest.mark.real
@@ -84,7 +85,7 @@ def test_auto_gpu_layers_agrees_with_the_estimator(real_gguf: Path) -> None:
     shape = model_shape(read_header(real_gguf))
     settings = ModelSettings(n_ctx=4096)
     for free in (256 * MiB, 400 * MiB, 450 * MiB, 8 * 2**30):  # a tiny iGPU share ... an 8 GiB card
-        n = backends.auto_gpu_layers(shape, settings, free)
+        n = offload.auto_gpu_layers(shape, settings, free)
         assert 0 <= n <= shape.n_layer + 1
         if n:
             placed = estimate(shape, dataclasses.replace(settings, n_gpu_layers=n), gpu=True)
@@ -92,7 +93,7 @@ def test_auto_gpu_layers_agrees_with_the_estimator(real_gguf: Path) -> None:
         if n <= shape.n_layer:
             more = estimate(shape, dataclasses.replace(settings, n_gpu_layers=n + 1), gpu=True)
             assert more.device_bytes > free
-    assert backends.auto_gpu_layers(shape, settings, 8 * 2**30) == shape.n_layer + 1  # all, with output
+    assert offload.auto_gpu_layers(shape, settings, 8 * 2**30) == shape.n_layer + 1  # all, with output
 
 
 # --- extra buffers: decided by the build, not the CPU flags ----------------------------------------

@@ -14,9 +14,9 @@ import dataclasses
 from typing import Any
 
 from ..gguf_header import read_header
-from ..runtime.results import ModelSettings
-from ..scheduler.device import device_profile, resolve_budget, system_memory
-from ..scheduler.estimate import estimate, host_cpu_features, largest_context, model_shape
+from ..settings import ModelSettings
+from ..sizing.device import device_profile, resolve_budget, system_memory
+from ..sizing.estimate import estimate, host_cpu_features, largest_context, model_shape
 from ._types import positive_int
 
 MiB = 2**20
@@ -105,8 +105,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "largest_context_by_kv": by_kv,
     }  # fmt: skip
     if getattr(args, "device_memory", None):
-        from ..backends import offload_split
-        from ..scheduler.device import parse_size
+        from ..sizing.device import parse_size
+        from ..sizing.offload import offload_split
 
         device_memory = parse_size(args.device_memory)
         result["offload"] = offload_split(
@@ -144,7 +144,7 @@ def format_plan(plan: dict[str, Any]) -> str:
     ctx = ", ".join(f"{kv}: {n if n else 'none'}" for kv, n in plan["largest_context_by_kv"].items())
     lines.append(f"largest context that fits — {ctx}")
     if "offload" in plan:
-        from ..backends import format_offload
+        from ..sizing.offload import format_offload
 
         lines.append(format_offload(plan["offload"]))
     return "\n".join(lines)

@@ -232,7 +232,7 @@ def media_policy(allow_remote: bool) -> Any:
 def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
     """``--parallel`` and ``--ctx``, or their defaults for this machine."""
     from .._llama import physical_cores
-    from ..scheduler.device import default_parallel
+    from ..sizing.device import default_parallel
 
     p = default_parallel(physical_cores()) if parallel is None else parallel
     if p < 1:
@@ -253,9 +253,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     import uvicorn
 
     from ..registry.store import partner_mmproj
-    from ..scheduler import Scheduler, parse_size
+    from ..scheduler import Scheduler
     from ..server import ServerConfig, create_app
     from ..server.provider import SchedulerProvider
+    from ..sizing import parse_size
 
     models = parse_models(args.models)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
@@ -277,7 +278,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             file=sys.stderr,
         )
     parallel, n_ctx = serve_shape(args.parallel, args.ctx)
-    from ..scheduler.device import parse_size
+    from ..sizing.device import parse_size
 
     prompt_cache = parse_size(args.prompt_cache)
     adapters, routes = parse_loras(args.lora, models)

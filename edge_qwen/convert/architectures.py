@@ -15,8 +15,29 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
-from .audio import text_config
 from .vision import mrope_sections
+
+# transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them.
+QWEN2_DEFAULTS: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 4096,
+    "intermediate_size": 22016,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+}
+
+
+def text_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """config.json with the language model's keys on top, Qwen2's defaults filling the gaps."""
+    text = raw.get("text_config") or {}
+    merged = {**QWEN2_DEFAULTS, **raw, **text}
+    merged.setdefault("num_key_value_heads", merged["num_attention_heads"])
+    return merged
+
 
 T = gguf.MODEL_TENSOR
 

@@ -11,29 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import gguf
 
 from ..errors import CheckpointError
+from .mmproj_tensor import MmprojTensor, mmproj_ggml_type, tensor_shape
 from .safetensors import TensorRef
 
-if TYPE_CHECKING:  # .mmproj imports .metadata, which needs .architectures, which needs us
-    from .mmproj import MmprojTensor
-
 T = gguf.MODEL_TENSOR
-# transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them.
-QWEN2_DEFAULTS: dict[str, Any] = {
-    "vocab_size": 151936,
-    "hidden_size": 4096,
-    "intermediate_size": 22016,
-    "num_hidden_layers": 32,
-    "num_attention_heads": 32,
-    "max_position_embeddings": 32768,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
-    "tie_word_embeddings": False,
-}
 WHISPER_POSITIONS = 1500  # 3000 mel frames per chunk, halved by conv2: clip.cpp's whisper-enc graph
 AUDIO_EPS = 1e-5  # Whisper's LayerNorm default
 
@@ -47,14 +33,6 @@ class AudioConfig:
     depth: int
     n_mels: int
     out_dim: int
-
-
-def text_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """config.json with the language model's keys on top, Qwen2's defaults filling the gaps."""
-    text = raw.get("text_config") or {}
-    merged = {**QWEN2_DEFAULTS, **raw, **text}
-    merged.setdefault("num_key_value_heads", merged["num_attention_heads"])
-    return merged
 
 
 def load_audio_config(folder: Path, raw: dict[str, Any], n_embd_text: int) -> AudioConfig:
@@ -107,8 +85,6 @@ def plan_audio(refs: dict[str, TensorRef], ac: AudioConfig, mmproj_type: str) ->
     Raises:
         CheckpointError: a tensor gguf-py cannot name, a missing one, or a wrong position table.
     """
-    from .mmproj import MmprojTensor, _ggml_type, _shape
-
     name_map = gguf.TensorNameMap(gguf.MODEL_ARCH.MMPROJ, max(ac.depth, 3))  # conv1 / conv2 are numbered
     planned: list[MmprojTensor] = []
     for hf_name, ref in refs.items():
@@ -122,13 +98,15 @@ def plan_audio(refs: dict[str, TensorRef], ac: AudioConfig, mmproj_type: str) ->
         kind, name = mapped
         # conv biases become [width, 1] columns, as ggml adds them to [frames, width] outputs
         take = _column if kind == T.A_ENC_CONV1D and hf_name.endswith(".bias") else None
-        shape = _shape(ref, (0, ref.shape[0]), take)
+        shape = tensor_shape(ref, (0, ref.shape[0]), take)
         if kind == T.A_ENC_EMBD_POS and shape != (WHISPER_POSITIONS, ac.width):
             raise CheckpointError(
                 f"{hf_name}: shape {list(shape)}, expected [{WHISPER_POSITIONS}, {ac.width}]"
             )
         planned.append(
-            MmprojTensor(name, shape, ref, (0, ref.shape[0]), _ggml_type(kind, shape, mmproj_type), take)
+            MmprojTensor(
+                name, shape, ref, (0, ref.shape[0]), mmproj_ggml_type(kind, shape, mmproj_type), take
+            )
         )
     _check_complete(planned, ac)
     return planned

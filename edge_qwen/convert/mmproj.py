@@ -18,83 +18,27 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import gguf
 import numpy as np
 
 from .._atomic import atomic_path
 from ..errors import CheckpointError
-from ._io import HashingFile, ordered_map, write_hashed
+from . import audio
+from ._io import HashingFile, write_hashed
 from .metadata import Source
+from .mmproj_tensor import MMPROJ_TYPES, MmprojTensor, mmproj_ggml_type, tensor_shape
 from .safetensors import TensorRef
 from .vision import NOMINAL_IMAGE_SIZE, VISION_EPS, VisionConfig, load_vision_config
 
-Q = gguf.GGMLQuantizationType
 T = gguf.MODEL_TENSOR
-# --mmproj-type -> (type of 2-D weights, GGUF file type)
-MMPROJ_TYPES: dict[str, tuple[Q, gguf.LlamaFileType]] = {
-    "f32": (Q.F32, gguf.LlamaFileType.ALL_F32),
-    "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
-    "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
-}
-_STORAGE: dict[Q, np.dtype] = {
-    Q.F32: np.dtype(np.float32),
-    Q.F16: np.dtype(np.float16),
-    Q.Q8_0: np.dtype(np.uint8),
-}
 PATCH = gguf.TENSOR_NAMES[T.V_ENC_EMBD_PATCH] + ".weight"
 
 
 def default_mmproj_type(outtype: str) -> str:
     """F32 beside an F32 language model (exact comparisons), F16 otherwise (also for quantized ones)."""
     return "f32" if outtype == "f32" else "f16"
-
-
-@dataclass
-class MmprojTensor:
-    """One mmproj tensor: rows ``[start, stop)`` of a checkpoint tensor, optionally sliced further.
-
-    Duck-types the ndarray attributes ``GGUFWriter.add_tensor`` reads, like ``PlannedTensor``.
-    """
-
-    name: str
-    logical_shape: tuple[int, ...]
-    ref: TensorRef
-    rows: tuple[int, int]
-    ggml_type: Q
-    take: Callable[[np.ndarray], np.ndarray] | None = None
-
-    @property
-    def dtype(self) -> np.dtype:
-        return _STORAGE[self.ggml_type]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        """Storage shape: Q8_0 rows are bytes (gguf-py turns them back into the logical shape)."""
-        if self.ggml_type == Q.Q8_0:
-            block, size = gguf.GGML_QUANT_SIZES[Q.Q8_0]
-            return (*self.logical_shape[:-1], self.logical_shape[-1] // block * size)
-        return self.logical_shape
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
-
-    def tofile(self, fout: IO[bytes]) -> None:
-        start, stop = self.rows
-        jobs = [(start + a, n) for a, n in self.ref.row_blocks() if start + a < stop]
-        jobs = [(a, min(n, stop - a)) for a, n in jobs]
-        for block in ordered_map(self._encoded, jobs):
-            fout.write(block.data)
-
-    def _encoded(self, job: tuple[int, int]) -> np.ndarray:
-        block = self.ref.read_rows(*job)
-        if self.take is not None:
-            block = self.take(block)
-        if self.ggml_type == Q.Q8_0:
-            return np.ascontiguousarray(gguf.quants.quantize(block.reshape(block.shape[0], -1), Q.Q8_0))
-        return np.ascontiguousarray(block.astype(self.dtype, copy=False))
 
 
 def plan_mmproj(refs: dict[str, TensorRef], vc: VisionConfig, mmproj_type: str) -> list[MmprojTensor]:
@@ -119,9 +63,9 @@ def plan_mmproj(refs: dict[str, TensorRef], vc: VisionConfig, mmproj_type: str) 
                         "the checkpoint does not match its config.json architecture"
                     )
                 kind, gguf_name = mapped
-            shape = _shape(ref, rows, take)
+            shape = tensor_shape(ref, rows, take)
             planned.append(
-                MmprojTensor(gguf_name, shape, ref, rows, _ggml_type(kind, shape, mmproj_type), take)
+                MmprojTensor(gguf_name, shape, ref, rows, mmproj_ggml_type(kind, shape, mmproj_type), take)
             )
     _check_complete(planned, vc)
     return planned
@@ -147,31 +91,6 @@ def _parts(hf_name: str, ref: TensorRef):
 
 def _frame(t: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda block: block[:, :, t]
-
-
-def _shape(
-    ref: TensorRef, rows: tuple[int, int], take: Callable[[np.ndarray], np.ndarray] | None
-) -> tuple[int, ...]:
-    shape = (rows[1] - rows[0], *ref.shape[1:])
-    if take is not None:
-        shape = take(np.empty((1, *shape[1:]), dtype=np.float32)).shape
-        shape = (rows[1] - rows[0], *shape[1:])
-    return tuple(int(d) for d in shape)
-
-
-def _ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], mmproj_type: str) -> Q:
-    """Norms, biases, position tables F32; conv kernels F16 at most (ggml's convolutions, Whisper's
-    conv1d always F16 as llama.cpp writes it); matrices as asked."""
-    if len(shape) <= 1 or shape[-1] == 1 or kind == T.A_ENC_EMBD_POS:
-        return Q.F32
-    want = MMPROJ_TYPES[mmproj_type][0]
-    if kind == T.A_ENC_CONV1D:
-        return Q.F16
-    if kind == T.V_ENC_EMBD_PATCH:
-        return Q.F32 if want == Q.F32 else Q.F16
-    if want == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
-        return Q.F16  # rows not a whole number of Q8_0 blocks
-    return want
 
 
 def _check_complete(planned: list[MmprojTensor], vc: VisionConfig) -> None:
@@ -271,8 +190,6 @@ def prepare_mmproj(
     raw = json.loads((source.folder / "config.json").read_text())
     path = outdir / f"mmproj-{source.name.lower()}-{mmproj_type}.gguf"
     if "audio_config" in raw:
-        from . import audio
-
         ac = audio.load_audio_config(source.folder, raw, n_embd_text)
         tensors = audio.plan_audio(refs, ac, mmproj_type)
         return MmprojPlan(path, ac.projector, lambda w: audio.add_audio_metadata(w, ac), tensors, mmproj_type)

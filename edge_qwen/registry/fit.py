@@ -1,7 +1,7 @@
 """Will a registry model fit? The scheduler's estimator, applied before any file exists.
 
-edge-qwen has one memory estimator (:mod:`edge_qwen.scheduler.estimate`); it works from a
-:class:`~edge_qwen.scheduler.estimate.ModelShape`. For a model that is not downloaded yet this
+edge-qwen has one memory estimator (:mod:`edge_qwen.sizing.estimate`); it works from a
+:class:`~edge_qwen.sizing.estimate.ModelShape`. For a model that is not downloaded yet this
 module builds that shape from the registry: the architecture numbers of models.yaml and the
 registered file size (or, when the size is unconfirmed, parameters × the quant's bits per weight
 from gguf-py's block sizes). The weights are described as one matrix of the quant's main type so
@@ -55,7 +55,7 @@ def weight_bytes(entry: ModelEntry, quant: str) -> int:
 def registry_shape(entry: ModelEntry, quant: str) -> object:
     """A scheduler ModelShape for ``entry`` at ``quant``, from models.yaml alone."""
     from ..gguf_header import TensorInfo
-    from ..scheduler.estimate import ModelShape
+    from ..sizing.estimate import ModelShape
 
     a = entry.arch
     n_bytes = weight_bytes(entry, quant)
@@ -90,8 +90,8 @@ class Target:
 
 def resolve_target(device: str | None = None, budget: str | None = None) -> Target:
     """A device profile, an explicit budget, or this machine's available memory minus headroom."""
-    from ..scheduler.device import device_profile, resolve_budget, system_memory
-    from ..scheduler.estimate import host_cpu_features
+    from ..sizing.device import device_profile, resolve_budget, system_memory
+    from ..sizing.estimate import host_cpu_features
 
     if device:
         profile = device_profile(device)
@@ -103,8 +103,8 @@ def resolve_target(device: str | None = None, budget: str | None = None) -> Targ
 
 def scheduler_estimator(cpu_features: frozenset[str]) -> Estimator:
     """The scheduler's estimate (host bytes after load and a prefill batch) for registry entries."""
-    from ..runtime.results import ModelSettings
-    from ..scheduler.estimate import estimate
+    from ..settings import ModelSettings
+    from ..sizing.estimate import estimate
 
     def run(entry: ModelEntry, quant: str, n_ctx: int) -> int:
         settings = ModelSettings(n_ctx=n_ctx, n_gpu_layers=0)

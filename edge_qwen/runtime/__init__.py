@@ -10,16 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS: dict[str, str] = {
-    "Model": "model",
-    "GenerationStream": "model",
-    "AsyncGenerationStream": "model",
-    "ModelSettings": "results",
-    "GenerationChunk": "results",
-    "GenerationResult": "results",
-    "Usage": "results",
-    "Timings": "results",
-    "SamplingParams": "presets",
-    "RenderedPrompt": "chat_template",
+    "Model": ".model",
+    "GenerationStream": ".model",
+    "AsyncGenerationStream": ".model",
+    "ModelSettings": "..settings",
+    "GenerationChunk": ".results",
+    "GenerationResult": ".results",
+    "Usage": ".results",
+    "Timings": ".results",
+    "SamplingParams": ".presets",
+    "RenderedPrompt": ".chat_template",
 }
 
 __all__ = [
@@ -36,16 +36,17 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from ..settings import ModelSettings
     from .chat_template import RenderedPrompt
     from .model import AsyncGenerationStream, GenerationStream, Model
     from .presets import SamplingParams
-    from .results import GenerationChunk, GenerationResult, ModelSettings, Timings, Usage
+    from .results import GenerationChunk, GenerationResult, Timings, Usage
 
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value
     return value

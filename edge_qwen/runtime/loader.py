@@ -6,7 +6,6 @@ split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.slots`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,8 @@ import llama_cpp.llama_cpp as L
 
 from .. import _llama
 from ..errors import ConfigError, DraftModelError, ModelLoadError
+from ..settings import ModelSettings, draft_settings
 from . import _native
-from .results import ModelSettings
 
 
 def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
@@ -46,12 +45,6 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
             f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
         )
     return model, ctx
-
-
-def draft_settings(settings: ModelSettings) -> ModelSettings:
-    """The draft model's context: the target's cells, sequences and batch sizes (it reads prompts as
-    the target prefills them), no adapters, no projector."""
-    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None)
 
 
 def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, Any]:
@@ -105,9 +98,10 @@ def gpu_layers(path: Path, settings: ModelSettings) -> int:
         raise ConfigError(f"n_gpu_layers={value!r}; use an integer (-1: all layers) or 'auto'")
     if not L.llama_supports_gpu_offload():
         return 0
-    from ..backends import auto_gpu_layers, list_devices
+    from ..backends import list_devices
     from ..gguf_header import read_header
-    from ..scheduler.estimate import model_shape
+    from ..sizing.estimate import model_shape
+    from ..sizing.offload import auto_gpu_layers
 
     gpus = [d for d in list_devices()[1] if d.type in ("gpu", "igpu")]
     if not gpus:

@@ -16,8 +16,8 @@ from typing import Any
 
 from ..adapters import Adapter, free_adapter, load_adapter
 from ..errors import ConfigError
+from ..settings import adapter_files
 from .request import AdapterSet
-from .results import adapter_files
 
 AdapterFiles = Mapping[str, "str | os.PathLike[str]"]
 

@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..errors import ModelClosedError
+from ..settings import ModelSettings, settings_from
 from . import _native
 from .batcher import BatchEngine
 from .compute import ComputeThread
@@ -31,7 +32,7 @@ from .multimodal import MediaSupport
 from .prompt_cache import PromptCache
 from .prompting import RequestBuilder
 from .request import Request, RequestSpec, Sink
-from .results import GenerationResult, ModelSettings, settings_from
+from .results import GenerationResult
 from .sampling import build_sampler
 from .sequence import Sequence as Sequence_
 from .spec_cost import StepCost

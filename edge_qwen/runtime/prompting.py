@@ -10,13 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import ConfigError, ContextOverflowError
+from ..settings import ModelSettings
 from .chat_template import RenderedPrompt
 from .lora import AdapterSlots, adapter_set
 from .media import LOCAL_POLICY, MediaPolicy, has_media
 from .multimodal import MediaSupport, MediaTokens, tokenize_with_media
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, RequestSpec
-from .results import ModelSettings
 from .sampling import grammar_text
 from .speculative import DRAFT, SpecConfig, spec_config
 from .vocab import Vocabulary

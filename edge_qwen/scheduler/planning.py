@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BudgetExceededError
-from ..runtime.results import ModelSettings
-from .estimate import MemoryEstimate, ModelShape, estimate, largest_context
+from ..settings import ModelSettings
+from ..sizing.estimate import MemoryEstimate, ModelShape, estimate, largest_context
 
 MiB = 2**20
 

@@ -1,6 +1,6 @@
 """Several models under one memory budget: load on demand, evict idle models LRU, fit or refuse.
 
-Every decision is made on :mod:`estimates <edge_qwen.scheduler.estimate>` *before* llama.cpp
+Every decision is made on :mod:`estimates <edge_qwen.sizing.estimate>` *before* llama.cpp
 allocates anything — the budget is charged a model's estimate while it loads and while it is
 resident, so concurrent loads cannot overshoot it together.
 
@@ -24,9 +24,10 @@ from typing import Any
 
 from ..errors import ConfigError, QueueFullError, QueueTimeoutError
 from ..gguf_header import read_header
-from ..runtime.results import GenerationChunk, GenerationResult, ModelSettings, settings_from
-from .device import resolve_budget
-from .estimate import (
+from ..runtime.results import GenerationChunk, GenerationResult
+from ..settings import ModelSettings, settings_from
+from ..sizing.device import resolve_budget
+from ..sizing.estimate import (
     MemoryEstimate,
     host_cpu_features,
     model_shape,

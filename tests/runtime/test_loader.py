@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_qwen.backends import auto_gpu_layers
 from edge_qwen.errors import ConfigError
 from edge_qwen.gguf_header import read_header
 from edge_qwen.runtime.loader import AUTO_MARGIN, gpu_layers
-from edge_qwen.runtime.results import ModelSettings
-from edge_qwen.scheduler.estimate import model_shape
+from edge_qwen.settings import ModelSettings
+from edge_qwen.sizing.estimate import model_shape
+from edge_qwen.sizing.offload import auto_gpu_layers
 
 
 def test_auto_on_a_cpu_build_offloads_nothing(real_gguf: Path) -> None:

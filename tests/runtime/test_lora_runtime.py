@@ -16,7 +16,7 @@ import pytest
 from edge_qwen.convert.lora import convert_lora
 from edge_qwen.errors import ConfigError
 from edge_qwen.runtime import GenerationResult, Model
-from edge_qwen.scheduler import estimate_memory
+from edge_qwen.sizing import estimate_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from make_tiny_adapters import config_from_gguf, make_adapter  # noqa: E402

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from edge_qwen.errors import BudgetExceededError, QueueFullError, QueueTimeoutError
-from edge_qwen.scheduler import Scheduler, estimate_memory
+from edge_qwen.scheduler import Scheduler
+from edge_qwen.sizing import estimate_memory
 
 MiB = 2**20
 CTX = {"a": 2048, "b": 2304, "c": 2560}

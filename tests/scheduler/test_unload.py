@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_qwen.scheduler import Scheduler, estimate_memory
+from edge_qwen.scheduler import Scheduler
+from edge_qwen.sizing import estimate_memory
 
 FREE_DELAY = 1.0  # the compute thread is busy with another model's step for this long
 

@@ -131,7 +131,7 @@ def test_ctrl_c_stops_the_server_with_130_and_no_traceback(real_gguf: Path) -> N
 
 def test_parallel_and_context_defaults_follow_the_machine() -> None:
     from edge_qwen.commands.serve import serve_shape
-    from edge_qwen.scheduler.device import SystemMemory, default_parallel
+    from edge_qwen.sizing.device import SystemMemory, default_parallel
 
     gib = 2**30
     assert default_parallel(2, SystemMemory(24 * gib, 20 * gib, "meminfo")) == 4

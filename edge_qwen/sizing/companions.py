@@ -1,5 +1,6 @@
 """What a model loads beside its own weights, priced for its memory estimate: LoRA adapter files,
-a draft model for speculative decoding, and a vision/audio projector (mmproj). Each is read from
+a draft model's shape (:func:`~.estimate.draft_bytes` prices it), and a vision/audio projector
+(mmproj). Each is read from
 its file's header once per file version (estimates run in loops) and charged with the model: one
 entry, one budget.
 """
@@ -8,13 +9,11 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING
 
 from ..gguf_header import read_header
-from ..runtime.results import ModelSettings
-
-if TYPE_CHECKING:
-    from .estimate import ModelShape
+from ..settings import ModelSettings
+from .estimate_media import mmproj_memory
+from .shape import ModelShape, model_shape
 
 
 def _version(path: str) -> tuple[int, int] | None:
@@ -40,25 +39,14 @@ def _adapter_bytes_cached(path: str, _size: int, _mtime: int) -> int:
     return adapter_bytes(path)
 
 
-def draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
-    """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
-    its compute buffer for one step's catch-up)."""
-    version = None if settings.draft is None else _version(settings.draft)
-    if settings.draft is None or version is None:
-        return 0
-    from ..runtime.loader import draft_settings
-    from .estimate import estimate
-
-    shape = _shape_cached(settings.draft, *version)
-    return estimate(
-        shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu
-    ).total_bytes
+def file_shape(path: str) -> ModelShape | None:
+    """A GGUF's :class:`~.shape.ModelShape`, read once per file version; None while it is missing."""
+    version = _version(path)
+    return None if version is None else _shape_cached(path, *version)
 
 
 @functools.lru_cache(maxsize=16)
 def _shape_cached(path: str, _size: int, _mtime: int) -> ModelShape:
-    from .estimate import model_shape
-
     return model_shape(read_header(path))
 
 
@@ -73,6 +61,4 @@ def media_bytes(settings: ModelSettings) -> int:
 
 @functools.lru_cache(maxsize=16)
 def _media_cached(path: str, _size: int, _mtime: int, flash_attn: bool) -> int:
-    from .estimate_media import mmproj_memory
-
     return mmproj_memory(path, flash_attn=flash_attn).total_bytes

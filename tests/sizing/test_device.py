@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edge_qwen.errors import ConfigError
-from edge_qwen.scheduler.device import (
+from edge_qwen.sizing.device import (
     automatic_budget,
     device_profile,
     device_profiles,

@@ -17,7 +17,7 @@ import pytest
 from edge_qwen import _llama
 from edge_qwen.gguf_header import read_header
 from edge_qwen.mtmd_native import Mtmd
-from edge_qwen.scheduler.estimate_media import (
+from edge_qwen.sizing.estimate_media import (
     QWEN_VL_MAX_TOKENS,
     audio_compute_bytes,
     mmproj_memory,

@@ -32,11 +32,11 @@ from typing import Any
 
 import gguf
 
-from ..gguf_header import GGUFHeader, TensorInfo, read_header
-from ..runtime.results import ModelSettings
-from .companions import adapter_file_bytes, draft_bytes, media_bytes
+from ..gguf_header import TensorInfo, read_header
+from ..settings import ModelSettings, draft_settings
+from .companions import adapter_file_bytes, file_shape, media_bytes
+from .shape import ModelShape, model_shape
 
-K = gguf.Keys
 Q = gguf.GGMLQuantizationType
 MiB = 2**20
 CTX_PAD = 256  # llama.cpp pads n_ctx (and the KV cache) to this
@@ -99,60 +99,6 @@ def host_cpu_features() -> frozenset[str]:
     if not _llama.default_extra_buffers():
         features.add(NO_EXTRA_BUFFERS)
     return frozenset(features)
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The hyper-parameters memory depends on, from the GGUF header."""
-
-    architecture: str
-    n_layer: int
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: tuple[int, ...]  # per layer
-    key_length: int
-    value_length: int
-    n_vocab: int
-    n_merges: int
-    n_ctx_train: int
-    tensors: tuple[TensorInfo, ...]
-    file_size: int
-
-    @property
-    def tied_output(self) -> bool:
-        return not any(t.name == "output.weight" for t in self.tensors)
-
-
-def _per_layer(value: Any, n_layer: int) -> tuple[int, ...]:
-    if isinstance(value, list):
-        return tuple(int(v) for v in value)
-    return (int(value),) * n_layer
-
-
-def model_shape(header: GGUFHeader) -> ModelShape:
-    """Hyper-parameters from gguf.Keys; head dimensions default to n_embd / n_head like llama.cpp."""
-    n_layer = int(header.arch_value(K.LLM.BLOCK_COUNT) or 0)
-    n_embd = int(header.arch_value(K.LLM.EMBEDDING_LENGTH) or 0)
-    n_head = max(_per_layer(header.arch_value(K.Attention.HEAD_COUNT) or 1, n_layer) or (1,))
-    head_kv = header.arch_value(K.Attention.HEAD_COUNT_KV)
-    n_ff = header.arch_value(K.LLM.EXPERT_FEED_FORWARD_LENGTH) or header.arch_value(K.LLM.FEED_FORWARD_LENGTH)
-    head_dim = n_embd // n_head if n_head else 0
-    return ModelShape(
-        architecture=header.architecture,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        n_ff=max(_per_layer(n_ff or 4 * n_embd, n_layer) or (0,)),
-        n_head=n_head,
-        n_head_kv=_per_layer(head_kv if head_kv is not None else n_head, n_layer),
-        key_length=int(header.arch_value(K.Attention.KEY_LENGTH) or head_dim),
-        value_length=int(header.arch_value(K.Attention.VALUE_LENGTH) or head_dim),
-        n_vocab=int(header.array_lengths.get(K.Tokenizer.LIST, 0)),
-        n_merges=int(header.array_lengths.get(K.Tokenizer.MERGES, 0)),
-        n_ctx_train=int(header.arch_value(K.LLM.CONTEXT_LENGTH) or 0),
-        tensors=header.tensors,
-        file_size=header.file_size,
-    )
 
 
 @dataclass(frozen=True)
@@ -327,6 +273,16 @@ def weight_bytes(
     else:
         host = sum(t.n_bytes for t in kept)
     return host + repacked, repacked, device
+
+
+def draft_bytes(settings: ModelSettings, parallel: int, cpu_features: frozenset[str], gpu: bool) -> int:
+    """A draft model's whole estimate (weights, its own KV cache of the target's ``n_ctx`` cells,
+    its compute buffer for one step's catch-up); 0 without one (or while its file is missing)."""
+    shape = None if settings.draft is None else file_shape(settings.draft)
+    if shape is None:
+        return 0
+    draft = estimate(shape, draft_settings(settings), parallel=parallel, cpu_features=cpu_features, gpu=gpu)
+    return draft.total_bytes
 
 
 def estimate(

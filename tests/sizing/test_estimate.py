@@ -12,7 +12,7 @@ import pytest
 from edge_qwen import _llama
 from edge_qwen.gguf_header import read_header
 from edge_qwen.runtime.model import Model
-from edge_qwen.scheduler.estimate import estimate_memory, kv_cache_bytes, model_shape
+from edge_qwen.sizing.estimate import estimate_memory, kv_cache_bytes, model_shape
 
 MiB = 2**20
 TOLERANCE = 0.10
@@ -114,8 +114,7 @@ def test_amx_repack_matches_llama_cpp(real_gguf: Path) -> None:
 def test_a_draft_model_is_charged_with_its_target(real_gguf: Path) -> None:
     """One entry, one estimate: the draft's weights, its own KV cache for the target's cells (and
     sequences) and its compute buffer are added to the target's."""
-    from edge_qwen.runtime.loader import draft_settings
-    from edge_qwen.runtime.results import ModelSettings
+    from edge_qwen.settings import ModelSettings, draft_settings
 
     settings = ModelSettings(n_ctx=2048, parallel=2, draft=str(real_gguf))
     alone = estimate_memory(real_gguf, n_ctx=2048, parallel=2)
@@ -132,8 +131,8 @@ def test_a_projector_is_charged_with_its_language_model(tmp_path: Path, qwen3_to
     import sys
 
     from edge_qwen.convert import convert
-    from edge_qwen.runtime.results import ModelSettings
-    from edge_qwen.scheduler.estimate_media import mmproj_memory
+    from edge_qwen.settings import ModelSettings
+    from edge_qwen.sizing.estimate_media import mmproj_memory
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     from make_tiny_multimodal import make_multimodal_checkpoint

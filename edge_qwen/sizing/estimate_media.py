@@ -25,7 +25,7 @@ Three terms (bytes unless said otherwise):
   the FFN activations ``4 * P * (n_ff + 3 * n_embd)`` bound the peak instead (not measured).
 * **KV cells**: a max-size item fills ``max_media_tokens`` cells of the text model's cache (an
   image: ``T``; audio: 750 per 30 s chunk). The text model's bytes per cell are
-  :mod:`~edge_qwen.scheduler.estimate`'s to apply. mtmd also keeps the projector's output,
+  :mod:`~edge_qwen.sizing.estimate`'s to apply. mtmd also keeps the projector's output,
   ``max_media_tokens * n_embd_lm * 4`` bytes (``embd_bytes``).
 """
 

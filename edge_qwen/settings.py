@@ -1,0 +1,106 @@
+"""How a model is loaded and its llama.cpp context sized: :class:`ModelSettings`, shared by the
+sizing layer (what it will cost), the runtime (what it loads) and the scheduler (what it admits)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """How to load a GGUF and size its llama.cpp context.
+
+    ``n_ctx`` is rounded up to a multiple of 256 (llama.cpp does it anyway; every buffer is then
+    sized from the context's real n_ctx). ``n_threads=None`` means the physical cores of this
+    machine. ``flash_attn=None`` lets llama.cpp decide, except that a quantized V cache turns it
+    on (llama.cpp needs flash attention for that); ``flash_attn=False`` with a quantized V cache
+    is refused with :class:`~edge_qwen.errors.ConfigError`. ``extra_buffers`` controls llama.cpp's
+    weight-repacking buffer types; ``None`` leaves them on unless the installed build has AMX
+    kernels compiled by GCC < 13, whose AMX path crashes on multi-token batches
+    (``edge_qwen._llama.extra_buffers_decision``).
+
+    ``n_gpu_layers="auto"`` offloads as many layers as fit the GPU's free memory (with their KV and
+    compute buffers, as llama.cpp places them) when the build has a GPU backend, none otherwise;
+    an integer pins the count (-1: all).
+
+    ``parallel`` sequences are decoded together (continuous batching). ``n_ctx`` is the total of KV
+    cells: with ``kv_unified`` (the default) every sequence may use up to all of them, and they share
+    what is free; with ``kv_unified=False`` each gets ``n_ctx / parallel``. ``prefill_chunk`` is how many
+    prompt tokens a step may add while other sequences are generating (a long prompt then cannot
+    stall their streams; alone, a prompt is prefilled in n_batch chunks). ``adapters`` are GGUF LoRA
+    files loaded next to the weights, ``(name, path)`` pairs; a request picks them by name.
+
+    ``draft`` is a smaller GGUF with the same vocabulary that drafts tokens for speculative
+    decoding (loaded with the same context size and sequence count, on the same compute thread).
+    ``speculative`` is the mode a request gets when it does not choose: ``"lookup"``, ``"draft"``,
+    ``"off"``, or None (``"draft"`` when a draft model is loaded, otherwise off).
+
+    ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
+    beside the language model): chat messages may then carry images and audio clips.
+
+    ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
+    (:mod:`~edge_qwen.runtime.prompt_cache`): with more conversations than slots, a returning one
+    is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
+    """
+
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_gpu_layers: int | str = "auto"
+    use_mmap: bool = True
+    use_mlock: bool = False
+    flash_attn: bool | None = None
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    extra_buffers: bool | None = None
+    queue_timeout: float | None = None
+    parallel: int = 4
+    kv_unified: bool = True
+    prefill_chunk: int = 128
+    adapters: tuple[tuple[str, str], ...] = ()
+    draft: str | None = None
+    speculative: str | None = None
+    mmproj: str | None = None
+    prompt_cache: int = 0
+
+
+def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
+    """:class:`ModelSettings` from keyword arguments, with ``adapters`` as a mapping or pairs;
+    an unknown keyword is a ConfigError that lists the accepted ones."""
+    given = dict(settings)
+    given["adapters"] = adapter_files(given.get("adapters"))
+    for name in ("draft", "mmproj"):
+        if given.get(name) is not None:
+            given[name] = os.fspath(given[name])
+    try:
+        return ModelSettings(**given)
+    except TypeError as exc:
+        names = ", ".join(f.name for f in fields(ModelSettings))
+        raise ConfigError(f"{exc}; {caller} accepts {names}") from None
+
+
+def adapter_files(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"sql": "sql.gguf"}`` or ``[("sql", "sql.gguf")]`` as sorted (name, path) pairs."""
+    if not value:
+        return ()
+    pairs = value.items() if isinstance(value, Mapping) else value
+    out = {}
+    for name, path in pairs:
+        if not isinstance(name, str) or not name or ":" in name:
+            raise ConfigError(f"adapter name {name!r} must be a non-empty string without ':'")
+        out[name] = os.fspath(path)
+    return tuple(sorted(out.items()))
+
+
+def draft_settings(settings: ModelSettings) -> ModelSettings:
+    """The draft model's context: the target's cells, sequences and batch sizes (it reads prompts as
+    the target prefills them), no adapters, no projector."""
+    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None)
