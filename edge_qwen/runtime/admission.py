@@ -6,7 +6,8 @@ KV cache has room for its new cells (idle caches are dropped, least recently use
 it). A prompt whose longest cached prefix was saved to host memory (:mod:`.prompt_cache`) gets it
 written back into its slot; a slot's cache is saved there before it is cut or dropped. Requests
 that need no slot — expired, cancelled while queued, a cache reset, a prompt longer
-than the context — are settled here too. A mixin of :class:`~edge_qwen.runtime.batcher.BatchEngine`.
+than the context — are settled here too. The engine holds one :class:`Admission`; every slot change
+goes through the engine's :class:`~.slot_table.SlotTable`.
 """
 
 from __future__ import annotations
@@ -14,50 +15,38 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Sequence as Seq
-from typing import TYPE_CHECKING
 
 from ..errors import ContextOverflowError
-from .prompt_cache import PromptCache, SavedPrompt
+from .batch_types import SequenceFactory
+from .prompt_cache import SavedPrompt
 from .request import STARTED, AdapterSet, Request
 from .results import GenerationChunk, Timings
 from .sequence import Sequence
-from .slots import Placement, Slot, choose_slot, idle_caches_to_drop, media_boundary, used_cells
-
-if TYPE_CHECKING:
-    from .batch_types import Decoder, SequenceFactory
+from .slot_table import SlotTable
+from .slots import Placement, Slot, choose_slot, idle_caches_to_drop, media_boundary
 
 
 class Admission:
-    """The admission half of the step loop (its state lives in the engine)."""
+    """Moves requests from the queue into slots of one context's :class:`~.slot_table.SlotTable`."""
 
-    decoder: Decoder
-    slots: list[Slot]
-    waiting: deque[Request | Sequence]
-    running: dict[int, Sequence]
-    unified: bool
-    n_ctx: int
-    n_ctx_seq: int
-    prompt_cache: PromptCache
-    _make: SequenceFactory
+    def __init__(
+        self, table: SlotTable, make_sequence: SequenceFactory, *, n_ctx: int, n_ctx_seq: int, unified: bool
+    ) -> None:
+        self.table = table
+        self.make_sequence = make_sequence
+        self.n_ctx = n_ctx
+        self.n_ctx_seq = n_ctx_seq
+        self.unified = unified
 
-    # the engine's KV bookkeeping (BatchEngine defines them)
-    def _truncate(self, slot: Slot, keep: int) -> int:
-        raise NotImplementedError
-
-    def _clear(self, slot: Slot) -> None:
-        raise NotImplementedError
-
-    def drop_idle_caches(self, adapter: str | None = None) -> None:
-        raise NotImplementedError
-
-    def _admit(self) -> None:
-        while self.waiting:
-            item = self.waiting[0]
+    def admit(self, waiting: deque[Request | Sequence]) -> None:
+        """Admit from the head of ``waiting`` while a slot (and, unified, room) is there for it."""
+        while waiting:
+            item = waiting[0]
             if isinstance(item, Request) and self._settle_without_slot(item):
-                self.waiting.popleft()
+                waiting.popleft()
                 continue
             key = item.key if isinstance(item, Sequence) else item.spec.adapters
-            placement = choose_slot(self.slots, item.tokens, allow_copy=self.unified, key=key)
+            placement = choose_slot(self.table.slots, item.tokens, allow_copy=self.unified, key=key)
             if placement is None:
                 return
             slot = placement.slot
@@ -66,7 +55,7 @@ class Admission:
             restore = len(saved.tokens) if saved is not None else 0
             if self.unified and not self._room_for(item.tokens, cached, slot, restore):
                 return
-            self.waiting.popleft()
+            waiting.popleft()
             seq = item if isinstance(item, Sequence) else self._start(item)
             if seq is None:
                 continue
@@ -76,9 +65,10 @@ class Admission:
         self, prompt: Seq[int], key: AdapterSet, placement: Placement
     ) -> tuple[SavedPrompt | None, int]:
         """A prefix saved in host memory that is longer than what the slots offer (or None, 0)."""
-        if not self.prompt_cache.entries:
+        prompt_cache = self.table.prompt_cache
+        if not prompt_cache.entries:
             return None, 0
-        saved, n = self.prompt_cache.best(prompt, key, len(prompt) - 1)
+        saved, n = prompt_cache.best(prompt, key, len(prompt) - 1)
         n = media_boundary(prompt, n)
         return (saved, n) if saved is not None and n > placement.cached else (None, 0)
 
@@ -94,7 +84,7 @@ class Admission:
                 timings = Timings(queue_ms=queue_ms)
                 request.sink(GenerationChunk("", finish_reason="cancelled", timings=timings))
             elif not request.tokens:
-                self.drop_idle_caches()
+                self.table.drop_idle()
                 request.sink(GenerationChunk("", finish_reason="stop", timings=Timings(queue_ms=queue_ms)))
             else:
                 request.sink(ContextOverflowError(len(request.tokens), self.n_ctx_seq))
@@ -108,39 +98,20 @@ class Admission:
             freed, need = slot.own_cells, max(restore, len(tokens) + 1)
         else:
             freed, need = max(0, slot.own_cells - max(0, cached - slot.shared)), len(tokens) - cached + 1
-        free = self.n_ctx - self._committed_cells() + freed
-        drop = idle_caches_to_drop(self.slots, slot, need, free)
+        free = self.n_ctx - self.table.committed_cells() + freed
+        drop = idle_caches_to_drop(self.table.slots, slot, need, free)
         if drop is None:
             return False
         for other in drop:
-            self._evict(other)
+            self.table.evict(other)
         return True
-
-    def _save(self, slot: Slot) -> None:
-        """Copy the slot's cache to host memory (when the prompt cache wants it) before it is lost."""
-        if not slot.media_cells and self.prompt_cache.worth_saving(slot.tokens, slot.key):
-            self.prompt_cache.save(slot.tokens, slot.key, lambda: self.decoder.seq_state(slot.seq_id))
-
-    def _evict(self, slot: Slot) -> None:
-        """Drop the slot's cache (for room, or for another prompt), keeping a copy in the prompt cache."""
-        self._save(slot)
-        self._clear(slot)
-
-    def _committed_cells(self) -> int:
-        """Cells held by idle caches plus every running sequence's whole prompt-so-far (admitted
-        prompts count before they are prefilled)."""
-        running = sum(
-            max(0, len(seq.tokens) - self.slots[i].shared) + seq.extra_cells
-            for i, seq in self.running.items()
-        )
-        return running + used_cells([s for s in self.slots if not s.busy])
 
     def _start(self, request: Request) -> Sequence | None:
         if not request.claim():
             return None
         request.sink(STARTED)
         try:
-            return self._make(request, self.n_ctx_seq)
+            return self.make_sequence(request, self.n_ctx_seq)
         except Exception as exc:  # noqa: BLE001 - e.g. a grammar that does not parse: the caller's error
             request.sink(exc)
             return None
@@ -148,26 +119,11 @@ class Admission:
     def _place(
         self, seq: Sequence, placement: Placement, saved: SavedPrompt | None = None, n_saved: int = 0
     ) -> None:
-        slot, reuse, donor = placement.slot, placement.reuse, placement.donor
+        slot, table = placement.slot, self.table
         if saved is not None:
-            self._evict(slot)
-            reuse = 0
-            if self.decoder.load_state(slot.seq_id, saved.state):
-                slot.tokens, slot.key = list(saved.tokens), saved.key
-                reuse = self._truncate(slot, n_saved)
-                self.prompt_cache.used(saved, reuse)
-        elif donor is not None:
-            self._evict(slot)
-            self.decoder.seq_cp(donor.seq_id, slot.seq_id, placement.donor_tokens)
-            slot.tokens = list(seq.tokens[: placement.donor_tokens])
-            slot.shared = placement.donor_tokens  # copied media cells are shared too: they cost nothing here
-            reuse = placement.donor_tokens
+            reuse = table.restore(slot, saved, n_saved)
+        elif placement.donor is not None:
+            reuse = table.copy_prefix(slot, placement.donor, placement.donor_tokens, seq.tokens)
         else:
-            if len(slot.tokens) - reuse >= self.prompt_cache.min_tokens:
-                self._save(slot)  # most of its cache is about to go
-            reuse = self._truncate(slot, reuse)
-        slot.key = seq.key
-        slot.busy = True
-        seq.prefilling = True
-        seq.start(reuse)
-        self.running[slot.seq_id] = seq
+            reuse = table.reuse(slot, placement.reuse)
+        table.bind(slot, seq, reuse)

@@ -9,8 +9,10 @@ where a token is sampled ask for logits.
 Sequences with different LoRA adapter sets never share a decode step (llama.cpp applies adapters
 per context): each step serves one adapter set, and the sets with work take turns.
 
-Speculative decoding: a sequence's drafted tokens ride in its entry and are verified after the
-decode (:mod:`~edge_qwen.runtime.drafting`).
+The engine is composed, not inherited: a :class:`~.slot_table.SlotTable` owns the slots and every
+change to their caches, an :class:`~.admission.Admission` moves queued requests into slots, and a
+:class:`~.drafting.Drafting` adds speculative drafts to the batch and samples (and verifies) after
+the decode. A sequence's drafted tokens ride in its entry.
 
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
@@ -45,14 +47,15 @@ from .drafting import Drafting
 from .prompt_cache import PromptCache
 from .request import AdapterSet, Request
 from .sequence import Sequence
-from .slots import Slot, media_boundary
+from .slot_table import SlotTable
+from .slots import Slot
 from .spec_cost import StepCost
 
 __all__ = ["BatchEngine", "BatchEntry", "Decoder", "DraftSource", "EngineStats", "MediaFeeder", "Wanted"]
 
 
-class BatchEngine(Admission, Drafting):
-    """The slots, the queue and the step loop of one context."""
+class BatchEngine:
+    """The queue and the step loop of one context, over its slot table."""
 
     def __init__(
         self,
@@ -72,24 +75,35 @@ class BatchEngine(Admission, Drafting):
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.decoder = decoder
-        self.draft = draft
         self.media = media
-        self.cost = cost  # measured step cost: how long drafts should be (None: as the drafter says)
-        self.prompt_cache = prompt_cache or PromptCache(0)
         self._clock = clock
-        self._make = make_sequence
-        self.slots = [Slot(i) for i in range(parallel)]
-        self.n_ctx = n_ctx
-        self.unified = unified
         self.n_ctx_seq = n_ctx if unified else n_ctx // parallel
         self.n_batch = n_batch
         self.prefill_chunk = max(1, prefill_chunk)
         self.name = name
-        self.waiting: deque[Request | Sequence] = deque()
-        self.running: dict[int, Sequence] = {}
         self.stats = EngineStats()
+        self.table = SlotTable(decoder, parallel, prompt_cache or PromptCache(0), draft)
+        self.admission = Admission(
+            self.table, make_sequence, n_ctx=n_ctx, n_ctx_seq=self.n_ctx_seq, unified=unified
+        )
+        self.drafting = Drafting(
+            self.table, draft=draft, cost=cost, n_ctx_seq=self.n_ctx_seq, stats=self.stats
+        )
+        self.waiting: deque[Request | Sequence] = deque()
         self.closed = False
         self._last_key: AdapterSet | None = None
+
+    @property
+    def slots(self) -> list[Slot]:
+        return self.table.slots
+
+    @property
+    def running(self) -> dict[int, Sequence]:
+        return self.table.running
+
+    @property
+    def prompt_cache(self) -> PromptCache:
+        return self.table.prompt_cache
 
     # -- the queue (compute thread) -------------------------------------------------------------------
 
@@ -112,7 +126,7 @@ class BatchEngine(Admission, Drafting):
     def step(self) -> None:
         """Admit, build one batch, decode it, sample every sequence that asked for logits."""
         self._drop_cancelled()
-        self._admit()
+        self.admission.admit(self.waiting)
         self._feed_media()
         if not self.running:
             return
@@ -122,8 +136,7 @@ class BatchEngine(Admission, Drafting):
             started = self._clock()
             rc = self.decoder.decode(entries)
             if rc == 0:
-                if self.cost is not None:
-                    self.cost.observe(sum(len(e.tokens) for e in entries), self._clock() - started)
+                self.drafting.observe_step(sum(len(e.tokens) for e in entries), self._clock() - started)
                 break
             if rc == 1 and any(e.draft for e in entries):
                 speculate = False  # no KV cells for the drafts: this step goes without them
@@ -133,8 +146,8 @@ class BatchEngine(Admission, Drafting):
             self._fail_batch(entries, rc)
             return
         self.stats.steps += 1
-        if self.draft is not None:
-            self._prefetch(entries)
+        if self.drafting.draft is not None:
+            self.drafting.prefetch(entries)
         self._advance(entries)
 
     def _next_key(self) -> AdapterSet:
@@ -162,7 +175,7 @@ class BatchEngine(Admission, Drafting):
                 n_decode += len(pending)
         room = self.n_batch - n_decode
         if speculate:
-            room -= self._add_drafts(entries, room, n_decode)
+            room -= self.drafting.add_drafts(entries, room, n_decode)
         budget = min(room, self.prefill_chunk) if n_decode else room
         for seq_id, seq, pending in prefilling:
             if budget <= 0:
@@ -201,65 +214,34 @@ class BatchEngine(Admission, Drafting):
                 advice = "the request was dropped and the model is still usable; a smaller image may help"
                 self._end(seq_id, GenerationError(f"{why}; {advice}"))
                 continue
-            slot.tokens.extend(seq.tokens[span.start : span.start + span.n_pos])
+            self.table.extend(slot, seq.tokens[span.start : span.start + span.n_pos], time.monotonic())
             slot.media_cells[span.start] = span.extra_cells
-            slot.last_used = time.monotonic()
             self.stats.media_chunks += 1
 
     def _end(self, seq_id: int, exc: BaseException) -> None:
         """A running sequence fails with ``exc``; its slot is free again."""
-        seq = self.running.pop(seq_id)
-        self.slots[seq_id].busy = False
-        seq.fail(exc)
+        self.table.release(seq_id).fail(exc)
 
     def _advance(self, entries: list[BatchEntry]) -> None:
         now = time.monotonic()
         for entry in entries:
             slot = self.slots[entry.seq_id]
-            slot.tokens.extend(entry.tokens)
-            slot.last_used = now
+            self.table.extend(slot, entry.tokens, now)
             self.stats.decoded_tokens += len(entry.tokens)
             if not entry.logits:
                 continue
             seq = self.running[entry.seq_id]
             if seq.prefilling:
-                seq.prefilling = False
                 seq.prefilled()
-            self._take_tokens(seq, slot, entry)
+            self.drafting.take_tokens(seq, slot, entry)
             if seq.finish is not None:
                 self._finish(entry.seq_id)
 
     # -- KV bookkeeping ----------------------------------------------------------------------------------
 
-    def _truncate(self, slot: Slot, keep: int) -> int:
-        """Keep the slot's first ``keep`` tokens (fewer when that would cut a media span); returns
-        how many it kept."""
-        keep = media_boundary(slot.tokens, keep)
-        if keep >= len(slot.tokens):
-            return len(slot.tokens)
-        if not self.decoder.seq_rm(slot.seq_id, keep):
-            self.decoder.seq_rm(slot.seq_id, 0)
-            keep = 0
-        del slot.tokens[keep:]
-        slot.shared = min(slot.shared, keep)
-        slot.forget_from(keep)
-        return keep
-
-    def _clear(self, slot: Slot) -> None:
-        if slot.tokens:
-            self.decoder.seq_rm(slot.seq_id, 0)
-        slot.tokens = []
-        slot.shared = 0
-        slot.media_cells.clear()
-
     def drop_idle_caches(self, adapter: str | None = None) -> None:
         """Forget idle caches and saved ones (only those computed with ``adapter``, when given)."""
-        for slot in self.slots:
-            if not slot.busy and (adapter is None or any(n == adapter for n, _ in slot.key)):
-                self._clear(slot)
-        self.prompt_cache.forget(adapter)
-        if adapter is None and self.draft is not None:
-            self.draft.forget(s.seq_id for s in self.slots if not s.busy)
+        self.table.drop_idle(adapter)
 
     def uses_adapter(self, name: str) -> int:
         """How many running or waiting requests apply the adapter ``name``."""
@@ -269,18 +251,13 @@ class BatchEngine(Admission, Drafting):
 
     def _make_room(self) -> bool:
         """llama.cpp found no KV cells for the batch: drop an idle cache, else preempt the youngest."""
-        idle = [s for s in self.slots if not s.busy and s.tokens]
-        if idle:
-            self._evict(min(idle, key=lambda s: s.last_used))
+        if self.table.evict_least_recent_idle():
             return True
         if len(self.running) < 2:
             return False
         seq_id = max(self.running, key=lambda i: self.running[i].admitted_at)
-        seq = self.running.pop(seq_id)
-        slot = self.slots[seq_id]
-        self._evict(slot)  # with a prompt cache, its return is a restore instead of a re-prefill
-        slot.busy = False
-        seq.prefilling = True
+        seq = self.table.release(seq_id)
+        self.table.evict(self.slots[seq_id])  # with a prompt cache, its return is a restore, not a re-prefill
         self.waiting.appendleft(seq)
         self.stats.preemptions += 1
         return True
@@ -288,11 +265,7 @@ class BatchEngine(Admission, Drafting):
     # -- endings --------------------------------------------------------------------------------------
 
     def _finish(self, seq_id: int, reason: Any = None) -> None:
-        seq = self.running.pop(seq_id)
-        slot = self.slots[seq_id]
-        slot.busy = False
-        slot.last_used = time.monotonic()
-        seq.close(reason)
+        self.table.release(seq_id).close(reason)
 
     def _drop_cancelled(self) -> None:
         for seq_id in [i for i, s in self.running.items() if s.cancelled]:
@@ -328,12 +301,11 @@ class BatchEngine(Admission, Drafting):
             elif item.claim():
                 item.sink(exc)
         for seq_id in list(self.running):
-            self.running.pop(seq_id).fail(exc)
-            self.slots[seq_id].busy = False
+            self.table.release(seq_id).fail(exc)
         for slot in self.slots:
-            self._clear(slot)
-        if self.draft is not None:
-            self.draft.forget()
+            self.table.clear(slot)
+        if self.drafting.draft is not None:
+            self.drafting.draft.forget()
 
     def close(self) -> None:
         """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""

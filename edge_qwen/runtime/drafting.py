@@ -5,50 +5,57 @@ A generating sequence with a drafter (prompt lookup, or the draft model of
 decode) appends its drafted tokens to its entry and asks for logits at each of them; how many it
 drafts comes from the measured step cost (:mod:`~edge_qwen.runtime.spec_cost`). After the decode
 the target's tokens are taken one by one while they match, and the rejected tail is removed from
-the KV cache (``seq_rm``) and from the slot's token list in the same step. A mixin of
-:class:`~edge_qwen.runtime.batcher.BatchEngine`.
+the KV cache (``seq_rm``) and from the slot's token list in the same step, through the engine's
+:class:`~.slot_table.SlotTable`. Sampling goes through here too (a token is a draft of none): the
+engine holds one :class:`Drafting` whether or not anything drafts.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .batch_types import BatchEntry, Wanted
+from .batch_types import BatchEntry, DraftSource, EngineStats, Wanted
 from .sequence import Sequence
+from .slot_table import SlotTable
 from .slots import Slot
 from .spec_cost import StepCost, best_draft_length
 from .speculative import verify
 
-if TYPE_CHECKING:
-    from .batch_types import Decoder, DraftSource, EngineStats
-
 
 class Drafting:
-    """Drafting and verification for the step loop (its state lives in the engine)."""
+    """Drafts for the step's batch and verification after its decode, for one context."""
 
-    decoder: Decoder
-    draft: DraftSource | None
-    cost: StepCost | None
-    running: dict[int, Sequence]
-    n_ctx_seq: int
-    stats: EngineStats
+    def __init__(
+        self,
+        table: SlotTable,
+        *,
+        draft: DraftSource | None,
+        cost: StepCost | None,
+        n_ctx_seq: int,
+        stats: EngineStats,
+    ) -> None:
+        self.table = table
+        self.draft = draft  # the draft model, when one is loaded
+        self.cost = cost  # measured step cost: how long drafts should be (None: as the drafter says)
+        self.n_ctx_seq = n_ctx_seq
+        self.stats = stats
 
-    def _truncate(self, slot: Slot, keep: int) -> int:  # the engine's KV bookkeeping
-        raise NotImplementedError
+    def observe_step(self, n_tokens: int, seconds: float) -> None:
+        """A decode of ``n_tokens`` took ``seconds``: the step cost draft lengths are chosen by."""
+        if self.cost is not None:
+            self.cost.observe(n_tokens, seconds)
 
-    def _prefetch(self, entries: list[BatchEntry]) -> None:
+    def prefetch(self, entries: list[BatchEntry]) -> None:
         """The draft model reads the prompt chunks the target just prefilled, before their first
         token is sampled: its cost lands in the time to first token, not as a stall after it."""
         assert self.draft is not None
         reading = {}
         for e in entries:
-            seq = self.running[e.seq_id]
+            seq = self.table.running[e.seq_id]
             if seq.prefilling and seq.drafter is not None and seq.drafter.uses_model:
                 reading[e.seq_id] = seq.tokens[: e.pos + len(e.tokens)]
         if reading:
             self.draft.prefetch(reading)
 
-    def _add_drafts(self, entries: list[BatchEntry], room: int, n_decode: int = 1) -> int:
+    def add_drafts(self, entries: list[BatchEntry], room: int, n_decode: int = 1) -> int:
         """Append the drafts of speculating sequences to their entries (within ``room`` batch
         tokens, max_tokens and the sequence's context); returns how many tokens they add. Prompt
         lookup drafts each sequence alone; the draft model drafts all of its sequences together."""
@@ -56,7 +63,7 @@ class Drafting:
         wanted: dict[int, Wanted] = {}
         p_min: dict[int, float] = {}
         for entry in entries:
-            seq = self.running[entry.seq_id]
+            seq = self.table.running[entry.seq_id]
             drafter = seq.drafter
             if drafter is None:
                 continue
@@ -89,10 +96,10 @@ class Drafting:
                     added += len(drafted)
         return added
 
-    def _take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
+    def take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
         """Sample at the entry's logits rows and hand the tokens to the sequence, one by one, while
         they confirm the draft; then drop the rejected drafted tokens from the KV cache."""
-        decoder = self.decoder
+        decoder = self.table.decoder
         rows = entry.rows or [entry.row]
 
         def take(token: int) -> bool:
@@ -108,6 +115,6 @@ class Drafting:
         self.stats.accepted_tokens += kept
         rejected = len(entry.draft) - kept
         if rejected:
-            self._truncate(slot, len(slot.tokens) - rejected)
+            self.table.truncate(slot, len(slot.tokens) - rejected)
             if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
-                seq.prefilling = True
+                seq.refeed()

@@ -16,6 +16,7 @@ from .. import _llama
 from ..errors import ConfigError, DraftModelError, ModelLoadError
 from ..settings import ModelSettings, draft_settings
 from . import _native
+from .multimodal import MediaSupport
 
 
 def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
@@ -152,3 +153,13 @@ def context_params(settings: ModelSettings) -> Any:
     params.type_v = _native.CACHE_TYPES[settings.cache_type_v]
     params.no_perf = True
     return params
+
+
+def load_media(settings: ModelSettings, model: Any, ctx: Any) -> MediaSupport:
+    """The projector (``settings.mmproj``) for images and audio, on the model's context."""
+    assert settings.mmproj is not None
+    return MediaSupport(
+        settings.mmproj, model, ctx, n_batch=int(L.llama_n_batch(ctx)), threads=int(L.llama_n_threads(ctx)),
+        use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
+        flash_attn=settings.flash_attn,  # auto: the encoder's attention scores never materialise
+    )  # fmt: skip

@@ -22,30 +22,31 @@ from ..errors import ModelClosedError
 from ..settings import ModelSettings, settings_from
 from . import _native
 from .batcher import BatchEngine
+from .chat_template import RenderedPrompt
 from .compute import ComputeThread
 from .decoder import NativeDecoder
 from .draft import DraftModel
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
-from .loader import load_draft, load_native
+from .loader import load_draft, load_media, load_native
 from .lora import AdapterSlots
 from .multimodal import MediaSupport
 from .prompt_cache import PromptCache
 from .prompting import RequestBuilder
 from .request import Request, RequestSpec, Sink
 from .results import GenerationResult
-from .sampling import build_sampler
-from .sequence import Sequence as Sequence_
+from .sampling import native_sequences
 from .spec_cost import StepCost
 from .speculative import spec_config
 from .thinking import THINK_CLOSE
 from .threads import ThreadGovernor
+from .vocab import Vocabulary
 
 Message = Mapping[str, Any]
 
 __all__ = ["AsyncGenerationStream", "GenerationStream", "Model"]
 
 
-class Model(RequestBuilder):
+class Model:
     """A loaded GGUF with its own llama.cpp context. Use ``Model.load(path)``.
 
     All requests — sync, async, streamed, batched — are queued FIFO and admitted into the
@@ -69,18 +70,14 @@ class Model(RequestBuilder):
         self._closed = False
         self._model = model
         self._ctx = ctx
-        self._vocab = L.llama_model_get_vocab(model)
+        self.vocab = Vocabulary(model, self._check_open)
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.n_batch = int(L.llama_n_batch(ctx))
         self.architecture = _native.meta_value(model, "general.architecture") or "unknown"
-        self.chat_template = _native.meta_value(model, "tokenizer.chat_template")
-        self._piece = _native.PieceCache(self._vocab, special=False)
-        self._special_piece = _native.PieceCache(self._vocab, special=True)
-        self._control: dict[int, str] | None = None
-        self._think_close = self.tokenize(THINK_CLOSE, parse_special=True)
+        self._think_close = self.vocab.tokenize(THINK_CLOSE, parse_special=True)
         self.parallel = int(L.llama_n_seq_max(ctx))
         governor = ThreadGovernor(int(L.llama_n_threads(ctx)), pinned=settings.n_threads)
-        self._decoder = NativeDecoder(ctx, self._vocab, self.n_batch, governor)
+        self._decoder = NativeDecoder(ctx, self.vocab.native, self.n_batch, governor)
         self._draft_native = draft
         self._draft_decoder: NativeDecoder | None = None
         drafter: DraftModel | None = None
@@ -90,12 +87,12 @@ class Model(RequestBuilder):
             self._draft_decoder = NativeDecoder(dctx, L.llama_model_get_vocab(dmodel), n_batch, governor)
             drafter = DraftModel(
                 self._draft_decoder, parallel=self.parallel, n_batch=settings.prefill_chunk,
-                n_vocab=int(L.llama_vocab_n_tokens(self._vocab)), max_batch=n_batch,
+                n_vocab=self.vocab.n_tokens, max_batch=n_batch,
             )  # fmt: skip
         self._media = media
         self._engine = BatchEngine(
             self._decoder,
-            self._make_sequence,
+            native_sequences(self.vocab.native, self.vocab.piece, self._think_close),
             parallel=self.parallel,
             n_ctx=self.n_ctx,
             n_batch=self.n_batch,
@@ -113,6 +110,10 @@ class Model(RequestBuilder):
         self._compute = ComputeThread.get()
         self._compute.register(self._engine)
         self._lora = AdapterSlots(model, self._decoder.adapters, self._compute.call)
+        self._requests = RequestBuilder(
+            self.vocab, settings, architecture=self.architecture, n_ctx_seq=self.n_ctx_seq,
+            lora=self._lora, media=media, has_draft=draft is not None,
+        )  # fmt: skip
         try:
             for name, adapter_path in settings.adapters:
                 self._lora.add(name, adapter_path)
@@ -135,7 +136,7 @@ class Model(RequestBuilder):
             if config.draft is not None:
                 draft = load_draft(Path(config.draft), config, model)
             if config.mmproj is not None:
-                media = _media_support(config, model, ctx, int(L.llama_n_batch(ctx)))
+                media = load_media(config, model, ctx)
         except BaseException:
             if draft is not None:
                 L.llama_free(draft[1])
@@ -185,6 +186,63 @@ class Model(RequestBuilder):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    # -- the vocabulary (its own object; these are the Model's names for it) ------------------------
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.vocab.chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: str | None) -> None:
+        self.vocab.chat_template = template
+
+    def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        """Token ids of ``text``; ``parse_special=False`` treats ``<|im_start|>`` in it as plain text."""
+        return self.vocab.tokenize(text, add_special=add_special, parse_special=parse_special)
+
+    def token_piece(self, token: int, *, special: bool = True) -> bytes:
+        return self.vocab.token_piece(token, special=special)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        return self.vocab.detokenize(tokens, special=special)
+
+    @property
+    def control_tokens(self) -> dict[int, str]:
+        return self.vocab.control_tokens
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.vocab.metadata
+
+    def render(
+        self,
+        messages: Sequence[Message],
+        *,
+        enable_thinking: bool | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> RenderedPrompt:
+        """Render a conversation with the GGUF's own chat template (ChatML when it has none)."""
+        return self.vocab.render(
+            messages,
+            enable_thinking=enable_thinking,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+        )
+
+    def prompt_tokens(self, rendered: RenderedPrompt) -> list[int]:
+        return self.vocab.prompt_tokens(rendered)
+
+    @property
+    def mmproj(self) -> str | None:
+        """The projector loaded for images / audio (``mmproj=``), or None for a text-only model."""
+        return self._media.path if self._media is not None else None
+
+    @property
+    def has_draft(self) -> bool:
+        """Whether a draft model was loaded (``draft=``) for speculative decoding."""
+        return self._requests.has_draft
 
     # -- LoRA adapters ----------------------------------------------------------------------------
 
@@ -246,17 +304,6 @@ class Model(RequestBuilder):
 
         return AsyncGenerationStream(submit, self.settings.queue_timeout)
 
-    def _make_sequence(self, request: Request, n_ctx_seq: int) -> Sequence_:
-        """On the compute thread, at admission: the request's own sampler chain and text state."""
-        return Sequence_(
-            request,
-            sampler=build_sampler(request.params, self._vocab),
-            piece=self._piece,
-            think_close=self._think_close,
-            n_ctx_seq=n_ctx_seq,
-            free_sampler=L.llama_sampler_free,
-        )
-
     def slot_usage(self) -> dict[str, int]:
         """Sequence slots busy and requests waiting (a racy read, for health pages and metrics)."""
         cache = self._engine.prompt_cache
@@ -269,7 +316,7 @@ class Model(RequestBuilder):
 
     def stream(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationStream:
         """Stream a plain completion of ``prompt`` (text or token ids; no chat template)."""
-        return self._stream(self._plain_request(prompt, sampling))
+        return self._stream(self._requests.plain(prompt, sampling))
 
     def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         """Complete ``prompt`` and return the whole answer (blocking)."""
@@ -284,7 +331,7 @@ class Model(RequestBuilder):
         return [drain(s) for s in streams]
 
     def astream(self, prompt: str | Sequence[int], **sampling: Any) -> AsyncGenerationStream:
-        return self._astream(lambda: self._plain_request(prompt, sampling))
+        return self._astream(lambda: self._requests.plain(prompt, sampling))
 
     async def agenerate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         return await adrain(self.astream(prompt, **sampling))
@@ -302,7 +349,7 @@ class Model(RequestBuilder):
         **sampling: Any,
     ) -> GenerationStream:
         """Stream the assistant's reply to ``messages`` rendered with the model's chat template."""
-        spec = self._chat_request(
+        spec = self._requests.chat(
             messages,
             sampling,
             enable_thinking=enable_thinking,
@@ -332,7 +379,7 @@ class Model(RequestBuilder):
         **sampling: Any,
     ) -> AsyncGenerationStream:
         def spec() -> RequestSpec:
-            return self._chat_request(
+            return self._requests.chat(
                 messages,
                 sampling,
                 enable_thinking=enable_thinking,
@@ -348,13 +395,5 @@ class Model(RequestBuilder):
 
     def reset(self) -> None:
         """Empty the KV cache (after the requests already queued); the next prompt is prefilled whole."""
-        drain(self._stream(RequestSpec((), self._params(enable_thinking=None, sampling={}))))
+        drain(self._stream(self._requests.reset()))
 
-
-def _media_support(settings: ModelSettings, model: Any, ctx: Any, n_batch: int) -> MediaSupport:
-    assert settings.mmproj is not None
-    return MediaSupport(
-        settings.mmproj, model, ctx, n_batch=n_batch, threads=int(L.llama_n_threads(ctx)),
-        use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
-        flash_attn=settings.flash_attn,  # auto: the encoder's attention scores never materialise
-    )  # fmt: skip

@@ -1,7 +1,7 @@
 """Turning what a caller passes — a prompt, a conversation (with images or audio), sampling
 keywords — into the typed :class:`~edge_qwen.runtime.request.RequestSpec` the step loop runs.
 Everything here happens on the caller's thread, before anything is queued, so bad input fails
-fast with a clear error.
+fast with a clear error. :class:`~edge_qwen.runtime.model.Model` holds one :class:`RequestBuilder`.
 """
 
 from __future__ import annotations
@@ -24,22 +24,34 @@ from .vocab import Vocabulary
 Message = Mapping[str, Any]
 
 
-class RequestBuilder(Vocabulary):
-    """The request-preparation half of :class:`~edge_qwen.runtime.model.Model`."""
+class RequestBuilder:
+    """Builds the requests of one loaded model, from its vocabulary, settings and companions."""
 
-    settings: ModelSettings
-    architecture: str
-    n_ctx_seq: int
-    _lora: AdapterSlots
-    _media: MediaSupport | None
-    _draft_native: tuple[Any, Any] | None
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        settings: ModelSettings,
+        *,
+        architecture: str,
+        n_ctx_seq: int,
+        lora: AdapterSlots,
+        media: MediaSupport | None,
+        has_draft: bool,
+    ) -> None:
+        self.vocab = vocab
+        self.settings = settings
+        self.architecture = architecture
+        self.n_ctx_seq = n_ctx_seq
+        self._lora = lora
+        self._media = media
+        self.has_draft = has_draft
 
-    def _plain_request(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
+    def plain(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
         sampling = dict(sampling)
         chosen = self._adapter_set(sampling)
         speculative = self._speculative(sampling.pop("speculative", None))
         if isinstance(prompt, str):
-            tokens = self.tokenize(prompt, add_special=True, parse_special=False)
+            tokens = self.vocab.tokenize(prompt, add_special=True, parse_special=False)
         else:
             tokens = [int(t) for t in prompt]
         if not tokens:
@@ -48,7 +60,7 @@ class RequestBuilder(Vocabulary):
         params = self._params(enable_thinking=None, sampling=sampling)
         return RequestSpec(tuple(tokens), params, adapters=chosen, speculative=speculative)
 
-    def _chat_request(
+    def chat(
         self,
         messages: Sequence[Message],
         sampling: dict[str, Any],
@@ -73,8 +85,8 @@ class RequestBuilder(Vocabulary):
             tokens = media.tokens
         else:
             while True:
-                rendered = self.render(msgs, enable_thinking=enable_thinking, tools=tools)
-                tokens = self.prompt_tokens(rendered)
+                rendered = self.vocab.render(msgs, enable_thinking=enable_thinking, tools=tools)
+                tokens = self.vocab.prompt_tokens(rendered)
                 if len(tokens) < self.n_ctx_seq:
                     break
                 if not truncate or not _drop_oldest_turn(msgs):
@@ -98,10 +110,10 @@ class RequestBuilder(Vocabulary):
         marker per item, and each marker replaced by mtmd's chunks (:mod:`.multimodal`)."""
         assert self._media is not None
         extracted = self._media.extract(msgs, policy)
-        rendered = self.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
+        rendered = self.vocab.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
         prompt = tokenize_with_media(
             self._media.mtmd, rendered.segments, extracted.items,
-            lambda text, special: self.tokenize(text, parse_special=special),
+            lambda text, special: self.vocab.tokenize(text, parse_special=special),
         )  # fmt: skip
         cells = len(prompt.tokens) + prompt.extra_cells
         if cells >= self.n_ctx_seq:
@@ -110,15 +122,9 @@ class RequestBuilder(Vocabulary):
             raise ContextOverflowError(cells, self.n_ctx_seq)
         return rendered, prompt
 
-    @property
-    def mmproj(self) -> str | None:
-        """The projector loaded for images / audio (``mmproj=``), or None for a text-only model."""
-        return self._media.path if self._media is not None else None
-
-    @property
-    def has_draft(self) -> bool:
-        """Whether a draft model was loaded (``draft=``) for speculative decoding."""
-        return self._draft_native is not None
+    def reset(self) -> RequestSpec:
+        """The request that empties the KV cache (an empty prompt, after those already queued)."""
+        return RequestSpec((), self._params(enable_thinking=None, sampling={}))
 
     def _speculative(self, value: Any) -> SpecConfig | None:
         """A request's speculation: its own choice, else the model's default (``speculative=`` at

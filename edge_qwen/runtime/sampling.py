@@ -8,6 +8,8 @@ over the logits row instead.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 from typing import Any
 
 import llama_cpp.llama_cpp as L
@@ -15,6 +17,8 @@ import llama_cpp.llama_cpp as L
 from .. import _llama
 from ..errors import ConfigError
 from .presets import SamplingParams
+from .request import Request
+from .sequence import Sequence
 
 _PENALTY_LAST_N = 64
 
@@ -163,3 +167,22 @@ def check_grammar_size(text: str) -> None:
             f"the grammar nests {deepest} groups deep, above the limit of {MAX_GRAMMAR_NESTING} "
             "(a JSON schema's maxItems/maxLength of N becomes N nested groups); lower those bounds"
         )
+
+
+def native_sequences(
+    vocab: Any, piece: Callable[[int], bytes], think_close: Seq[int]
+) -> Callable[[Request, int], Sequence]:
+    """The step loop's sequence factory for a llama.cpp model: on the compute thread, at admission,
+    each request gets its own sampler chain over ``vocab`` and its own text state."""
+
+    def make(request: Request, n_ctx_seq: int) -> Sequence:
+        return Sequence(
+            request,
+            sampler=build_sampler(request.params, vocab),
+            piece=piece,
+            think_close=think_close,
+            n_ctx_seq=n_ctx_seq,
+            free_sampler=L.llama_sampler_free,
+        )
+
+    return make

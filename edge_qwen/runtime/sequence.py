@@ -61,6 +61,8 @@ class Sequence:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     def start(self, cached: int) -> None:
+        """Admitted into a slot holding its first ``cached`` tokens: the rest is prompt to prefill."""
+        self.prefilling = True
         now = time.perf_counter()
         if not self.t_start:
             self.t_start = now
@@ -125,8 +127,14 @@ class Sequence:
         return tokens
 
     def prefilled(self) -> None:
+        """Its prompt is in the cache: from now on it generates, one token (plus drafts) a step."""
+        self.prefilling = False
         if not self.t_prefill:
             self.t_prefill = time.perf_counter()
+
+    def refeed(self) -> None:
+        """Its slot lost the whole cache (a backend that cannot cut a tail): feed every token again."""
+        self.prefilling = True
 
     # -- the end ------------------------------------------------------------------------------------
 

@@ -1,12 +1,12 @@
 """The vocabulary side of a loaded model: tokenize, pieces, the chat template, metadata.
 
-A mixin of :class:`~edge_qwen.runtime.model.Model`; everything here runs on the caller's thread and
-only reads the (immutable) vocabulary and metadata of the llama.cpp model.
+:class:`~edge_qwen.runtime.model.Model` holds one :class:`Vocabulary`; everything here runs on the
+caller's thread and only reads the (immutable) vocabulary and metadata of the llama.cpp model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import llama_cpp.llama_cpp as L
@@ -18,17 +18,26 @@ Message = Mapping[str, Any]
 
 
 class Vocabulary:
-    """Needs ``_vocab``, ``_model``, ``chat_template``, ``_piece``, ``_special_piece``, ``_control``."""
+    """The tokenizer and chat template of a loaded llama.cpp model (``check_open`` raises once the
+    model that owns them is closed)."""
 
-    _vocab: Any
-    _model: Any
-    chat_template: str | None
-    _piece: _native.PieceCache
-    _special_piece: _native.PieceCache
-    _control: dict[int, str] | None
+    def __init__(self, model: Any, check_open: Callable[[], None]) -> None:
+        self._model = model
+        self._vocab = L.llama_model_get_vocab(model)
+        self._check_open = check_open
+        self.chat_template: str | None = _native.meta_value(model, "tokenizer.chat_template")
+        self.piece = _native.PieceCache(self._vocab, special=False)  # a token's bytes, specials as ""
+        self._special_piece = _native.PieceCache(self._vocab, special=True)
+        self._control: dict[int, str] | None = None
 
-    def _check_open(self) -> None:
-        raise NotImplementedError
+    @property
+    def native(self) -> Any:
+        """The ``llama_vocab`` pointer (for the decoder and the samplers)."""
+        return self._vocab
+
+    @property
+    def n_tokens(self) -> int:
+        return int(L.llama_vocab_n_tokens(self._vocab))
 
     def tokenize(self, text: str, *, add_special: bool = False, parse_special: bool = False) -> list[int]:
         """Token ids of ``text``; ``parse_special=False`` treats ``<|im_start|>`` in it as plain text."""
@@ -37,7 +46,7 @@ class Vocabulary:
 
     def token_piece(self, token: int, *, special: bool = True) -> bytes:
         """Raw bytes of one token (a piece may be part of a UTF-8 character)."""
-        return (self._special_piece if special else self._piece)(token)
+        return (self._special_piece if special else self.piece)(token)
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", "replace")

@@ -210,15 +210,18 @@ class Collector:
 def make_engine(
     *, parallel: int = 4, n_ctx: int = 4096, prefill_chunk: int = 16, unified: bool = True,
     n_batch: int = 512, model: Model = next_token, think_close: Sequence[int] = (),
-    draft: Any = None, prompt_cache: int = 0,
+    draft: Any = None, prompt_cache: int = 0, decoder: FakeDecoder | None = None,
+    cost: Any = None, clock: Callable[[], float] | None = None,
+    on_sequence: Callable[[Seq], None] | None = None,
 ) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
-    """An engine on a fake decoder; a request with a ``seed`` samples with a :class:`FakeSampler`;
-    ``draft`` is a draft model (a DraftModel over another FakeDecoder)."""
-    decoder = FakeDecoder(n_cells=n_ctx, model=model)
+    """An engine on a fake decoder (or ``decoder``); a request with a ``seed`` samples with a
+    :class:`FakeSampler`; ``draft`` is a draft model (a DraftModel over another FakeDecoder);
+    ``cost``/``clock`` a measured step cost and its clock; ``on_sequence`` sees each new sequence."""
+    decoder = decoder or FakeDecoder(n_cells=n_ctx, model=model)
 
     def make(request: Request, n_ctx_seq: int) -> Seq:
         seed = request.params.seed
-        return Seq(
+        seq = Seq(
             request,
             sampler=FakeSampler(seed) if seed is not None else None,
             piece=lambda t: f"<{t}>".encode(),
@@ -226,10 +229,14 @@ def make_engine(
             n_ctx_seq=n_ctx_seq,
             free_sampler=lambda s: None,
         )
+        if on_sequence is not None:
+            on_sequence(seq)
+        return seq
 
     engine = BatchEngine(
         decoder, make, parallel=parallel, n_ctx=n_ctx, n_batch=n_batch, unified=unified,
         prefill_chunk=prefill_chunk, draft=draft, prompt_cache=PromptCache(prompt_cache, min_tokens=8),
+        cost=cost, **({"clock": clock} if clock is not None else {}),
     )  # fmt: skip
     return engine, decoder
 

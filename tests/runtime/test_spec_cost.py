@@ -61,12 +61,10 @@ class TimedDecoder(FakeDecoder):
 
 
 def timed_run(prompts, model, b: float, speculative) -> tuple[float, list[list[int]]]:
-    engine, _ = make_engine(parallel=1, model=model)
     decoder = TimedDecoder(n_cells=4096, model=model)
     decoder.b = b
-    engine.decoder = decoder
-    engine.cost = StepCost()
-    engine._clock = lambda: decoder.now
+    clock = lambda: decoder.now  # noqa: E731 - the fake decoder's time
+    engine, _ = make_engine(parallel=1, model=model, decoder=decoder, cost=StepCost(), clock=clock)
     outs = []
     for p in prompts:
         _, sink = submit(engine, p, max_tokens=60, speculative=speculative)

@@ -170,16 +170,8 @@ def test_seeded_sampling_draws_exactly_as_without_speculation():
     plain_engine, _ = make_engine(model=echo_token)
     plain = [submit(plain_engine, p, max_tokens=50, seed=i)[1] for i, p in enumerate(prompts)]
     run(plain_engine)
-    engine, decoder = make_engine(model=echo_token)
     samplers: list[FakeSampler] = []
-    make = engine._make
-
-    def keep_sampler(request, n_ctx_seq):
-        seq = make(request, n_ctx_seq)
-        samplers.append(seq.sampler)
-        return seq
-
-    engine._make = keep_sampler
+    engine, decoder = make_engine(model=echo_token, on_sequence=lambda seq: samplers.append(seq.sampler))
     jobs = [submit(engine, p, max_tokens=50, seed=i, speculative="lookup")[1] for i, p in enumerate(prompts)]
     run(engine)
     for i, (prompt, sink, ref) in enumerate(zip(prompts, jobs, plain, strict=True)):
