@@ -46,6 +46,14 @@ class Spec:
     tied: bool
 
 
+def _rope_theta(cfg: dict[str, Any]) -> float:
+    """The rope base as transformers 4 (``rope_theta``) or 5 (``rope_parameters``) saves it; both
+    versions write it even at its default, so a config without one is an error here."""
+    if cfg.get("rope_theta") is not None:
+        return float(cfg["rope_theta"])
+    return float(cfg["rope_parameters"]["rope_theta"])
+
+
 def load_spec(cfg: dict[str, Any]) -> Spec:
     arch = cfg["architectures"][0]
     n_head = cfg["num_attention_heads"]
@@ -65,7 +73,7 @@ def load_spec(cfg: dict[str, Any]) -> Spec:
         n_kv=cfg.get("num_key_value_heads") or n_head,
         head_dim=cfg.get("head_dim") or cfg["hidden_size"] // n_head,
         eps=cfg["rms_norm_eps"],
-        theta=cfg.get("rope_theta", 10000.0),
+        theta=_rope_theta(cfg),
         qkv_bias=qkv_bias,
         qk_norm=qwen3,
         moe=moe,

@@ -15,9 +15,11 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
+from .hf_config import normalize
 from .vision import mrope_sections
 
-# transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them.
+# transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them (the rope
+# base too: see .hf_config.ROPE_THETA_DEFAULTS).
 QWEN2_DEFAULTS: dict[str, Any] = {
     "vocab_size": 151936,
     "hidden_size": 4096,
@@ -26,7 +28,6 @@ QWEN2_DEFAULTS: dict[str, Any] = {
     "num_attention_heads": 32,
     "max_position_embeddings": 32768,
     "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0,
     "tie_word_embeddings": False,
 }
 
@@ -146,6 +147,7 @@ def load_hparams(folder: Path) -> HParams:
         cfg = text_config(cfg)
     if arch is None:
         raise UnsupportedArchitectureError(names[0], list(ARCHITECTURES))
+    cfg = normalize(cfg, arch.hf_name, path)  # transformers 4 or 5 layout -> one
 
     def need(key: str) -> Any:
         if key not in cfg:
@@ -167,7 +169,7 @@ def load_hparams(folder: Path) -> HParams:
         n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
         head_dim=int(cfg.get("head_dim") or n_embd // n_head),
         n_ctx=int(need("max_position_embeddings")),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=float(cfg["rope_theta"]),
         rms_eps=float(need("rms_norm_eps")),
         tied=bool(cfg.get("tie_word_embeddings", False)),
         n_expert=int(cfg.get("num_experts") or 0),

@@ -40,3 +40,17 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_di
         return cache[key]
 
     return make
+
+
+SENTENCE = "The quick brown fox jumps over the lazy dog, then writes def fibonacci(n): in Python."
+
+
+@pytest.fixture(scope="session")
+def tokens(qwen3_tokenizer_dir: Path) -> list[int]:
+    """16 real Qwen tokens of an ordinary sentence."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(qwen3_tokenizer_dir / "tokenizer.json"))
+    ids = tokenizer.encode(SENTENCE, add_special_tokens=False).ids[:16]
+    assert len(ids) == 16
+    return ids

@@ -27,20 +27,8 @@ from edge_qwen.logits import token_logits
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-SENTENCE = "The quick brown fox jumps over the lazy dog, then writes def fibonacci(n): in Python."
 F32_TOLERANCE = 1e-4
 F16_TOLERANCE = 1e-2
-
-
-@pytest.fixture(scope="module")
-def tokens(qwen3_tokenizer_dir: Path) -> list[int]:
-    """16 real Qwen tokens of an ordinary sentence."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(qwen3_tokenizer_dir / "tokenizer.json"))
-    ids = tokenizer.encode(SENTENCE, add_special_tokens=False).ids[:16]
-    assert len(ids) == 16
-    return ids
 
 
 def converted(checkpoint: Path, outtype: str, tmp_path: Path) -> Path:

@@ -31,17 +31,8 @@ from make_tiny_checkpoints import make_checkpoint  # noqa: E402
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-SENTENCE = "The quick brown fox jumps over the lazy dog, then writes def fibonacci(n): in Python."
 F32_TOLERANCE = 1e-4
 F16_TOLERANCE = 1e-2
-
-
-@pytest.fixture(scope="module")
-def tokens(qwen3_tokenizer_dir: Path) -> list[int]:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(qwen3_tokenizer_dir / "tokenizer.json"))
-    return tokenizer.encode(SENTENCE, add_special_tokens=False).ids[:16]
 
 
 @pytest.fixture(scope="module")
