@@ -41,8 +41,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+def _version() -> str:
+    """edge-qwen's version and the llama-cpp-python it runs on (package metadata: no library load)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"edge-qwen {of('edge-qwen')} (llama-cpp-python {of('llama-cpp-python')}, gguf {of('gguf')})"
+
+
 def _build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = _Parser(prog="edge-qwen", description="Run Qwen models offline.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

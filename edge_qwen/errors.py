@@ -173,6 +173,10 @@ class AdapterLoadError(ModelLoadError):
 # --- installation ---------------------------------------------------------------------------
 
 
+class ServerBindError(EdgeQwenError, OSError):
+    """``serve`` cannot listen on the asked address (port in use, not allowed, no such address)."""
+
+
 class MissingExtraError(EdgeQwenError, ImportError):
     """A command needs an optional extra (e.g. the server's) that is not installed."""
 

@@ -402,6 +402,26 @@ def _read_cached(path: str, size: int, mtime_ns: int) -> GGUFHeader:
         return parse_header(buf, p)
 
 
+def path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be a GGUF file, in words that name the way out (None: it is a file)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return None
+    if p.is_dir():
+        inside = sorted(f.name for f in p.glob("*.gguf"))[:4]
+        if inside:
+            return f"{path} is a folder, not a .gguf file; pass one of the files in it: {', '.join(inside)}"
+        if (p / "config.json").is_file():
+            return (
+                f"{path} is a folder (a Hugging Face checkpoint?), not a .gguf file; convert it first: "
+                f"edge-qwen convert {path} -o OUTDIR"
+            )
+        return f"{path} is a folder, not a .gguf file; pass the path of a .gguf model file"
+    if p.exists():
+        return f"{path} is not a regular file; pass the path of a .gguf model file"
+    return f"{path} does not exist; pass the path of a .gguf model file or a registry name (edge-qwen models)"
+
+
 def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
     """The validated header of a GGUF (cached while the file is unchanged).
 
@@ -411,12 +431,9 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
             message names the field, its byte offset and the way out.
     """
     p = Path(path).resolve()
-    try:
-        st = p.stat()
-    except OSError:
-        raise GGUFFileError(f"{path} does not exist; pass the path of a .gguf model file") from None
-    if not p.is_file():
-        raise GGUFFileError(f"{path} is not a file; pass the path of a .gguf model file")
+    if (problem := path_problem(p)) is not None:
+        raise GGUFFileError(problem.replace(str(p), str(path), 1))
+    st = p.stat()
     try:
         return _read_cached(str(p), st.st_size, st.st_mtime_ns)
     except OSError as exc:
@@ -427,8 +444,8 @@ def check_gguf_file(path: str | os.PathLike[str]) -> Path:
     """The path, once its header is known to be valid (:func:`read_header`): fail here with a clear
     message rather than later inside llama.cpp with an obscure one."""
     p = Path(path)
-    if not p.is_file():
-        raise GGUFFileError(f"{p} does not exist or is not a file; pass the path of a .gguf model file")
+    if (problem := path_problem(p)) is not None:
+        raise GGUFFileError(problem)
     with p.open("rb") as fh:
         magic = fh.read(4)
     if magic != _MAGIC:

@@ -212,3 +212,27 @@ def test_out_of_range_numbers_are_usage_errors_at_parse_time(argv: tuple[str, ..
     code, data, _ = run_main(*argv, "--json")
     assert code == 2 and data is not None and data["error"]["type"] == "UsageError"
     assert argv[-2] in data["error"]["message"]
+
+
+def test_version_names_edge_qwen_and_its_llama_cpp() -> None:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert out.getvalue().startswith("edge-qwen ") and "llama-cpp-python" in out.getvalue()
+
+
+def test_a_folder_is_called_a_folder(tmp_path: Path) -> None:
+    """``run bad/`` said "no such file"; a checkpoint folder is pointed at convert."""
+    empty = tmp_path / "bad"
+    empty.mkdir()
+    checkpoint = tmp_path / "ck"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    for argv, expected in (
+        (("info", str(empty)), "is a folder, not a .gguf file"),
+        (("run", str(empty), "hi"), "is a folder, not a .gguf file"),
+        (("info", str(checkpoint)), f"edge-qwen convert {checkpoint}"),
+    ):
+        code, data, err = run_main(*argv, "--json")
+        assert code == 2 and data is not None and expected in data["error"]["message"], data

@@ -145,6 +145,17 @@ def load_model(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
+def thinking_note(model: Any, wanted: bool | None) -> str | None:
+    """What to tell a user who asked for thinking from a model without a thinking mode (None: fine)."""
+    if wanted is None or model.thinks:
+        return None
+    flags = "--think and /think" if wanted else "--no-think and /no_think"
+    return (
+        f"{model.path.name} has no thinking mode (its chat template ignores enable_thinking): "
+        f"{flags} change nothing; Qwen3 and later models have one"
+    )
+
+
 def chat_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of Model.chat from the parsed options (unset ones keep the model preset)."""
     _, scales = lora_choice(args)

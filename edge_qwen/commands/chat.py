@@ -24,6 +24,7 @@ from ._runtime_args import (
     load_model,
     media_part,
     system_messages,
+    thinking_note,
 )
 from .run import print_stream
 
@@ -44,6 +45,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     turns = 0
     with load_model(args) as model:
         _say(args, f"{model.path.name} loaded ({model.n_ctx} tokens of context). {HELP}")
+        if (note := thinking_note(model, args.think)) is not None:
+            _warn(f"warning: {note}")
         while True:
             line = _read(args)
             if line is None or line.strip() == "/exit":
@@ -55,8 +58,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 _say(args, "conversation reset")
                 continue
             if command in ("/think", "/no_think"):
-                options["enable_thinking"] = command == "/think"
-                _say(args, f"thinking {'on' if options['enable_thinking'] else 'off'}")
+                note = thinking_note(model, command == "/think")
+                if note is None:
+                    options["enable_thinking"] = command == "/think"
+                _say(args, note or f"thinking {'on' if options['enable_thinking'] else 'off'}")
                 continue
             if not command:
                 continue

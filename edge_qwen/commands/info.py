@@ -12,14 +12,15 @@ import argparse
 from typing import Any
 
 from ..gguf_info import gguf_info
+from ..registry import resolve_model
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="a .gguf model file")
+    parser.add_argument("file", help="a .gguf model file, or a registry name[:quant] already pulled")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    info = gguf_info(args.file)
+    info = gguf_info(resolve_model(args.file))
     if not args.json:
         print(format_info(info))
     return info

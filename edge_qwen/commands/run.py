@@ -1,4 +1,5 @@
-"""``edge-qwen run MODEL PROMPT`` — one answer from a GGUF, through the model's chat template.
+"""``edge-qwen run MODEL PROMPT`` — one answer from a GGUF, through the model's chat template
+(``PROMPT`` ``-`` reads it from standard input: ``git diff | edge-qwen run MODEL -``).
 
 The prompt becomes a user message (after ``--system`` if given), after the ``--image`` / ``--audio``
 files when there are any (they need the model's ``--mmproj``). ``--stream`` prints the answer as
@@ -13,6 +14,7 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import ConfigError
 from ._runtime_args import (
     add_media_arguments,
     add_model_arguments,
@@ -21,13 +23,14 @@ from ._runtime_args import (
     fill_mmproj,
     load_model,
     system_messages,
+    thinking_note,
     user_content,
 )
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("prompt", help="the user message")
+    parser.add_argument("prompt", help="the user message; - reads it from standard input")
     add_media_arguments(parser, files=True)
     add_sampling_arguments(parser)
     parser.add_argument("--stream", action="store_true", help="print the answer while it is generated")
@@ -35,9 +38,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     fill_mmproj(args)
+    if args.prompt == "-":
+        args.prompt = sys.stdin.read()
+        if not args.prompt.strip():
+            raise ConfigError("the prompt read from standard input is empty; pipe text into `run MODEL -`")
     content = user_content(args.prompt, args.image, args.audio, args.mmproj)  # before the model loads
     messages = system_messages(args.system) + [{"role": "user", "content": content}]
     with load_model(args) as model:
+        if (note := thinking_note(model, args.think)) is not None:
+            print(f"warning: {note}", file=sys.stderr)
         if args.stream and not args.json:
             stream = model.chat_stream(messages, **chat_options(args))
             print_stream(stream)

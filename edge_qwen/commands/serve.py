@@ -11,18 +11,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import logging
+import math
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ServerBindError
 from ._types import positive_int, tcp_port
 
 API_KEY_ENV = "EDGE_QWEN_API_KEY"
@@ -110,15 +113,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def parse_rate(text: str | None) -> float | None:
-    """Requests per minute from ``60``, ``60/min``, ``2/s`` or ``100/hour``."""
+def parse_rate(text: str | None) -> tuple[float, int] | None:
+    """(requests per minute, burst) from ``60``, ``60/min``, ``2/s`` or ``100/hour``: ``N/unit`` lets
+    a client send N requests at once, then N per unit (``2/s``: a burst of 2, 120 a minute)."""
     if text is None:
         return None
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:/\s*([a-z]+))?\s*", text.lower())
     unit = (match.group(2) or "min") if match else None
     if match is None or unit not in _RATE_UNITS or float(match.group(1)) <= 0:
         raise ConfigError(f"--rate {text!r} is not a rate; write it like 60/min, 2/s or 100/hour")
-    return float(match.group(1)) * _RATE_UNITS[unit]
+    count = float(match.group(1))
+    return count * _RATE_UNITS[unit], max(1, math.ceil(count))
 
 
 def parse_models(values: list[str]) -> dict[str, Path]:
@@ -260,9 +265,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     models = parse_models(args.models)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    rate = parse_rate(args.rate)
     config = ServerConfig(
         api_key=api_key,
-        rate_per_min=parse_rate(args.rate),
+        rate_per_min=rate[0] if rate else None,
+        rate_burst=rate[1] if rate else None,
         max_body_bytes=parse_size(args.max_body),
         max_messages=args.max_messages,
         max_prompt_tokens=args.max_prompt_tokens,
@@ -300,6 +307,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if not args.no_preload:
             scheduler.load(next(iter(models)))
         app = create_app(provider, config)
+        sock = listen(args.host, args.port)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -315,11 +323,39 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 f"edge-qwen: serving {', '.join(models)} on http://{args.host}:{args.port}/v1",
                 file=sys.stderr,
             )
-        with _sigterm_means_done():
-            server.run()
+        with _sigterm_means_done(), sock:
+            server.run(sockets=[sock])
     finally:
         provider.close()
     return {"host": args.host, "port": args.port, "models": {n: str(p) for n, p in models.items()}}
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port``, made before uvicorn starts so that a port in use (or an
+    address this machine does not have) is one clear error instead of uvicorn's log and exit.
+
+    Raises:
+        ServerBindError: the address cannot be bound.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ServerBindError(f"cannot serve on {host}:{port}: {exc.strerror}; check --host") from None
+    family, kind, proto, _name, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        hint = "pick another --port or stop what listens there" if exc.errno == errno.EADDRINUSE else (
+            "use a port >= 1024 or run with the privilege to bind it" if exc.errno == errno.EACCES
+            else "check --host and --port"
+        )  # fmt: skip
+        raise ServerBindError(f"cannot serve on {host}:{port}: {exc.strerror}; {hint}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ import llama_cpp.llama_cpp as L
 
 from .. import _llama
 from ..errors import ConfigError, DraftModelError, ModelLoadError
+from ..gguf_header import path_problem
 from ..settings import ModelSettings, draft_settings
 from . import _native
 from .multimodal import MediaSupport
@@ -21,8 +22,8 @@ from .multimodal import MediaSupport
 
 def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     """Load the weights and create the context, turning every failure into ModelLoadError."""
-    if not path.is_file():
-        raise ModelLoadError(f"cannot load {path}: no such file; pass the path of a .gguf file")
+    if (problem := path_problem(path)) is not None:
+        raise ModelLoadError(f"cannot load the model: {problem}")
     cparams = context_params(settings)
     _llama.init_backend()
     _llama.take_recent_errors()

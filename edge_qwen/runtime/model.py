@@ -37,7 +37,7 @@ from .results import GenerationResult
 from .sampling import native_sequences
 from .spec_cost import StepCost
 from .speculative import spec_config
-from .thinking import THINK_CLOSE
+from .thinking import THINK_CLOSE, template_thinks
 from .threads import ThreadGovernor
 from .vocab import Vocabulary
 
@@ -233,6 +233,11 @@ class Model:
 
     def prompt_tokens(self, rendered: RenderedPrompt) -> list[int]:
         return self.vocab.prompt_tokens(rendered)
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the chat template has a thinking mode (``enable_thinking`` switches it)."""
+        return template_thinks(self.vocab.chat_template)
 
     @property
     def mmproj(self) -> str | None:

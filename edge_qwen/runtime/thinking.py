@@ -40,6 +40,12 @@ THINK_CLOSE_MINIMAL = "\n</think>\n\n"
 Kind = Literal["reasoning", "content"]
 
 
+def template_thinks(template: str | None) -> bool:
+    """Whether a chat template has a thinking mode that ``enable_thinking`` switches (Qwen3 and later
+    templates read the variable; Qwen2.5's never mention it, so the flag changes nothing there)."""
+    return template is not None and "enable_thinking" in template
+
+
 def reasoning_state(text: str, start_tag: str = START_TAG, end_tag: str = END_TAG) -> bool:
     """True when ``text`` ends inside an open reasoning block (last ``start_tag`` after last ``end_tag``).
 

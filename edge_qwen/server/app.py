@@ -336,9 +336,19 @@ def create_app(provider: ModelProvider, config: ServerConfig | None = None) -> S
         Route("/health", endpoint(server, "health", server.health), methods=["GET"]),
         Route("/metrics", endpoint(server, "metrics", server.prometheus), methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})
     app.state.server = server
     return app
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """An unknown path or method, answered like every other error: OpenAI-shaped JSON."""
+    status = getattr(exc, "status_code", 404)
+    what = "no such route" if status == 404 else f"method {request.method} is not allowed here"
+    known = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics"
+    error = APIError(status, f"{what}: {request.method} {request.url.path}; this server has {known}",
+                     code="not_found" if status == 404 else "method_not_allowed")  # fmt: skip
+    return JSONResponse(error.body(), status)
 
 
 def _text_only(message: Mapping[str, Any]) -> dict[str, Any]:

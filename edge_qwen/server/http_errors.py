@@ -85,9 +85,19 @@ def api_error(exc: Exception) -> APIError:
             status, kind, code = _ERRORS[cls]
             if isinstance(exc, MediaError):
                 return APIError(exc.status, str(exc), type=kind, code=code, param="messages")
+            if isinstance(exc, ContextOverflowError):  # in the server's words, not the Python API's
+                return APIError(status, context_overflow_message(exc), type=kind, code=code, param="messages")
             headers = {"Retry-After": "1"} if status in (429, 503) else None
             return APIError(status, str(exc), type=kind, code=code, headers=headers)
     return APIError(500, "internal error; see the server log", type="server_error", code="internal_error")
+
+
+def context_overflow_message(exc: ContextOverflowError) -> str:
+    return (
+        f"the prompt is {exc.prompt_tokens} tokens but this model's context holds {exc.n_ctx} per "
+        "request; shorten the conversation (drop old turns), or restart the server with a larger "
+        "context: edge-qwen serve --ctx N (N is shared by --parallel sequences)"
+    )
 
 
 def too_large(limit: int) -> APIError:

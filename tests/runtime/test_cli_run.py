@@ -109,3 +109,18 @@ def test_missing_model_is_an_error_exit(tmp_path: Path, capsys: pytest.CaptureFi
     code = main(["run", str(tmp_path / "missing.gguf"), "hi"])
     assert code == 2
     assert "missing.gguf" in capsys.readouterr().err
+
+
+def test_run_reads_the_prompt_from_stdin_and_says_when_think_does_nothing(
+    real_gguf: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``git diff | edge-qwen run MODEL -``; ``--think`` on Qwen2.5 (no thinking mode) warns instead of
+    silently answering without reasoning."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of France? One word."))
+    code = main(["run", str(real_gguf), "-", "--think", "--max-tokens", "8", "--temperature", "0",
+                 "--ctx", "256", "--threads", "1", "--json"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "Paris" in json.loads(captured.out)["text"]
+    assert "has no thinking mode" in captured.err and "--think" in captured.err

@@ -106,6 +106,24 @@ def test_unknown_model_is_404_listing_the_served_ones(client: openai.OpenAI) -> 
     assert MODEL in str(info.value)
 
 
+def test_an_unknown_route_is_an_openai_shaped_404_listing_the_routes(base_url: str) -> None:
+    for method, path, status in (("GET", "/v1/embeddingz", 404), ("DELETE", "/v1/models", 405)):
+        reply = httpx.request(method, base_url + path)
+        assert reply.status_code == status
+        error = reply.json()["error"]
+        assert path in error["message"] and "POST /v1/chat/completions" in error["message"]
+
+
+def test_an_overlong_prompt_is_told_in_the_servers_words(client: openai.OpenAI) -> None:
+    """The 400 names the server's option (serve --ctx), not the Python API's n_ctx / truncate=True."""
+    long = [{"role": "user", "content": "word " * 700}]  # the test model's context holds 512
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=long, max_tokens=2)
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "context_length_exceeded"
+    assert "edge-qwen serve --ctx" in error["message"] and "truncate=True" not in error["message"]
+
+
 def test_health_reports_models_memory_and_queue(base_url: str) -> None:
     health = httpx.get(base_url + "/health").json()
     assert health["status"] == "ok"

@@ -3,6 +3,8 @@ Ctrl-C ending it with status 130 and a one-line message (no traceback)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import signal
@@ -27,9 +29,12 @@ def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize(("text", "per_min"), [("60", 60), ("60/min", 60), ("2/s", 120), ("120/hour", 2)])
-def test_rates_read_as_requests_per_minute(text: str, per_min: float) -> None:
-    assert parse_rate(text) == per_min
+@pytest.mark.parametrize(
+    ("text", "per_min", "burst"), [("60", 60, 60), ("60/min", 60, 60), ("2/s", 120, 2), ("120/hour", 2, 120)]
+)
+def test_rates_read_as_requests_per_minute_with_a_burst_of_n(text: str, per_min: float, burst: int) -> None:
+    """``2/s`` lets two quick requests through, not 120: the bucket holds N of ``N/unit``."""
+    assert parse_rate(text) == (per_min, burst)
 
 
 @pytest.mark.parametrize("text", ["fast", "0/min", "5/fortnight"])
@@ -45,6 +50,26 @@ def test_models_are_named_after_their_files_or_explicitly(real_gguf: Path) -> No
         parse_models([str(real_gguf), str(real_gguf)])
     with pytest.raises(ConfigError, match="neither a .gguf file"):
         parse_models(["x=/nonexistent/model.gguf"])
+
+
+def test_a_port_in_use_is_one_line_and_json_under_json(real_gguf: Path) -> None:
+    """Not uvicorn's log and exit: the bind happens first, and its failure is an edge-qwen error."""
+    import socket
+
+    from edge_qwen.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        argv = ["serve", "--models", str(real_gguf), "--port", port, "--no-preload"]
+        assert main(argv) == 2
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main([*argv, "--json"]) == 2
+    error = json.loads(out.getvalue())["error"]
+    assert error["type"] == "ServerBindError" and f"127.0.0.1:{port}" in error["message"]
+    assert "pick another --port" in error["message"]
 
 
 def test_only_loopback_addresses_count_as_local() -> None:
