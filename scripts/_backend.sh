@@ -50,7 +50,8 @@ eq_gcc_major() {  # major version of a compiler if it is GCC, else nothing
 }
 
 # On an AMX CPU, GCC 12 miscompiles ggml's tile config (see edge_qwen/_llama.py): prefer a compiler
-# that does not (clang, GCC >= 13) and keep AMX, else build without AMX (repack buffers stay).
+# that does not (GCC >= 13, clang: whether it emits AMX code is checked after the build, see setup.sh),
+# else build without AMX (repack buffers stay).
 # Sets EQ_CC/EQ_CXX (maybe empty) and EQ_AMX_FLAGS, and says what it did on stderr.
 eq_amx_fix() {
     EQ_CC=""; EQ_CXX=""; EQ_AMX_FLAGS=""
@@ -64,7 +65,8 @@ eq_amx_fix() {
                 clang-16:clang++-16 clang-15:clang++-15 clang:clang++; do
         if command -v "${cand%%:*}" >/dev/null 2>&1 && command -v "${cand##*:}" >/dev/null 2>&1; then
             EQ_CC=${cand%%:*}; EQ_CXX=${cand##*:}
-            echo "setup: AMX CPU and $cc is GCC $major: building llama.cpp with $EQ_CC (keeps AMX)" >&2
+            echo "setup: AMX CPU and $cc is GCC $major: building llama.cpp with $EQ_CC (whether its build" \
+                 "has AMX kernels is checked once it is built)" >&2
             return 0
         fi
     done

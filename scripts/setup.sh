@@ -46,4 +46,5 @@ if [ "$have_backend" != "$EQ_BACKEND" ] || [ "$have_args" != "$want_args" ]; the
         "llama-cpp-python==$version"
     printf 'backend=%s\ncmake_args=%s\n' "$EQ_BACKEND" "$want_args" > "$stamp"
 fi
+.venv/bin/python scripts/build_report.py >&2
 .venv/bin/python scripts/fetch_assets.py >&2
