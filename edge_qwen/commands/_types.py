@@ -27,3 +27,14 @@ def int_in_range(low: int, high: int | None = None, what: str = "an integer") ->
 positive_int = int_in_range(1)
 non_negative_int = int_in_range(0)
 tcp_port = int_in_range(1, 65535, "a TCP port")
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type`` for a number > 0 (a rate, a speed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value

@@ -3,7 +3,8 @@
 Fit is judged by the scheduler's memory estimator at ``--ctx`` against a device profile
 (``--device``), a budget (``--budget``) or this machine's available memory. JSON keys: target,
 budget_bytes, task, n_ctx, choice / runner_up / next_larger ({name, quant, spec, estimate_bytes,
-fits, effective_params, license} or null), reasons (list of sentences), fitting, considered.
+fits, effective_params, license, decode_tok_s, prefill_tok_s} or null), min_tok_s, speed_basis,
+reasons (list of sentences), fitting, considered. Speeds are estimates (:mod:`edge_qwen.sizing.speed`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 from typing import Any
 
 from ..registry.catalog import TASKS
-from ._types import positive_int
+from ._types import positive_float, positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ctx", type=positive_int, default=4096, help="context length it must hold (default 4096)"
     )
+    parser.add_argument(
+        "--min-speed", type=positive_float, default=None, metavar="TOK_S",
+        help="slowest acceptable decode, tokens/s (default per task: 5, reasoning 8, math 3)",
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -35,7 +40,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     target = resolve_target(args.device, args.budget)
     result = recommend(
         load_registry(), scheduler_estimator(target.cpu_features), target.budget_bytes,
-        task=args.task, n_ctx=args.ctx, target=target.label,
+        task=args.task, n_ctx=args.ctx, target=target.label, speed=target.throughput,
+        min_tok_s=args.min_speed,
     )  # fmt: skip
     if not args.json:
         print(f"{result['choice']['spec']}   (for {target.label}, {args.ctx}-token context)")

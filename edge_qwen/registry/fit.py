@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import gguf
 
+from ..sizing.speed import Throughput
 from .catalog import ModelEntry
 
 Estimator = Callable[[ModelEntry, str, int], int]
@@ -52,6 +53,16 @@ def weight_bytes(entry: ModelEntry, quant: str) -> int:
     return int(entry.params_total * bits_per_weight(quant) / 8)
 
 
+def token_cost(entry: ModelEntry, quant: str) -> tuple[float, float]:
+    """(bytes read, FLOPs) to decode one token of ``entry`` at ``quant``: every weight the token
+    touches, less an untied embedding (only its row is read), and for a MoE the active share."""
+    a = entry.arch
+    embedding = 0.0 if a.tied_embeddings else a.vocab * a.hidden * bits_per_weight(quant) / 8
+    active = entry.params_active or entry.params_total
+    share = active / entry.params_total
+    return (weight_bytes(entry, quant) - embedding) * share, 2.0 * active
+
+
 def registry_shape(entry: ModelEntry, quant: str) -> object:
     """A scheduler ModelShape for ``entry`` at ``quant``, from models.yaml alone."""
     from ..gguf_header import TensorInfo
@@ -81,24 +92,30 @@ def registry_shape(entry: ModelEntry, quant: str) -> object:
 
 @dataclass(frozen=True)
 class Target:
-    """What to fit: a budget in bytes and the CPU features that decide weight repacking."""
+    """What to fit: a budget in bytes, the CPU features that decide weight repacking, and how fast
+    the machine runs llama.cpp (None: speed is not judged)."""
 
     budget_bytes: int
     cpu_features: frozenset[str]
     label: str  # "raspberry-pi-4-4gb", "budget 3.5GB", "this machine"
+    throughput: Throughput | None = None
 
 
 def resolve_target(device: str | None = None, budget: str | None = None) -> Target:
     """A device profile, an explicit budget, or this machine's available memory minus headroom."""
+    from .._llama import physical_cores
     from ..sizing.device import device_profile, resolve_budget, system_memory
     from ..sizing.estimate import host_cpu_features
+    from ..sizing.speed import host_throughput
 
     if device:
         profile = device_profile(device)
-        return Target(profile.budget_bytes, profile.cpu_features, profile.name)
+        return Target(profile.budget_bytes, profile.cpu_features, profile.name, profile.throughput)
+    features = host_cpu_features()
+    speed = host_throughput(physical_cores(), features)
     if budget:
-        return Target(resolve_budget(budget), host_cpu_features(), f"budget {budget}")
-    return Target(resolve_budget(None, system_memory()), host_cpu_features(), "this machine")
+        return Target(resolve_budget(budget), features, f"budget {budget} on this machine", speed)
+    return Target(resolve_budget(None, system_memory()), features, "this machine", speed)
 
 
 def scheduler_estimator(cpu_features: frozenset[str]) -> Estimator:

@@ -5,13 +5,18 @@ The rules (the seed's model-selection guide):
 1. Only models that do the task (``tasks`` in models.yaml) and whose context reaches ``n_ctx``
    (native, or with YaRN where the card offers it) are candidates; only quants with a GGUF listed.
 2. A candidate fits when the memory estimate at ``n_ctx`` is within the budget.
-3. Among those that fit, more capability wins: effective parameters first — a dense model's
+3. When the target's speed is known (a device profile, or this machine), a candidate must also be
+   usable: its estimated decode speed (:mod:`edge_qwen.sizing.speed`) reaches the task's floor
+   (:data:`SPEED_FLOORS`, or ``min_tok_s``). A model that fits but would answer at 1 tok/s is no
+   recommendation; when nothing reaches the floor, the fastest that fits is chosen, and said so.
+4. Among those, more capability wins: effective parameters first — a dense model's
    parameters, a MoE's geometric mean of total and active (a common rule of thumb for the dense
    size it performs like: Qwen3-30B-A3B ≈ 10B) — so a bigger model at 4 bits beats a smaller one
    at 8 bits; then the task specialist (Coder for code, Math for math); then the newer family;
    then the higher-precision quant of the same model.
 
-The estimator is passed in (``fit.Estimator``), so the selection is testable with a table.
+The estimator and the speed model are passed in (``fit.Estimator``, a ``Throughput``), so the
+selection is testable with a table.
 """
 
 from __future__ import annotations
@@ -21,10 +26,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelTooLargeError
+from ..sizing.speed import Throughput
 from .catalog import ModelEntry, Registry
-from .fit import Estimator, bits_per_weight
+from .fit import Estimator, bits_per_weight, token_cost
 
 GENERATION = {"qwen2.5": 2.5, "qwen2.5-coder": 2.5, "qwen2.5-math": 2.5, "qwen3": 3.0}
+# decode tok/s below which a model is not worth recommending for the task (reasoning writes long
+# chains of thought before its answer, so it needs more; maths answers are short)
+SPEED_FLOORS: dict[str | None, float] = {
+    None: 5.0, "chat": 5.0, "code": 5.0, "multilingual": 5.0, "math": 3.0, "reasoning": 8.0,
+}
 
 
 def effective_params(entry: ModelEntry) -> float:
@@ -44,6 +55,8 @@ class Candidate:
     estimate_bytes: int
     fits: bool
     entry: ModelEntry
+    decode_tok_s: float | None = None  # estimated, on the target (None: speed not judged)
+    prefill_tok_s: float | None = None
 
     def key(self, task: str | None) -> tuple[float, bool, float, float]:
         return (
@@ -62,11 +75,18 @@ class Candidate:
             "fits": self.fits,
             "effective_params": int(effective_params(self.entry)),
             "license": self.entry.license,
+            "decode_tok_s": None if self.decode_tok_s is None else round(self.decode_tok_s, 1),
+            "prefill_tok_s": None if self.prefill_tok_s is None else round(self.prefill_tok_s, 1),
         }
 
 
 def candidates(
-    registry: Registry, estimate: Estimator, budget: int, task: str | None, n_ctx: int
+    registry: Registry,
+    estimate: Estimator,
+    budget: int,
+    task: str | None,
+    n_ctx: int,
+    speed: Throughput | None = None,
 ) -> list[Candidate]:
     out = []
     for entry in registry:
@@ -76,7 +96,11 @@ def candidates(
             continue
         for quant in entry.gguf:
             need = estimate(entry, quant, n_ctx)
-            out.append(Candidate(entry.name, quant, need, need <= budget, entry))
+            decode = prefill = None
+            if speed is not None:
+                read, flops = token_cost(entry, quant)
+                decode, prefill = speed.decode_tok_s(read, flops), speed.prefill_tok_s(flops)
+            out.append(Candidate(entry.name, quant, need, need <= budget, entry, decode, prefill))
     return out
 
 
@@ -88,10 +112,18 @@ def recommend(
     task: str | None = None,
     n_ctx: int = 4096,
     target: str = "",
+    speed: Throughput | None = None,
+    min_tok_s: float | None = None,
 ) -> dict[str, Any]:
-    """The best fitting candidate, the runner-up (best fitting other model) and why."""
-    found = candidates(registry, estimate, budget, task, n_ctx)
-    fitting = sorted((c for c in found if c.fits), key=lambda c: c.key(task), reverse=True)
+    """The best fitting (and, with ``speed``, usable) candidate, the runner-up and why."""
+    found = candidates(registry, estimate, budget, task, n_ctx, speed)
+    floor = SPEED_FLOORS.get(task, SPEED_FLOORS[None]) if min_tok_s is None else min_tok_s
+    fits = [c for c in found if c.fits]
+    usable = [c for c in fits if c.decode_tok_s is None or c.decode_tok_s >= floor]
+    fitting = sorted(usable, key=lambda c: c.key(task), reverse=True)
+    too_slow = not fitting and bool(fits)
+    if too_slow:  # nothing reaches the floor: the fastest that fits, and the reasons say so
+        fitting = sorted(fits, key=lambda c: (c.decode_tok_s or 0.0, c.key(task)), reverse=True)
     if not fitting:
         smallest = min(found, key=lambda c: c.estimate_bytes, default=None)
         need = (
@@ -108,18 +140,45 @@ def recommend(
     bigger = sorted(
         (c for c in found if not c.fits and c.key(task) > best.key(task)), key=lambda c: c.estimate_bytes
     )
+    slower = sorted(
+        (c for c in fits if c not in usable and c.key(task) > best.key(task)), key=lambda c: -c.key(task)[0]
+    )
+    judged = speed is not None and not too_slow
+    reasons = _reasons(best, runner, bigger[0] if bigger else None, budget, task, judged)
+    reasons += _speed_reasons(best, slower[0] if slower else None, floor, too_slow, speed)
     return {
         "target": target,
         "budget_bytes": budget,
         "task": task,
         "n_ctx": n_ctx,
+        "min_tok_s": floor if speed is not None else None,
+        "speed_basis": speed.basis if speed is not None else None,
         "choice": best.to_dict(),
         "runner_up": runner.to_dict() if runner else None,
         "next_larger": bigger[0].to_dict() if bigger else None,
-        "reasons": _reasons(best, runner, bigger[0] if bigger else None, budget, task),
+        "reasons": reasons,
         "fitting": len(fitting),
         "considered": len(found),
     }
+
+
+def _speed_reasons(
+    best: Candidate, slower: Candidate | None, floor: float, too_slow: bool, speed: Throughput | None
+) -> list[str]:
+    if speed is None or best.decode_tok_s is None:
+        return []
+    out = [
+        f"estimated speed there: ~{best.decode_tok_s:.1f} tok/s decode, ~{best.prefill_tok_s or 0:.0f} tok/s "
+        f"prompt ({speed.basis})"
+    ]
+    if too_slow:
+        out.append(f"nothing that fits reaches {floor:g} tok/s: this is the fastest that fits")
+    elif slower is not None and slower.decode_tok_s is not None:
+        out.append(
+            f"{slower.name}:{slower.quant} also fits but would decode at ~{slower.decode_tok_s:.1f} tok/s, "
+            f"under the {floor:g} tok/s floor (--min-speed changes it)"
+        )
+    return out
 
 
 def _gb(n: int) -> str:
@@ -127,7 +186,12 @@ def _gb(n: int) -> str:
 
 
 def _reasons(
-    best: Candidate, runner: Candidate | None, bigger: Candidate | None, budget: int, task: str | None
+    best: Candidate,
+    runner: Candidate | None,
+    bigger: Candidate | None,
+    budget: int,
+    task: str | None,
+    speed_judged: bool = False,
 ) -> list[str]:
     e = best.entry
     size = (
@@ -138,6 +202,7 @@ def _reasons(
     out = [
         f"{best.name}:{best.quant} needs ~{_gb(best.estimate_bytes)} of {_gb(budget)} "
         f"({_gb(budget - best.estimate_bytes)} to spare); {size}, the most capable that fits"
+        + (" at a usable speed" if speed_judged else "")
         + (f" for {task}" if task else "")
     ]
     if runner is not None:

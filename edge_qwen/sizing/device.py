@@ -17,6 +17,7 @@ import yaml
 
 from .._data import read_data
 from ..errors import ConfigError
+from .speed import Throughput
 
 MiB = 2**20
 GiB = 2**30
@@ -204,6 +205,7 @@ class DeviceProfile:
     cores: int
     vram_bytes: int = 0
     vram_reserved_bytes: int = 0
+    throughput: Throughput | None = None  # effective llama.cpp CPU rates (decode_gb_s, prefill_gflop_s)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -227,6 +229,9 @@ def device_profiles() -> dict[str, DeviceProfile]:
         "cores",
         "vram_bytes",
         "vram_reserved_bytes",
+        "decode_gb_s",
+        "prefill_gflop_s",
+        "speed_basis",
     }
     return {
         name: DeviceProfile(
@@ -238,10 +243,21 @@ def device_profiles() -> dict[str, DeviceProfile]:
             cores=int(row.get("cores", 1)),
             vram_bytes=int(row.get("vram_bytes", 0)),
             vram_reserved_bytes=int(row.get("vram_reserved_bytes", 0)),
+            throughput=_throughput(name, row),
             extra={k: v for k, v in row.items() if k not in known},
         )
         for name, row in raw.items()
     }
+
+
+def _throughput(name: str, row: dict[str, Any]) -> Throughput | None:
+    if "decode_gb_s" not in row:
+        return None
+    return Throughput(
+        decode_bytes_s=float(row["decode_gb_s"]) * 1e9,
+        prefill_flop_s=float(row.get("prefill_gflop_s", 0)) * 1e9,
+        basis=f"{name}: {row.get('speed_basis', 'estimate')}",
+    )
 
 
 def device_profile(name: str) -> DeviceProfile:

@@ -79,8 +79,48 @@ def test_nothing_fits_says_what_the_smallest_needs() -> None:
     ],
 )
 def test_through_the_scheduler_estimator_and_device_profiles(device: str, choice: str) -> None:
+    """Fit alone (no speed judged): the largest model under each profile's budget."""
     from edge_qwen.registry.fit import resolve_target
 
     target = resolve_target(device)
     result = recommend(load_registry(), scheduler_estimator(target.cpu_features), target.budget_bytes)
     assert result["choice"]["spec"] == choice
+
+
+@pytest.mark.parametrize(
+    ("device", "fits_but_slow", "choice"),
+    [
+        # a 4 GB Pi 4 holds Qwen3-4B but would decode it at ~1.6 tok/s; Qwen3-0.6B Q8_0 at ~6
+        ("raspberry-pi-4-4gb", "qwen3-4b:q4_k_m", "qwen3-0.6b:q8_0"),
+        # a Pi 5 holds Qwen3-8B (~2 tok/s); Qwen3-1.7B Q8_0 at ~5.5 tok/s is the most capable usable one
+        ("raspberry-pi-5-8gb", "qwen3-8b:q4_k_m", "qwen3-1.7b:q8_0"),
+    ],
+)
+def test_a_model_that_fits_but_crawls_is_not_recommended(
+    device: str, fits_but_slow: str, choice: str
+) -> None:
+    from edge_qwen.registry.fit import resolve_target
+
+    target = resolve_target(device)
+    estimator = scheduler_estimator(target.cpu_features)
+    result = recommend(load_registry(), estimator, target.budget_bytes, speed=target.throughput)
+    assert result["choice"]["spec"] == choice and result["choice"]["decode_tok_s"] >= result["min_tok_s"]
+    assert any(r.startswith(fits_but_slow) and "under the 5 tok/s floor" in r for r in result["reasons"])
+    # the floor is the user's to move: at 1 tok/s the largest that fits wins again
+    slow_ok = recommend(load_registry(), estimator, target.budget_bytes, speed=target.throughput, min_tok_s=1)
+    assert slow_ok["choice"]["spec"] == fits_but_slow
+
+
+def test_when_nothing_reaches_the_floor_the_fastest_fitting_model_is_chosen_and_said() -> None:
+    from edge_qwen.registry.fit import resolve_target
+    from edge_qwen.registry.recommend import candidates
+
+    target = resolve_target("raspberry-pi-4-4gb")
+    estimator = scheduler_estimator(target.cpu_features)
+    result = recommend(
+        load_registry(), estimator, target.budget_bytes, speed=target.throughput, min_tok_s=500
+    )
+    found = candidates(load_registry(), estimator, target.budget_bytes, None, 4096, target.throughput)
+    fastest = max(c.decode_tok_s or 0.0 for c in found if c.fits)
+    assert result["choice"]["decode_tok_s"] == round(fastest, 1) and fastest < 500
+    assert any("nothing that fits reaches 500 tok/s" in r for r in result["reasons"])
