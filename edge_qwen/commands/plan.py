@@ -103,6 +103,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "fits": est.total_bytes <= budget,
         "largest_context": by_kv[args.kv],
         "largest_context_by_kv": by_kv,
+        "native_context": shape.n_ctx_train,
+        "warnings": _context_warnings(args.ctx, shape.n_ctx_train),
     }  # fmt: skip
     if getattr(args, "device_memory", None):
         from ..sizing.device import parse_size
@@ -115,6 +117,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         print(format_plan(result))
     return result
+
+
+def _context_warnings(n_ctx: int, native: int) -> list[str]:
+    """A context past what the model was trained for fits in memory but not in the model's head."""
+    if not native or n_ctx <= native:
+        return []
+    return [
+        f"--ctx {n_ctx} is above the model's native context of {native} tokens: past it the model "
+        f"degrades unless the GGUF was converted with YaRN rope scaling (edge-qwen convert --ctx {n_ctx})"
+    ]
 
 
 def _mib(n: int) -> str:
@@ -147,4 +159,5 @@ def format_plan(plan: dict[str, Any]) -> str:
         from ..sizing.offload import format_offload
 
         lines.append(format_offload(plan["offload"]))
+    lines += [f"warning: {w}" for w in plan["warnings"]]
     return "\n".join(lines)

@@ -51,3 +51,14 @@ def test_plan_human_output(real_gguf: Path, capsys: pytest.CaptureFixture[str]) 
 def test_plan_bad_budget_is_a_clear_error(real_gguf: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(real_gguf), "--budget", "lots"]) == 2
     assert "3.5GB" in capsys.readouterr().err
+
+
+def test_a_context_past_the_native_one_is_planned_with_a_warning(
+    real_gguf: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`plan --ctx 131072` fits in memory, but the 0.5B was trained for 32768 tokens: say so."""
+    data = plan(capsys, str(real_gguf), "--ctx", "131072")
+    assert data["native_context"] == 32768
+    (warning,) = data["warnings"]
+    assert "above the model's native context of 32768" in warning and "convert --ctx 131072" in warning
+    assert plan(capsys, str(real_gguf), "--ctx", "4096")["warnings"] == []
