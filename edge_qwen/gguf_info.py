@@ -29,9 +29,10 @@ All metadata keys come from gguf-py's ``gguf.Keys`` constants.
                            "bos_token_id", "bos_token", "eos_token_id", "eos_token",
                            "pad_token_id", "pad_token", "add_bos_token"}
     chat_template         {"present": bool, "length": int}
-    estimated_file_sizes  {quant name: bytes}  approximate size after quantizing to each
-                          edge_qwen.quantize.QUANT_TYPES type (nominal bits/weight of the main
-                          type for 2-D tensors, F32 for 1-D; K-quant mixes come out a bit larger)
+    estimated_file_sizes  {quant name: bytes}  size after quantizing to each
+                          edge_qwen.quantize.QUANT_TYPES type, as llama.cpp's quantizer computes
+                          it for this file's tensors (a dry run: its mixes and row-size fallbacks);
+                          nominal bits/weight where llama.cpp cannot tell
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from typing import Any
 import gguf
 
 from .gguf_header import GGUFHeader, TensorInfo, read_header
-from .quantize import QUANT_TYPES
+from .quantize import QUANT_TYPES, dry_run_bytes
 
 K = gguf.Keys
 
@@ -88,14 +89,17 @@ def quant_mix(header: GGUFHeader) -> dict[str, dict[str, int]]:
     return dict(sorted(mix.items(), key=lambda kv: -kv[1]["bytes"]))
 
 
-def estimated_file_sizes(header: GGUFHeader) -> dict[str, int]:
-    """Approximate output size for each quantization type of the table."""
+def estimated_file_sizes(header: GGUFHeader, path: str | os.PathLike[str] | None = None) -> dict[str, int]:
+    """Output size for each quantization type of the table: llama.cpp's own dry run for the file at
+    ``path`` (the real per-tensor types), else nominal bits per weight of the main type."""
     matrix = sum(_n_elements(t) for t in header.tensors if len(t.shape) >= 2)
     vectors = sum(_n_elements(t) for t in header.tensors if len(t.shape) < 2)
-    return {
-        name: int(header.data_offset + matrix * q.bits_per_weight / 8 + vectors * 4)
-        for name, q in QUANT_TYPES.items()
-    }
+    out = {}
+    for name, q in QUANT_TYPES.items():
+        data = dry_run_bytes(path, name) if path is not None else None
+        nominal = matrix * q.bits_per_weight / 8 + vectors * 4
+        out[name] = int(header.data_offset + (data if data is not None else nominal))
+    return out
 
 
 def _llm(header: GGUFHeader, arch: str) -> dict[str, Any]:
@@ -176,5 +180,5 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "rope": _rope(header, arch),
         "tokenizer": _tokenizer(header),
         "chat_template": {"present": template is not None, "length": len(template or "")},
-        "estimated_file_sizes": estimated_file_sizes(header),
+        "estimated_file_sizes": estimated_file_sizes(header, p),
     }

@@ -344,6 +344,30 @@ def quantize(
     )
 
 
+_QUANT_SIZE = re.compile(r"quant size\s*=\s*([\d.]+) MiB")
+
+
+def dry_run_bytes(src: str | os.PathLike[str], quant: str) -> int | None:
+    """Bytes of tensor data llama.cpp's quantizer would write for ``quant`` — its own per-tensor
+    choices (K-quant mixes, row-size fallbacks such as Q4_K -> Q5_0 for 896-wide rows, the output
+    matrix) — computed without quantizing (``dry_run``: nothing is read or written beyond the
+    header). None when llama.cpp declines (an architecture this build does not know)."""
+    import llama_cpp
+
+    from ._llama import capture_log
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(quant_type(quant).ftype)
+    params.nthread = 1
+    params.allow_requantize = True
+    params.dry_run = True
+    with capture_log() as log:
+        # llama.cpp takes an output path even when it writes nothing; point it where nothing lives
+        rc = llama_cpp.llama_model_quantize(os.fsencode(src), os.fsencode(os.devnull), ctypes.byref(params))
+    match = _QUANT_SIZE.search("".join(log.lines))
+    return int(float(match.group(1)) * 2**20) if rc == 0 and match else None
+
+
 def _run_quantizer(
     src: Path, out: Path, qt: QuantType, threads: int | None, requant: bool, quiet: bool, verbose: bool
 ) -> dict[str, Any]:

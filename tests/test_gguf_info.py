@@ -54,6 +54,13 @@ def test_parameter_count_and_sizes_are_consistent(info: dict[str, Any]) -> None:
     assert est["Q4_0"] < est["Q8_0"] < est["F16"]
 
 
+def test_size_estimates_follow_llama_cpps_own_type_choices(info: dict[str, Any]) -> None:
+    """This file is Q4_K_M: llama.cpp's dry run re-derives its mix (896-wide rows fall back from Q4_K
+    to Q5_0, Q6_K/Q8_0 where the mix wants more bits), so the Q4_K_M estimate is the file itself;
+    nominal 4.5 bits per weight said 344 MiB beside this 469 MiB file."""
+    assert info["estimated_file_sizes"]["Q4_K_M"] == pytest.approx(info["file_size_bytes"], rel=1e-3)
+
+
 def test_truncated_file_is_reported_as_such(real_gguf: Path, tmp_path: Path) -> None:
     cut = tmp_path / "cut.gguf"
     with real_gguf.open("rb") as fh:
