@@ -321,7 +321,7 @@ class Model:
 
     def stream(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationStream:
         """Stream a plain completion of ``prompt`` (text or token ids; no chat template)."""
-        return self._stream(self._requests.plain(prompt, sampling))
+        return self._stream(self.prepare_completion(prompt, **sampling))
 
     def generate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         """Complete ``prompt`` and return the whole answer (blocking)."""
@@ -336,14 +336,14 @@ class Model:
         return [drain(s) for s in streams]
 
     def astream(self, prompt: str | Sequence[int], **sampling: Any) -> AsyncGenerationStream:
-        return self._astream(lambda: self._requests.plain(prompt, sampling))
+        return self._astream(lambda: self.prepare_completion(prompt, **sampling))
 
     async def agenerate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         return await adrain(self.astream(prompt, **sampling))
 
     # -- public API: chat ---------------------------------------------------------------------------
 
-    def chat_stream(
+    def prepare_chat(
         self,
         messages: Sequence[Message],
         *,
@@ -352,17 +352,28 @@ class Model:
         tools: Sequence[Mapping[str, Any]] | None = None,
         truncate: bool = False,
         **sampling: Any,
-    ) -> GenerationStream:
-        """Stream the assistant's reply to ``messages`` rendered with the model's chat template."""
-        spec = self._requests.chat(
-            messages,
-            sampling,
-            enable_thinking=enable_thinking,
-            thinking_budget=thinking_budget,
-            tools=tools,
-            truncate=truncate,
-        )
+    ) -> RequestSpec:
+        """The typed request for a chat, rendered and tokenized once (``len(spec.tokens)`` is its
+        prompt size); :meth:`stream_request` / :meth:`astream_request` run it."""
+        return self._requests.chat(
+            messages, sampling, enable_thinking=enable_thinking, thinking_budget=thinking_budget,
+            tools=tools, truncate=truncate,
+        )  # fmt: skip
+
+    def prepare_completion(self, prompt: str | Sequence[int], **sampling: Any) -> RequestSpec:
+        """The typed request for a plain completion (no chat template)."""
+        return self._requests.plain(prompt, sampling)
+
+    def stream_request(self, spec: RequestSpec) -> GenerationStream:
         return self._stream(spec)
+
+    def astream_request(self, spec: RequestSpec) -> AsyncGenerationStream:
+        return self._astream(lambda: spec)
+
+    def chat_stream(self, messages: Sequence[Message], **kwargs: Any) -> GenerationStream:
+        """Stream the assistant's reply to ``messages`` rendered with the model's chat template
+        (keywords as :meth:`prepare_chat`)."""
+        return self._stream(self.prepare_chat(messages, **kwargs))
 
     def chat(self, messages: Sequence[Message], **kwargs: Any) -> GenerationResult:
         """The assistant's whole reply (blocking); keywords as :meth:`chat_stream`."""
@@ -373,27 +384,9 @@ class Model:
         streams = [self.chat_stream(c, **kwargs) for c in conversations]
         return [drain(s) for s in streams]
 
-    def achat_stream(
-        self,
-        messages: Sequence[Message],
-        *,
-        enable_thinking: bool | None = None,
-        thinking_budget: int | None = None,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        truncate: bool = False,
-        **sampling: Any,
-    ) -> AsyncGenerationStream:
-        def spec() -> RequestSpec:
-            return self._requests.chat(
-                messages,
-                sampling,
-                enable_thinking=enable_thinking,
-                thinking_budget=thinking_budget,
-                tools=tools,
-                truncate=truncate,
-            )
-
-        return self._astream(spec)
+    def achat_stream(self, messages: Sequence[Message], **kwargs: Any) -> AsyncGenerationStream:
+        """:meth:`chat_stream` for asyncio: the prompt is prepared on a worker thread."""
+        return self._astream(lambda: self.prepare_chat(messages, **kwargs))
 
     async def achat(self, messages: Sequence[Message], **kwargs: Any) -> GenerationResult:
         return await adrain(self.achat_stream(messages, **kwargs))

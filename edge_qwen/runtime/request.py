@@ -12,10 +12,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .presets import SamplingParams
 from .speculative import SpecConfig
+
+if TYPE_CHECKING:  # annotations only: the spans are made by .multimodal on the caller's thread
+    from .multimodal import MediaSpan
 
 Sink = Callable[[object], None]
 STARTED = object()  # worker -> caller: the request left the queue and holds a sequence slot
@@ -24,9 +27,13 @@ STARTED = object()  # worker -> caller: the request left the queue and holds a s
 AdapterSet = tuple[tuple[str, float], ...]  # (adapter name, scale), sorted by name; () is the base model
 
 
+RequestKind = Literal["generate"]  # llama.cpp's server tags its tasks so; embed and rerank come next
+
+
 @dataclass(frozen=True)
 class RequestSpec:
-    """One generation as the caller prepared it. Empty ``tokens`` is a cache reset."""
+    """One generation as the caller prepared it (rendered and tokenized once). Empty ``tokens`` is a
+    cache reset."""
 
     tokens: tuple[int, ...]
     params: SamplingParams
@@ -34,8 +41,14 @@ class RequestSpec:
     thinking_budget: int | None = None
     adapters: AdapterSet = ()
     speculative: SpecConfig | None = None  # None or mode "off": no speculative decoding
-    media: tuple[Any, ...] = ()  # MediaSpans (runtime.multimodal) standing in ``tokens`` as placeholders
+    media: tuple[MediaSpan, ...] = ()  # images / audio standing in ``tokens`` as placeholders
     media_owners: tuple[Any, ...] = ()  # what keeps the spans' mtmd chunks alive (closed at the end)
+    kind: RequestKind = "generate"
+
+    @property
+    def text_tokens(self) -> int:
+        """Prompt tokens that are text (the media placeholders left out)."""
+        return len(self.tokens) - sum(span.n_pos for span in self.media)
 
 
 class Request:

@@ -14,7 +14,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -191,11 +191,9 @@ class _Server:
             chat = messages
             if media and policy.fetch is not None and model.mmproj:  # on a worker thread, off the loop
                 chat = fetch_remote_parts(messages, policy.fetch, policy.limits.max_bytes)
-            # with media, the limit counts the text; the model checks the context with media tokens
-            counted = [_text_only(m) for m in chat] if media else chat
-            rendered = model.render(counted, enable_thinking=kwargs["enable_thinking"], tools=body.tools)
-            self.check_prompt_tokens(len(model.prompt_tokens(rendered)), model)
-            return model.achat_stream(chat, **kwargs, **sampling)
+            spec = model.prepare_chat(chat, **kwargs, **sampling)  # rendered and tokenized once
+            self.check_prompt_tokens(spec.text_tokens, model)  # the limit counts text, not media
+            return model.astream_request(spec)
 
         formatter = ChatFormat(ctx.request_id, body.model, tools=tool_names(body.tools))
         return await self.generate(
@@ -217,8 +215,9 @@ class _Server:
             log.debug("request %s prompt=%s", ctx.request_id, json.dumps(prompt, ensure_ascii=False))
 
         def start(model: Model) -> AsyncGenerationStream:
-            self.check_prompt_tokens(len(model.tokenize(prompt, add_special=True)), model)
-            return model.astream(prompt, **sampling)
+            spec = model.prepare_completion(prompt, **sampling)
+            self.check_prompt_tokens(len(spec.tokens), model)
+            return model.astream_request(spec)
 
         formatter = TextFormat(ctx.request_id, body.model, prompt if body.echo else "")
         return await self.generate(
@@ -350,11 +349,3 @@ async def _no_route(request: Request, exc: Exception) -> Response:
                      code="not_found" if status == 404 else "method_not_allowed")  # fmt: skip
     return JSONResponse(error.body(), status)
 
-
-def _text_only(message: Mapping[str, Any]) -> dict[str, Any]:
-    """A message with its media parts left out (what the prompt-token limit counts)."""
-    content = message.get("content")
-    if not isinstance(content, list):
-        return dict(message)
-    text = "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-    return {**message, "content": text}

@@ -58,11 +58,11 @@ class AdapterView:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
-    def achat_stream(self, messages: Any, **kwargs: Any) -> Any:
-        return self._model.achat_stream(messages, adapters=self._adapters, **kwargs)
+    def prepare_chat(self, messages: Any, **kwargs: Any) -> Any:
+        return self._model.prepare_chat(messages, adapters=self._adapters, **kwargs)
 
-    def astream(self, prompt: Any, **kwargs: Any) -> Any:
-        return self._model.astream(prompt, adapters=self._adapters, **kwargs)
+    def prepare_completion(self, prompt: Any, **kwargs: Any) -> Any:
+        return self._model.prepare_completion(prompt, adapters=self._adapters, **kwargs)
 
 
 Routes = Mapping[str, tuple[str, Mapping[str, float]]]  # "BASE:NAME" -> (base model, {adapter: scale})
