@@ -30,7 +30,7 @@ def child_measure(path: str, settings: dict[str, Any]) -> dict[str, Any]:
     """Load, prefill one n_ubatch batch, report RSS growth and llama.cpp's buffer sizes (MiB)."""
     from edge_qwen import _llama
     from edge_qwen.runtime.model import Model
-    from edge_qwen.scheduler.scheduler import process_rss
+    from edge_qwen.scheduler.snapshot import process_rss
 
     _llama.init_backend()
     lines: list[str] = []

@@ -33,7 +33,7 @@ from .multimodal import MediaSupport
 from .prompt_cache import PromptCache
 from .prompting import RequestBuilder
 from .request import Request, RequestSpec, Sink
-from .results import GenerationResult
+from .results import GenerationResult, SlotUsage
 from .sampling import native_sequences
 from .spec_cost import StepCost
 from .speculative import spec_config
@@ -309,13 +309,14 @@ class Model:
 
         return AsyncGenerationStream(submit, self.settings.queue_timeout)
 
-    def slot_usage(self) -> dict[str, int]:
+    def slot_usage(self) -> SlotUsage:
         """Sequence slots busy and requests waiting (a racy read, for health pages and metrics)."""
         cache = self._engine.prompt_cache
-        return {"slots_total": self.parallel, "slots_busy": self._engine.slots_in_use,
-                "waiting": len(self._engine.waiting), "prompt_cache_bytes": cache.used_bytes,
-                "prompt_cache_entries": len(cache.entries),
-                "prompt_cache_restored": cache.stats.restored}  # fmt: skip
+        return SlotUsage(
+            slots_total=self.parallel, slots_busy=self._engine.slots_in_use,
+            waiting=len(self._engine.waiting), prompt_cache_bytes=cache.used_bytes,
+            prompt_cache_entries=len(cache.entries), prompt_cache_restored=cache.stats.restored,
+        )  # fmt: skip
 
     # -- public API: text prompts ---------------------------------------------------------------------
 

@@ -11,6 +11,18 @@ FinishReason = Literal["stop", "length", "cancelled"]
 
 
 @dataclass(frozen=True)
+class SlotUsage:
+    """A loaded model's sequence slots and prompt cache right now (a racy read, for health pages)."""
+
+    slots_total: int = 0
+    slots_busy: int = 0
+    waiting: int = 0
+    prompt_cache_bytes: int = 0
+    prompt_cache_entries: int = 0
+    prompt_cache_restored: int = 0
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token counts of one request; ``cached_tokens`` were reused from the KV cache, not prefilled."""
 

@@ -33,6 +33,7 @@ from ..sizing.estimate import (
     model_shape,
 )
 from .planning import Entry, Planner
+from .snapshot import Snapshot, process_rss
 
 MiB = 2**20
 Loader = Callable[..., Any]  # Model.load(path, **settings) -> Model
@@ -42,17 +43,6 @@ def _default_loader(path: Path, **settings: Any) -> Any:
     from ..runtime.model import Model
 
     return Model.load(path, **settings)
-
-
-def process_rss() -> int:
-    """This process's resident set size in bytes (Linux; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            import os
-
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 class Scheduler:
@@ -352,38 +342,10 @@ class Scheduler:
                         self._unload_locked(e)
                 self._cond.wait(0.25)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> Snapshot:
         """Resident models with estimated and measured bytes, queue depths, and budget use."""
         with self._cond:
-            now = time.monotonic()
-            models = [
-                {
-                    "name": e.name,
-                    "path": str(e.path),
-                    "resident": e.model is not None,
-                    "loading": e.loading,
-                    "pinned": e.pin,
-                    "busy": e.busy,
-                    "waiting": e.waiting,
-                    "n_ctx": e.effective.n_ctx if e.effective else e.settings.n_ctx,
-                    "cache_type": e.effective.cache_type_v if e.effective else e.settings.cache_type_v,
-                    "estimated_bytes": e.charged,
-                    "measured_load_bytes": e.measured_bytes if e.model is not None else None,
-                    "idle_s": round(now - e.last_used, 3) if e.model is not None else None,
-                    "adjustments": list(e.adjustments),
-                    "loads": e.loads,
-                    **_slots(e.model),
-                }
-                for e in self._entries.values()
-            ]
-            used = sum(e.charged for e in self._entries.values())
-            return {
-                "budget_bytes": self.budget,
-                "used_bytes": used,
-                "peak_used_bytes": max(self._peak_charged, used),
-                "process_rss_bytes": process_rss(),
-                "models": models,
-            }
+            return Snapshot.of(list(self._entries.values()), self.budget, self._peak_charged)
 
     def close(self) -> None:
         """Unload every model (waiting requests fail), then wait until their memory is freed."""
@@ -401,17 +363,6 @@ class Scheduler:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _slots(model: Any) -> dict[str, int]:
-    """Sequence slots of a resident model (``parallel``, how many are generating now) and its prompt
-    cache's use."""
-    usage = getattr(model, "slot_usage", None)
-    if model is None or usage is None:
-        return {"slots_total": 0, "slots_busy": 0}
-    out = usage()
-    keys = ("slots_total", "slots_busy", "prompt_cache_bytes", "prompt_cache_restored")
-    return {k: int(out.get(k, 0)) for k in keys}
 
 
 def _collect(chunks: Iterator[GenerationChunk]) -> GenerationResult:

@@ -28,10 +28,11 @@ from ..errors import ContextOverflowError
 from ..runtime.media import SERVER_POLICY, MediaPolicy
 from ..runtime.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult
+from ..scheduler.snapshot import process_rss
 from . import security
 from .formats import ChatFormat, Format, TextFormat, tool_names
 from .http_errors import APIError, api_error, register_error, too_large
-from .metrics import CONTENT_TYPE, ServerMetrics, process_rss_bytes
+from .metrics import CONTENT_TYPE, ServerMetrics
 from .provider import ModelProvider
 from .request_log import RequestContext, endpoint
 from .schemas import ChatCompletionRequest, CompletionRequest
@@ -307,14 +308,12 @@ class _Server:
         return JSONResponse({"object": "list", "data": data})
 
     async def health(self, request: Request, ctx: RequestContext) -> Response:
-        snap = self.provider.snapshot()
-        memory = dict(snap.get("memory", {}))
-        memory["process_rss_bytes"] = process_rss_bytes()
+        snap = self.provider.snapshot().to_dict()
         body = {
             "status": "ok",
-            "models": snap.get("models", []),
-            "memory": memory,
-            "queue_depth": snap.get("queue_depth", 0),
+            "models": snap["models"],
+            "memory": {**snap["memory"], "process_rss_bytes": process_rss() or None},
+            "queue_depth": snap["queue_depth"],
             "requests_in_flight": self.admitted,
             "max_concurrency": self.config.max_concurrency,
         }

@@ -7,9 +7,7 @@ provider's snapshot at scrape time rather than tracked twice.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,6 +15,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..runtime.results import GenerationResult
+from .provider import ServerSnapshot
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -24,26 +23,16 @@ _TOK_S_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 400)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
 
-def process_rss_bytes() -> int | None:
-    """Resident memory of this process (Linux /proc; None elsewhere)."""
-    try:
-        with open("/proc/self/statm", encoding="ascii") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class _SnapshotCollector(Collector):
     """Gauges computed from the provider's snapshot when Prometheus scrapes."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, snapshot: Callable[[], ServerSnapshot]) -> None:
         self._snapshot = snapshot
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snap = self._snapshot()
-        yield GaugeMetricFamily(
-            "edge_qwen_queue_depth", "Requests waiting for a model", value=snap.get("queue_depth", 0)
-        )
+        waiting = snap.queue_depth
+        yield GaugeMetricFamily("edge_qwen_queue_depth", "Requests waiting for a model", value=waiting)
         resident = GaugeMetricFamily(
             "edge_qwen_model_resident", "1 when the model is loaded", labels=["model"]
         )
@@ -64,32 +53,31 @@ class _SnapshotCollector(Collector):
             "Prompts started from a saved prompt cache",
             labels=["model"],
         )
-        for m in snap.get("models", []):
-            cache_bytes.add_metric([m["name"]], m.get("prompt_cache_bytes", 0))
-            restored.add_metric([m["name"]], m.get("prompt_cache_restored", 0))
-            resident.add_metric([m["name"]], 1.0 if m.get("resident") else 0.0)
-            in_flight.add_metric([m["name"]], m.get("in_flight", 0))
-            slots_busy.add_metric([m["name"]], m.get("slots_busy", 0))
-            slots_total.add_metric([m["name"]], m.get("slots_total", 0))
+        for m in snap.models:
+            cache_bytes.add_metric([m.name], m.slots.prompt_cache_bytes)
+            restored.add_metric([m.name], m.slots.prompt_cache_restored)
+            resident.add_metric([m.name], 1.0 if m.resident else 0.0)
+            in_flight.add_metric([m.name], m.in_flight)
+            slots_busy.add_metric([m.name], m.slots.slots_busy)
+            slots_total.add_metric([m.name], m.slots.slots_total)
         yield resident
         yield in_flight
         yield slots_busy
         yield slots_total
         yield cache_bytes
         yield restored
-        memory = snap.get("memory", {})
-        for key, help_text in (
-            ("used_bytes", "Memory the scheduler accounts to resident models"),
-            ("budget_bytes", "Memory budget of the scheduler"),
+        for key, value, help_text in (
+            ("used_bytes", snap.memory.used_bytes, "Memory the scheduler accounts to resident models"),
+            ("budget_bytes", snap.memory.budget_bytes, "Memory budget of the scheduler"),
         ):
-            if memory.get(key) is not None:
-                yield GaugeMetricFamily(f"edge_qwen_memory_{key}", help_text, value=memory[key])
+            if value is not None:
+                yield GaugeMetricFamily(f"edge_qwen_memory_{key}", help_text, value=value)
 
 
 class ServerMetrics:
     """The counters and histograms the request handlers update."""
 
-    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, snapshot: Callable[[], ServerSnapshot]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(

@@ -18,14 +18,60 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UnknownModelError
+from ..runtime.results import SlotUsage
+from ..scheduler.snapshot import ModelStatus
 
 if TYPE_CHECKING:
     from ..runtime.model import Model
     from ..scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """A model as ``/health`` shows it: the scheduler's status of it (a static model: its few facts)
+    and how many requests hold or await it."""
+
+    name: str
+    path: str
+    resident: bool
+    n_ctx: int
+    in_flight: int
+    slots: SlotUsage
+    status: ModelStatus | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.status is not None:
+            return {**self.status.to_dict(), "in_flight": self.in_flight}
+        facts = {"name": self.name, "path": self.path, "resident": self.resident, "n_ctx": self.n_ctx}
+        return {**facts, "in_flight": self.in_flight, **asdict(self.slots)}
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    budget_bytes: int | None = None  # None: no budget (models loaded up front)
+    used_bytes: int | None = None
+    peak_used_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class ServerSnapshot:
+    """What ``/health`` and ``/metrics`` report, at one moment."""
+
+    models: tuple[ServedModel, ...]
+    memory: MemoryUse
+    queue_depth: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models],
+            "memory": asdict(self.memory),
+            "queue_depth": self.queue_depth,
+        }
 
 
 class ModelProvider(Protocol):
@@ -39,8 +85,8 @@ class ModelProvider(Protocol):
         """A loaded model for one request; raises UnknownModelError for a name not in :meth:`names`."""
         ...
 
-    def snapshot(self) -> dict[str, Any]:
-        """``{"models": [{"name", "resident", "in_flight", ...}], "memory": {...}, "queue_depth": int}``."""
+    def snapshot(self) -> ServerSnapshot:
+        """The served models, the memory budget's use and the queue depth, now."""
         ...
 
     def close(self) -> None:
@@ -103,20 +149,16 @@ class StaticProvider:
         finally:
             self._in_flight[base] -= 1
 
-    def snapshot(self) -> dict[str, Any]:
-        models = [
-            {
-                "name": name,
-                "path": str(model.path),
-                "resident": not model.closed,
-                "n_ctx": model.n_ctx,
-                "in_flight": self._in_flight[name],
-                **(model.slot_usage() if not model.closed else {"slots_total": 0, "slots_busy": 0}),
-            }
+    def snapshot(self) -> ServerSnapshot:
+        models = tuple(
+            ServedModel(
+                name=name, path=str(model.path), resident=not model.closed, n_ctx=model.n_ctx,
+                in_flight=self._in_flight[name], slots=SlotUsage() if model.closed else model.slot_usage(),
+            )  # fmt: skip
             for name, model in self._models.items()
-        ]
+        )
         waiting = sum(max(0, n - 1) for n in self._in_flight.values())
-        return {"models": models, "memory": {"budget_bytes": None}, "queue_depth": waiting}
+        return ServerSnapshot(models, MemoryUse(), waiting)
 
     def close(self) -> None:
         for model in self._models.values():
@@ -139,7 +181,7 @@ class SchedulerProvider:
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_waiting), thread_name_prefix="edge-qwen:lease")
 
     def names(self) -> list[str]:
-        return [m["name"] for m in self.scheduler.snapshot()["models"]] + list(self._routes)
+        return [m.name for m in self.scheduler.snapshot().models] + list(self._routes)
 
     @contextlib.asynccontextmanager
     async def lease(self, name: str) -> AsyncIterator[Model]:
@@ -158,11 +200,17 @@ class SchedulerProvider:
         finally:
             manager.__exit__(None, None, None)
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> ServerSnapshot:
         snap = self.scheduler.snapshot()
-        models = [{**m, "in_flight": m.get("busy", 0) + m.get("waiting", 0)} for m in snap["models"]]
-        memory = {k: snap.get(k) for k in ("budget_bytes", "used_bytes", "peak_used_bytes")}
-        return {"models": models, "memory": memory, "queue_depth": sum(m.get("waiting", 0) for m in models)}
+        models = tuple(
+            ServedModel(
+                name=m.name, path=m.path, resident=m.resident, n_ctx=m.n_ctx, in_flight=m.busy + m.waiting,
+                slots=m.slots, status=m,
+            )  # fmt: skip
+            for m in snap.models
+        )
+        memory = MemoryUse(snap.budget_bytes, snap.used_bytes, snap.peak_used_bytes)
+        return ServerSnapshot(models, memory, queue_depth=sum(m.waiting for m in snap.models))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -23,14 +23,14 @@ def test_a_returning_conversation_is_restored_not_prefilled(real_gguf: Path) -> 
     with Model.load(real_gguf, n_ctx=2048, parallel=1, n_threads=2, prompt_cache=32 << 20) as model:
         first = [model.chat(story(t), temperature=0, max_tokens=24) for t in TOPICS]
         usage = model.slot_usage()
-        assert usage["prompt_cache_entries"] >= 2 and usage["prompt_cache_bytes"] > 0
+        assert usage.prompt_cache_entries >= 2 and usage.prompt_cache_bytes > 0
         turn = [*story(TOPICS[0]), {"role": "assistant", "content": first[0].text},
                 {"role": "user", "content": "Now make it rhyme."}]  # fmt: skip
         again = model.chat(turn, temperature=0, max_tokens=24)
-        assert model.slot_usage()["prompt_cache_restored"] == 1
+        assert model.slot_usage().prompt_cache_restored == 1
         assert again.usage.cached_tokens >= first[0].usage.prompt_tokens  # the first turn was not prefilled
         model.reset()
-        assert model.slot_usage()["prompt_cache_entries"] == 0
+        assert model.slot_usage().prompt_cache_entries == 0
         fresh = model.chat(turn, temperature=0, max_tokens=24)
     assert fresh.usage.cached_tokens == 0
     assert again.token_ids == fresh.token_ids  # the restored K/V is the K/V a prefill computes

@@ -17,7 +17,7 @@ import time
 from edge_qwen import _llama
 from edge_qwen.runtime.model import Model
 from edge_qwen.scheduler import Scheduler
-from edge_qwen.scheduler.scheduler import process_rss
+from edge_qwen.scheduler.snapshot import process_rss
 
 
 def load(path: str, settings: dict) -> dict:
@@ -59,8 +59,8 @@ def sched(path: str, budget: int) -> dict:
     sampler.join()
     return {
         "baseline": baseline, "peak": max(samples), "samples": len(samples), "budget": budget,
-        "texts": texts, "peak_charged": snap["peak_used_bytes"],
-        "loads": {m["name"]: m["loads"] for m in snap["models"]},
+        "texts": texts, "peak_charged": snap.peak_used_bytes,
+        "loads": {m.name: m.loads for m in snap.models},
     }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ def two_fit(path: Path) -> int:
 
 
 def resident(scheduler: Scheduler) -> set[str]:
-    return {m["name"] for m in scheduler.snapshot()["models"] if m["resident"]}
+    return {m.name for m in scheduler.snapshot().models if m.resident}
 
 
 def test_least_recently_used_idle_model_is_evicted(real_gguf: Path) -> None:
@@ -43,8 +43,8 @@ def test_least_recently_used_idle_model_is_evicted(real_gguf: Path) -> None:
         s.load("b")
         assert resident(s) == {"b", "c"}  # a was least recently used
         snap = s.snapshot()
-        assert snap["used_bytes"] <= snap["budget_bytes"]
-        assert all(m["measured_load_bytes"] for m in snap["models"] if m["resident"])
+        assert snap.used_bytes <= snap.budget_bytes
+        assert all(m.measured_load_bytes for m in snap.models if m.resident)
 
 
 def test_a_busy_model_is_not_evicted(real_gguf: Path) -> None:
@@ -184,4 +184,4 @@ def test_cancelling_an_async_request_still_waiting_for_memory_frees_what_it_gets
     with three_models(real_gguf, one + 10 * MiB, queue_timeout=20) as s:
         s.load("a")
         assert asyncio.run(scenario(s)) == "length"
-        assert all(m["busy"] == 0 for m in s.snapshot()["models"])
+        assert all(m.busy == 0 for m in s.snapshot().models)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_qwen.runtime.results import SlotUsage
 from edge_qwen.scheduler import Scheduler
 from edge_qwen.sizing import estimate_memory
 
@@ -29,8 +30,8 @@ class SlowToFreeModel:
         self.closed = True
         threading.Timer(FREE_DELAY, on_freed).start()
 
-    def slot_usage(self) -> dict[str, int]:
-        return {"slots_total": 4, "slots_busy": 0, "waiting": 0}
+    def slot_usage(self) -> SlotUsage:
+        return SlotUsage(slots_total=4)
 
 
 def test_evicting_never_holds_the_lock_and_loads_only_once_memory_is_free(real_gguf: Path) -> None:
@@ -52,8 +53,8 @@ def test_evicting_never_holds_the_lock_and_loads_only_once_memory_is_free(real_g
         t = time.monotonic()
         snap = s.snapshot()  # what /health does, while a's memory is still being freed
         assert time.monotonic() - t < 0.1
-        assert [m["resident"] for m in snap["models"]] == [False, False]
-        assert snap["used_bytes"] >= one  # a's bytes stay charged until freed
+        assert [m.resident for m in snap.models] == [False, False]
+        assert snap.used_bytes >= one  # a's bytes stay charged until freed
         worker.join(timeout=10)
         assert loads[-1][1] - started >= FREE_DELAY * 0.9  # b loaded only after a was freed
-        assert s.snapshot()["models"][1]["slots_total"] == 4
+        assert s.snapshot().model("b").slots.slots_total == 4

@@ -46,5 +46,5 @@ def test_a_drafted_answer_is_the_plain_answer_and_metrics_count_it(served, real_
     ]
     assert drafted and float(drafted[0].split()[-1]) > 0
     assert accepted and 0 < float(accepted[0].split()[-1]) <= float(drafted[0].split()[-1])
-    resident = scheduler.snapshot()["models"][0]
-    assert resident["estimated_bytes"] > 2 * real_gguf.stat().st_size  # the draft is charged too
+    resident = scheduler.snapshot().models[0]
+    assert resident.estimated_bytes > 2 * real_gguf.stat().st_size  # the draft is charged too
