@@ -140,13 +140,15 @@ def format_plan(plan: dict[str, Any]) -> str:
         ("KV cache", est["kv_bytes"],
          f"n_ctx {s['n_ctx']} shared by {s['parallel']} sequences (~{s['n_ctx'] // s['parallel']} each when "
          f"all are busy), {s['cache_type']}"),
+        ("recurrent", est["recurrent_bytes"],
+         f"fixed state of the recurrent layers for {s['parallel']} sequences, whatever the context"),
         ("output", est["output_bytes"], f"logits rows of {s['parallel']} sequences"),
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
         ("adapters", est["adapter_bytes"], "LoRA adapters"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    shown = [row for row in rows if row[1] or row[0] != "adapters"]
+    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "recurrent")]
     lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in shown]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"

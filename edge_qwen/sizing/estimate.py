@@ -113,7 +113,7 @@ class MemoryEstimate:
     flash_attn: bool
     weights_bytes: int  # host resident weights (mapped file + repacked copies)
     repack_bytes: int  # part of weights_bytes living in an anonymous repack buffer
-    kv_bytes: int
+    kv_bytes: int  # attention layers only
     compute_bytes: int  # llama.cpp's reserved compute buffer (what it logs)
     compute_resident_bytes: int  # the part a prefill batch touches (last-token logits only)
     output_bytes: int
@@ -125,6 +125,7 @@ class MemoryEstimate:
     draft_bytes: int = 0  # the draft model for speculative decoding: its whole estimate
     media_bytes: int = 0  # the projector (mmproj): weights, encoder compute buffer, embeddings
     prompt_cache_bytes: int = 0  # host copies of K/V the slots gave up (its budget, charged whole)
+    recurrent_bytes: int = 0  # a hybrid's recurrent layers: conv + SSM state per sequence
 
     @property
     def total_bytes(self) -> int:
@@ -136,6 +137,7 @@ class MemoryEstimate:
             + self.media_bytes
             + self.prompt_cache_bytes
             + self.kv_bytes
+            + self.recurrent_bytes
             + self.compute_resident_bytes
             + self.output_bytes
             + self.overhead_bytes
@@ -170,9 +172,18 @@ def kv_cache_bytes(
     vb, vt = KV_TYPES[cache_type_v]
     total = 0
     for i in layers:
+        if shape.recurrent and shape.recurrent[i]:
+            continue  # a recurrent layer keeps a fixed-size state instead (recurrent_state_bytes)
         n_kv = shape.n_head_kv[i] if i < len(shape.n_head_kv) else shape.n_head_kv[-1]
         total += n_ctx * n_kv * (shape.key_length * kt // kb + shape.value_length * vt // vb)
     return total
+
+
+def recurrent_state_bytes(shape: ModelShape, sequences: int, layers: Iterable[int]) -> int:
+    """The recurrent state llama.cpp keeps for the given layers: f32 conv and SSM state, one copy per
+    sequence (``n_seq_max`` cells), whatever the context length."""
+    per_layer = (shape.state_r_elements + shape.state_s_elements) * 4 * max(1, sequences)
+    return sum(per_layer for i in layers if shape.recurrent and shape.recurrent[i])
 
 
 def compute_buffer_bytes(
@@ -247,6 +258,8 @@ def weight_bytes(
     repacked = device = 0
     for t in shape.tensors:
         layer = _layer_of(t.name)
+        if layer is not None and layer >= shape.n_layer:
+            continue  # an MTP layer after the trunk: llama.cpp skips it unless asked to load it
         on_device = (
             (layer in offloaded) if layer is not None else (output_on_device and t.name.startswith("output"))
         )
@@ -338,6 +351,7 @@ def estimate(
         draft_bytes=draft_bytes(settings, parallel, cpu_features, gpu),
         media_bytes=media_bytes(settings),
         prompt_cache_bytes=max(0, settings.prompt_cache),
+        recurrent_bytes=recurrent_state_bytes(shape, parallel, host_layers),
     )
 
 
