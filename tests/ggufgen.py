@@ -33,21 +33,29 @@ def _byte_tokens() -> list[str]:
     return chars
 
 
-def write_tiny_qwen2(path: Path, seed: int = 0) -> Path:
-    """Write the tiny model to ``path``: token_embd in Q8_0 (blocks of 32), everything else F32."""
+def write_tiny_qwen2(
+    path: Path, seed: int = 0, *, n_embd: int = N_EMBD, n_ff: int = N_FF, n_layer: int = N_LAYER,
+    n_head: int = N_HEAD, n_head_kv: int = N_HEAD_KV, dtype: type = np.float32, n_vocab: int = 0,
+) -> Path:  # fmt: skip
+    """Write the tiny model to ``path``: token_embd in Q8_0 (blocks of 32), everything else F32
+    (or ``dtype`` for the matrices: float16 makes a file llama.cpp's quantizer takes as F16).
+    ``n_vocab`` above the 263 real tokens pads the vocabulary with filler tokens BPE never makes
+    (a real Qwen's 151,936 rows: the embedding, output and logits sizes of the real thing)."""
     rng = np.random.default_rng(seed)
-    tokens = _byte_tokens() + ["Ġt", "he"] + SPECIALS  # two merges' results, then the specials
+    words = _byte_tokens() + ["Ġt", "he"]  # two merges' results
+    filler = [f"<filler_{i}>" for i in range(max(0, n_vocab - len(words) - len(SPECIALS)))]
+    tokens = words + filler + SPECIALS
     n_vocab = len(tokens)
     w = gguf.GGUFWriter(path, "qwen2")
     w.add_context_length(256)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD_KV)
+    w.add_embedding_length(n_embd)
+    w.add_block_count(n_layer)
+    w.add_feed_forward_length(n_ff)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(n_head_kv)
     w.add_rope_freq_base(1e6)
     w.add_layer_norm_rms_eps(1e-6)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype is np.float32 else gguf.LlamaFileType.MOSTLY_F16)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("qwen2")
     w.add_token_list(tokens)
@@ -62,25 +70,28 @@ def write_tiny_qwen2(path: Path, seed: int = 0) -> Path:
     def f32(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
-    embd = gguf.quants.quantize(f32(n_vocab, N_EMBD), gguf.GGMLQuantizationType.Q8_0)
+    def mat(*shape: int) -> np.ndarray:
+        return f32(*shape).astype(dtype)
+
+    embd = gguf.quants.quantize(f32(n_vocab, n_embd), gguf.GGMLQuantizationType.Q8_0)
     w.add_tensor("token_embd.weight", embd, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    w.add_tensor("output_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-    head_dim = N_EMBD // N_HEAD
-    kv = head_dim * N_HEAD_KV
-    for i in range(N_LAYER):
+    w.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    head_dim = n_embd // n_head
+    kv = head_dim * n_head_kv
+    for i in range(n_layer):
         b = f"blk.{i}"
-        w.add_tensor(f"{b}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"{b}.attn_q.weight", f32(N_EMBD, N_EMBD))
-        w.add_tensor(f"{b}.attn_q.bias", f32(N_EMBD))
-        w.add_tensor(f"{b}.attn_k.weight", f32(kv, N_EMBD))
+        w.add_tensor(f"{b}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"{b}.attn_q.weight", mat(n_embd, n_embd))
+        w.add_tensor(f"{b}.attn_q.bias", f32(n_embd))
+        w.add_tensor(f"{b}.attn_k.weight", mat(kv, n_embd))
         w.add_tensor(f"{b}.attn_k.bias", f32(kv))
-        w.add_tensor(f"{b}.attn_v.weight", f32(kv, N_EMBD))
+        w.add_tensor(f"{b}.attn_v.weight", mat(kv, n_embd))
         w.add_tensor(f"{b}.attn_v.bias", f32(kv))
-        w.add_tensor(f"{b}.attn_output.weight", f32(N_EMBD, N_EMBD))
-        w.add_tensor(f"{b}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
-        w.add_tensor(f"{b}.ffn_gate.weight", f32(N_FF, N_EMBD))
-        w.add_tensor(f"{b}.ffn_up.weight", f32(N_FF, N_EMBD))
-        w.add_tensor(f"{b}.ffn_down.weight", f32(N_EMBD, N_FF))
+        w.add_tensor(f"{b}.attn_output.weight", mat(n_embd, n_embd))
+        w.add_tensor(f"{b}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        w.add_tensor(f"{b}.ffn_gate.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"{b}.ffn_up.weight", mat(n_ff, n_embd))
+        w.add_tensor(f"{b}.ffn_down.weight", mat(n_embd, n_ff))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -25,7 +25,8 @@ def load(path: str, settings: dict) -> dict:
     before = process_rss()
     model = Model.load(path, **settings)
     n = min(settings.get("n_ubatch", 512), model.n_ctx - 8)
-    model.generate([(i * 7919) % 150000 for i in range(n)], max_tokens=1, temperature=0)
+    vocab = model.vocab.n_tokens
+    model.generate([(i * 7919) % vocab for i in range(n)], max_tokens=1, temperature=0)
     grown = process_rss() - before
     model.close()
     return {"rss_growth": grown}

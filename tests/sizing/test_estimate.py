@@ -12,10 +12,10 @@ import pytest
 from edge_qwen import _llama
 from edge_qwen.gguf_header import read_header
 from edge_qwen.runtime.model import Model
-from edge_qwen.sizing.estimate import estimate_memory, kv_cache_bytes, model_shape
+from edge_qwen.sizing.estimate import estimate_memory, host_cpu_features, kv_cache_bytes, model_shape
 
 MiB = 2**20
-TOLERANCE = 0.10
+TOLERANCE = 0.03  # the newcomer issue's bar: within 3 % of llama.cpp and of RSS growth
 BUFFER = re.compile(r"(\w+)(?: model)? buffer size =\s+([\d.]+) MiB")
 # llama.cpp log name -> estimate field
 COMPONENTS = {
@@ -56,7 +56,7 @@ def test_kv_cache_is_exact_for_quantized_blocks(real_gguf: Path) -> None:
     assert kv_cache_bytes(shape, 2048, "q4_0", "q4_0", layers) == 24 * 2048 * 2 * 128 * 18 // 32
 
 
-def test_every_component_within_10_percent_of_llama_cpp(real_gguf: Path) -> None:
+def test_every_component_within_3_percent_of_llama_cpp(real_gguf: Path) -> None:
     table = []
     for n_ctx, kv, ubatch in GRID:
         settings = {"n_ctx": n_ctx, "cache_type_k": kv, "cache_type_v": kv, "n_ubatch": ubatch}
@@ -81,7 +81,7 @@ def test_flash_attention_off_grows_compute_with_context(real_gguf: Path) -> None
     ("n_ctx", "kv", "ubatch"),
     [(2048, "f16", 512), (16384, "f16", 512), (32768, "q8_0", 128), (512, "f16", 128)],
 )
-def test_total_within_10_percent_of_rss_growth(
+def test_total_within_3_percent_of_rss_growth(
     real_gguf: Path, probe, n_ctx: int, kv: str, ubatch: int
 ) -> None:
     settings = {"n_ctx": n_ctx, "cache_type_k": kv, "cache_type_v": kv, "n_ubatch": ubatch}
@@ -90,6 +90,44 @@ def test_total_within_10_percent_of_rss_growth(
     assert est.total_bytes == pytest.approx(measured, rel=TOLERANCE)
     # "file size + KV cache" (the naive pre-flight) misses the tokenizer tables and activations
     assert est.total_bytes > real_gguf.stat().st_size + est.kv_bytes
+
+
+@pytest.fixture(scope="module")
+def q4k_heavy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random Qwen2 whose rows are 1024 wide (multiples of 256, unlike the 0.5B's 896) with a real
+    Qwen's 151,936-token vocabulary, quantized to Q4_K_M: most matrices are Q4_K, which AVX2/AVX-512
+    CPUs repack into CPU_REPACK (the tied output as a repacked copy of the embedding) — the case
+    the estimate got 32 % low on an AMX Xeon."""
+    import sys
+
+    import numpy as np
+
+    from edge_qwen.quantize import quantize
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from ggufgen import write_tiny_qwen2
+
+    folder = tmp_path_factory.mktemp("q4k")
+    f16 = write_tiny_qwen2(folder / "f16.gguf", n_embd=1024, n_ff=2816, n_layer=8, n_head=16,
+                           n_head_kv=2, dtype=np.float16, n_vocab=151936)  # fmt: skip
+    # (its token embedding is Q8_0, so the quantizer must be told a requantize is fine)
+    return Path(quantize(f16, "Q4_K_M", folder / "q4_k_m.gguf", quiet=True, allow_requantize=True).path)
+
+
+@pytest.mark.slow
+def test_a_q4_k_heavy_file_is_estimated_within_3_percent(q4k_heavy: Path, probe) -> None:
+    settings = {"n_ctx": 2048, "cache_type_k": "f16", "cache_type_v": "f16", "n_ubatch": 512}
+    lines: list[str] = []
+    with _llama.capture_log(lambda _level, line: lines.append(line)):
+        Model.load(q4k_heavy, **settings).close()
+    repacked = sum(float(m.group(1)) for m in re.finditer(r"CPU_REPACK model buffer size =\s+([\d.]+) MiB",
+                                                         "".join(lines)))  # fmt: skip
+    est = estimate_memory(q4k_heavy, **settings)
+    assert est.repack_bytes / MiB == pytest.approx(repacked, rel=TOLERANCE, abs=0.01)
+    if _llama.default_extra_buffers() and not _llama.build_has_amx() and "avx2" in host_cpu_features():
+        assert repacked > 30  # MiB: the Q4_K matrices really are copied (an estimate of 0 failed here)
+    measured = probe("load", str(q4k_heavy), json.dumps(settings))["rss_growth"]
+    assert est.total_bytes == pytest.approx(measured, rel=TOLERANCE)
 
 
 def test_repacking_moves_weights_into_a_second_buffer(real_gguf: Path) -> None:
