@@ -19,6 +19,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..errors import ModelClosedError
+from ..registry import resolve_model
 from ..settings import ModelSettings, settings_from
 from . import _native
 from .batcher import BatchEngine
@@ -125,11 +126,12 @@ class Model:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], **settings: Any) -> Model:
-        """Load a GGUF file. Keyword settings are the fields of :class:`ModelSettings`;
-        ``adapters={"sql": "sql-lora.gguf"}`` loads LoRA adapters that requests pick by name."""
+        """Load a GGUF file, or a registry name[:quant] already pulled (``"qwen3-4b"``). Keyword
+        settings are the fields of :class:`ModelSettings`; ``adapters={"sql": "sql-lora.gguf"}``
+        loads LoRA adapters that requests pick by name."""
         config = settings_from("Model.load", settings)
         spec_config(config.speculative)  # an unknown default mode fails before anything is loaded
-        path = Path(path)
+        path = resolve_model(os.fspath(path))
         model, ctx = load_native(path, config)
         draft = media = None
         try:

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import ConfigError, QueueFullError, QueueTimeoutError
 from ..gguf_header import read_header
+from ..registry import resolve_model
 from ..runtime.results import GenerationChunk, GenerationResult
 from ..settings import ModelSettings, settings_from
 from ..sizing.device import resolve_budget
@@ -89,8 +90,10 @@ class Scheduler:
         keep_alive: float | None = None,
         **settings: Any,
     ) -> None:
-        """Register a model under ``name`` (nothing is loaded yet). Settings: ModelSettings fields;
-        ``adapters={"sql": "sql-lora.gguf"}`` adds LoRA adapters, counted in its memory estimate."""
+        """Register a model under ``name`` (nothing is loaded yet): ``path`` is a GGUF or a registry
+        name[:quant] already pulled. Settings: ModelSettings fields; ``adapters={"sql":
+        "sql-lora.gguf"}`` adds LoRA adapters, counted in its memory estimate."""
+        path = resolve_model(path)
         config = settings_from("Scheduler.add", settings)
         if config.queue_timeout is None and self.queue_timeout is not None:
             config = dataclasses.replace(config, queue_timeout=self.queue_timeout)

@@ -37,3 +37,15 @@ def test_auto_fits_the_layers_to_the_device(real_gguf: Path) -> None:
 def test_a_bad_value_is_refused(real_gguf: Path) -> None:
     with pytest.raises(ConfigError, match="n_gpu_layers"):
         gpu_layers(real_gguf, ModelSettings(n_gpu_layers="most"))
+
+
+@pytest.mark.real
+def test_model_load_and_scheduler_add_take_registry_names_like_the_cli(real_gguf: Path) -> None:
+    """``Model.load("qwen2.5-coder-0.5b-instruct")`` finds the pulled file, as ``edge-qwen run`` does."""
+    from edge_qwen import Model, Scheduler
+
+    with Model.load("qwen2.5-coder-0.5b-instruct", n_ctx=256, n_threads=1) as model:
+        assert model.path == real_gguf
+    with Scheduler(budget="2GB") as sched:
+        sched.add("coder", "qwen2.5-coder-0.5b-instruct:q4_k_m", n_ctx=256)
+        assert sched.snapshot().model("coder").path == str(real_gguf)
