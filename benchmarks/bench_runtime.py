@@ -223,7 +223,7 @@ def _engine_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Ca
 
 def _raw_runs(model: Model, prompt: list[int], n_decode: int) -> dict[str, Callable[[], float]]:
     """Bare llama_decode on the engine's own context, like llama-bench (no sampling, no Python layers)."""
-    from edge_qwen.runtime.batcher import BatchEntry
+    from edge_qwen.runtime.engine.batcher import BatchEntry
 
     decoder = model._decoder  # the compute thread is idle between runs; nothing else touches the context
 

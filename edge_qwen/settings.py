@@ -45,7 +45,7 @@ class ModelSettings:
     beside the language model): chat messages may then carry images and audio clips.
 
     ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
-    (:mod:`~edge_qwen.runtime.prompt_cache`): with more conversations than slots, a returning one
+    (:mod:`~edge_qwen.runtime.engine.prompt_cache`): with more conversations than slots, a returning one
     is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
     """
 

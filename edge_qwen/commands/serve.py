@@ -228,8 +228,8 @@ def _model_files(option: str, values: list[str], models: dict[str, Path]) -> dic
 def media_policy(allow_remote: bool) -> Any:
     """The server's media policy: never local files; http(s) URLs only with ``--allow-remote-media``,
     then through the SSRF-guarded fetcher."""
-    from ..runtime.media import SERVER_POLICY
-    from ..runtime.media_fetch import RemoteFetcher
+    from ..runtime.media.content import SERVER_POLICY
+    from ..runtime.media.media_fetch import RemoteFetcher
 
     return dataclasses.replace(SERVER_POLICY, fetch=RemoteFetcher()) if allow_remote else SERVER_POLICY
 

@@ -33,8 +33,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry import resolve_model
-    from ..runtime.chat_template import render_plain
     from ..runtime.model import Model
+    from ..runtime.text.chat_template import render_plain
 
     with Model.load(resolve_model(args.model), n_ctx=256) as model:
         if args.text is not None:

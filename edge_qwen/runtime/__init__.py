@@ -1,6 +1,6 @@
 """The edge-qwen runtime: chat templates, streaming text, sampling presets and the llama.cpp engine.
 
-Names are imported lazily so that ``import edge_qwen.runtime.chat_template`` (pure text) does not
+Names are imported lazily so that ``import edge_qwen.runtime.text.chat_template`` (pure text) does not
 load llama.cpp's shared libraries.
 """
 
@@ -19,7 +19,7 @@ _EXPORTS: dict[str, str] = {
     "Usage": ".results",
     "Timings": ".results",
     "SamplingParams": ".presets",
-    "RenderedPrompt": ".chat_template",
+    "RenderedPrompt": ".text.chat_template",
 }
 
 __all__ = [
@@ -37,10 +37,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from ..settings import ModelSettings
-    from .chat_template import RenderedPrompt
     from .model import AsyncGenerationStream, GenerationStream, Model
     from .presets import SamplingParams
     from .results import GenerationChunk, GenerationResult, Timings, Usage
+    from .text.chat_template import RenderedPrompt
 
 
 def __getattr__(name: str) -> Any:

@@ -1,7 +1,7 @@
 """Loading a GGUF and creating its llama.cpp context, every failure a clear error.
 
 ``n_ctx`` is the context's total KV cells; ``parallel`` sequences share them (unified cache) or
-split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.slots`.
+split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.engine.slots`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..errors import ConfigError, DraftModelError, ModelLoadError
 from ..gguf_header import path_problem
 from ..settings import ModelSettings, draft_settings
 from . import _native
-from .multimodal import MediaSupport
+from .media.multimodal import MediaSupport
 
 
 def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
@@ -56,7 +56,7 @@ def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, A
     Raises:
         DraftModelError: the file cannot be loaded, or its vocabulary differs (naming the way out).
     """
-    from .draft import vocab_mismatch
+    from .engine.draft import vocab_mismatch
 
     try:
         model, ctx = load_native(path, draft_settings(settings))

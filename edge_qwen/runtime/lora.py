@@ -1,7 +1,7 @@
 """LoRA adapters held next to one loaded base model, chosen per request.
 
 One base in memory with several small adapters costs far less than several merged models. The
-adapters live in the model's :class:`~edge_qwen.runtime.decoder.NativeDecoder` (the compute thread
+adapters live in the model's :class:`~edge_qwen.runtime.engine.decoder.NativeDecoder` (the compute thread
 applies a request's set before each step that serves it); this module loads and removes them on
 that thread and turns a request's ``adapter=`` / ``adapters=`` choice into its adapter set.
 """

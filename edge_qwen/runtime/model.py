@@ -1,6 +1,6 @@
 """The :class:`Model` facade: load a GGUF, render and tokenize on the caller's thread, then hand
-typed requests to the model's step loop (:mod:`~edge_qwen.runtime.batcher`) on the process's one
-compute thread (:mod:`~edge_qwen.runtime.compute`).
+typed requests to the model's step loop (:mod:`~edge_qwen.runtime.engine.batcher`) on the process's one
+compute thread (:mod:`~edge_qwen.runtime.engine.compute`).
 
 Blocking (``generate``/``chat``), streaming (``stream``/``chat_stream``), async and batch twins all
 take the same path; chunks travel back through a per-request queue (:mod:`~edge_qwen.runtime.handles`)
@@ -22,24 +22,24 @@ from ..errors import ModelClosedError
 from ..registry import resolve_model
 from ..settings import ModelSettings, settings_from
 from . import _native
-from .batcher import BatchEngine
-from .chat_template import RenderedPrompt
-from .compute import ComputeThread
-from .decoder import NativeDecoder
-from .draft import DraftModel
+from .engine.batcher import BatchEngine
+from .engine.compute import ComputeThread
+from .engine.decoder import NativeDecoder
+from .engine.draft import DraftModel
+from .engine.prompt_cache import PromptCache
+from .engine.threads import ThreadGovernor
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_draft, load_media, load_native
 from .lora import AdapterSlots
-from .multimodal import MediaSupport
-from .prompt_cache import PromptCache
+from .media.multimodal import MediaSupport
 from .prompting import RequestBuilder
 from .request import Request, RequestSpec, Sink
 from .results import GenerationResult, SlotUsage
 from .sampling import native_sequences
-from .spec_cost import StepCost
-from .speculative import spec_config
-from .thinking import THINK_CLOSE, template_thinks
-from .threads import ThreadGovernor
+from .speculation.spec_cost import StepCost
+from .speculation.speculative import spec_config
+from .text.chat_template import RenderedPrompt
+from .text.thinking import THINK_CLOSE, template_thinks
 from .vocab import Vocabulary
 
 Message = Mapping[str, Any]

@@ -11,14 +11,14 @@ from typing import Any
 
 from ..errors import ConfigError, ContextOverflowError
 from ..settings import ModelSettings
-from .chat_template import RenderedPrompt
 from .lora import AdapterSlots, adapter_set
-from .media import LOCAL_POLICY, MediaPolicy, has_media
-from .multimodal import MediaSupport, MediaTokens, tokenize_with_media
+from .media.content import LOCAL_POLICY, MediaPolicy, has_media
+from .media.multimodal import MediaSupport, MediaTokens, tokenize_with_media
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, RequestSpec
 from .sampling import grammar_text
-from .speculative import DRAFT, SpecConfig, spec_config
+from .speculation.speculative import DRAFT, SpecConfig, spec_config
+from .text.chat_template import RenderedPrompt
 from .vocab import Vocabulary
 
 Message = Mapping[str, Any]

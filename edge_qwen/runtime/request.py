@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .presets import SamplingParams
-from .speculative import SpecConfig
+from .speculation.speculative import SpecConfig
 
 if TYPE_CHECKING:  # annotations only: the spans are made by .multimodal on the caller's thread
-    from .multimodal import MediaSpan
+    from .media.multimodal import MediaSpan
 
 Sink = Callable[[object], None]
 STARTED = object()  # worker -> caller: the request left the queue and holds a sequence slot

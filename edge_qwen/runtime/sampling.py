@@ -16,9 +16,9 @@ import llama_cpp.llama_cpp as L
 
 from .. import _llama
 from ..errors import ConfigError
+from .engine.sequence import Sequence
 from .presets import SamplingParams
 from .request import Request
-from .sequence import Sequence
 
 _PENALTY_LAST_N = 64
 

@@ -12,7 +12,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from . import _native
-from .chat_template import RenderedPrompt, render_chat
+from .text.chat_template import RenderedPrompt, render_chat
 
 Message = Mapping[str, Any]
 

@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ContextOverflowError
-from ..runtime.media import SERVER_POLICY, MediaPolicy
-from ..runtime.media_fetch import fetch_remote_parts
+from ..runtime.media.content import SERVER_POLICY, MediaPolicy
+from ..runtime.media.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult
 from ..scheduler.snapshot import process_rss
 from . import security

@@ -7,7 +7,7 @@ are refused with a message saying what to send instead.
 Message content is a string or a list of OpenAI parts: ``text``, ``image_url`` (``{"url": ...}`` or
 the URL string) and ``input_audio`` (``{"data": BASE64, "format": "wav" | "mp3"}``). The shape is
 validated here (a malformed part is a 400 naming its field); the media itself is decoded and
-limited later by :mod:`edge_qwen.runtime.media`, under the server's policy (no local files, no
+limited later by :mod:`edge_qwen.runtime.media.content`, under the server's policy (no local files, no
 remote URLs).
 """
 

@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_qwen.runtime.batcher import BatchEngine, BatchEntry
+from edge_qwen.runtime.engine.batcher import BatchEngine, BatchEntry
+from edge_qwen.runtime.engine.prompt_cache import PromptCache
+from edge_qwen.runtime.engine.sequence import Sequence as Seq
 from edge_qwen.runtime.presets import SamplingParams
-from edge_qwen.runtime.prompt_cache import PromptCache
 from edge_qwen.runtime.request import STARTED, Request, RequestSpec
 from edge_qwen.runtime.results import GenerationChunk, ResultBuilder
-from edge_qwen.runtime.sequence import Sequence as Seq
-from edge_qwen.runtime.speculative import spec_config
+from edge_qwen.runtime.speculation.speculative import spec_config
 
 VOCAB = 97
 EOG = 0

@@ -8,7 +8,7 @@ import random
 from fake_decoder import make_engine, out_tokens, run, solo, submit
 
 from edge_qwen.errors import ContextOverflowError, GenerationError
-from edge_qwen.runtime.slots import Slot, choose_slot, common_prefix, idle_caches_to_drop
+from edge_qwen.runtime.engine.slots import Slot, choose_slot, common_prefix, idle_caches_to_drop
 
 
 def prompts(n: int, seed: int = 0) -> list[list[int]]:

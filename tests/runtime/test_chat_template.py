@@ -14,7 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from edge_qwen.errors import ChatTemplateError
-from edge_qwen.runtime.chat_template import (
+from edge_qwen.runtime.text.chat_template import (
     CHATML_TEMPLATE,
     RenderedPrompt,
     render_chat,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from edge_qwen.runtime.compute import ComputeThread
+from edge_qwen.runtime.engine.compute import ComputeThread
 
 
 class FakeEngine:

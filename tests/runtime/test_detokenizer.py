@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tokenizers import Tokenizer
 
-from edge_qwen.runtime.detokenizer import StreamingDetokenizer
+from edge_qwen.runtime.text.detokenizer import StreamingDetokenizer
 
 
 def byte_tokens(text: str) -> tuple[list[int], Callable[[int], bytes]]:

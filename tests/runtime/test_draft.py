@@ -20,7 +20,7 @@ from fake_decoder import (
 )
 from test_speculative import assert_kv_matches_slots, repetitive_prompts
 
-from edge_qwen.runtime.draft import DraftModel, vocab_mismatch
+from edge_qwen.runtime.engine.draft import DraftModel, vocab_mismatch
 
 
 def close_draft(history: Sequence[int], adapters: object = ()) -> int:

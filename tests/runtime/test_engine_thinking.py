@@ -18,7 +18,7 @@ from make_tiny_checkpoints import make_checkpoint
 
 from edge_qwen.convert import convert
 from edge_qwen.runtime import Model
-from edge_qwen.runtime.thinking import THINK_CLOSE
+from edge_qwen.runtime.text.thinking import THINK_CLOSE
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 

@@ -27,7 +27,7 @@ from edge_qwen.errors import (
     RemoteMediaError,
     UnsupportedMediaError,
 )
-from edge_qwen.runtime.media import (
+from edge_qwen.runtime.media.content import (
     LOCAL_POLICY,
     QWEN2_AUDIO_PART_TEXT,
     SERVER_POLICY,
@@ -38,7 +38,7 @@ from edge_qwen.runtime.media import (
     load_image,
     split_at_markers,
 )
-from edge_qwen.runtime.media_audio import resample
+from edge_qwen.runtime.media.media_audio import resample
 
 MARKER = "<__media__>"
 RATE = 16000
@@ -320,7 +320,7 @@ def test_mp3_decodes_through_libmtmd(tiny_audio_pair: tuple[Path, Path], tmp_pat
 
     from edge_qwen import _llama
     from edge_qwen.mtmd_native import Mtmd
-    from edge_qwen.runtime.media_audio import mtmd_mp3_decoder
+    from edge_qwen.runtime.media.media_audio import mtmd_mp3_decoder
 
     (tmp_path / "a.wav").write_bytes(wav_bytes(tone(440, 2.0, RATE), RATE))
     subprocess.run(

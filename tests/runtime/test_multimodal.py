@@ -24,7 +24,7 @@ from PIL import Image
 from edge_qwen.errors import ChatTemplateError, MediaError, MediaTooLargeError
 from edge_qwen.runtime import Model
 from edge_qwen.runtime.handles import drain
-from edge_qwen.runtime.media import MediaLimits, MediaPolicy
+from edge_qwen.runtime.media.content import MediaLimits, MediaPolicy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))

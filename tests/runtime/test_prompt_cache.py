@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fake_decoder import make_engine, out_tokens, run, solo, submit
 
-from edge_qwen.runtime.prompt_cache import PromptCache
+from edge_qwen.runtime.engine.prompt_cache import PromptCache
 
 SYSTEM = list(range(10, 50))  # a 40-token system prompt every conversation starts with
 

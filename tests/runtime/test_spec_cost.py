@@ -8,7 +8,7 @@ import pytest
 from fake_decoder import FakeDecoder, echo_token, make_engine, next_token, out_tokens, run, solo, submit
 from test_speculative import repetitive_prompts
 
-from edge_qwen.runtime.spec_cost import StepCost, best_draft_length, expected_tokens
+from edge_qwen.runtime.speculation.spec_cost import StepCost, best_draft_length, expected_tokens
 
 
 def fitted(a: float, b: float, sizes=(1, 1, 2, 3, 5, 8, 1, 4, 9, 2, 1, 6)) -> StepCost:

@@ -9,7 +9,7 @@ import pytest
 from fake_decoder import FakeSampler, echo_token, make_engine, out_tokens, run, solo, submit
 
 from edge_qwen.errors import ConfigError
-from edge_qwen.runtime.speculative import LookupDrafter, SpecConfig, spec_config, verify
+from edge_qwen.runtime.speculation.speculative import LookupDrafter, SpecConfig, spec_config, verify
 
 
 def repetitive_prompts(n: int, seed: int = 0) -> list[list[int]]:
@@ -226,8 +226,9 @@ def test_off_and_default_do_not_speculate():
 def test_server_metrics_count_drafted_and_accepted_tokens():
     from edge_qwen.runtime.results import GenerationResult, Timings, Usage
     from edge_qwen.server.metrics import ServerMetrics
+    from edge_qwen.server.provider import MemoryUse, ServerSnapshot
 
-    metrics = ServerMetrics(dict)
+    metrics = ServerMetrics(lambda: ServerSnapshot((), MemoryUse(), 0))
     timings = Timings(drafted_tokens=10, accepted_tokens=7)
     metrics.observe_generation("coder", GenerationResult("x", usage=Usage(3, 5), timings=timings))
     text = metrics.render().decode()

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from edge_qwen.runtime.stopping import StopMatcher
+from edge_qwen.runtime.text.stopping import StopMatcher
 
 
 def run(stops: list[str], chunks: list[str]) -> tuple[str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_qwen.runtime.thinking import (
+from edge_qwen.runtime.text.thinking import (
     END_TAG,
     THINK_CLOSE,
     THINK_CLOSE_MINIMAL,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_qwen.runtime.threads import CpuSample, ThreadGovernor, read_cpu_sample
+from edge_qwen.runtime.engine.threads import CpuSample, ThreadGovernor, read_cpu_sample
 
 
 class FakeCpu:

@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 from edge_qwen.errors import LocalMediaRefusedError, RemoteMediaError  # noqa: E402
-from edge_qwen.runtime.media import SERVER_POLICY, extract_media  # noqa: E402
+from edge_qwen.runtime.media.content import SERVER_POLICY, extract_media  # noqa: E402
 from edge_qwen.server.schemas import ChatCompletionRequest, ChatMessage  # noqa: E402
 
 

@@ -22,9 +22,10 @@ from PIL import Image
 from serverutil import MODEL, running_server
 
 from edge_qwen.errors import MediaDecodeError, MediaTooLargeError, RemoteMediaError
-from edge_qwen.runtime import Model, media_fetch
-from edge_qwen.runtime.media import SERVER_POLICY, MediaLimits, MediaPolicy
-from edge_qwen.runtime.media_fetch import RemoteFetcher
+from edge_qwen.runtime import Model
+from edge_qwen.runtime.media import media_fetch
+from edge_qwen.runtime.media.content import SERVER_POLICY, MediaLimits, MediaPolicy
+from edge_qwen.runtime.media.media_fetch import RemoteFetcher
 from edge_qwen.server import ServerConfig, StaticProvider
 from edge_qwen.server.security import redacted_messages as _redacted_messages
 

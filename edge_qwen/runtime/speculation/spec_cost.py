@@ -7,7 +7,7 @@ loop measures itself. :class:`StepCost` fits ``time = a + b * tokens`` to its re
 :func:`best_draft_length` picks the ``k`` that maximises the expected tokens per unit of time:
 
 * a sequence whose drafted tokens are each accepted with probability ``alpha`` (estimated from its
-  own history, :meth:`~edge_qwen.runtime.speculative.Drafter.acceptance`) emits on average
+  own history, :meth:`~edge_qwen.runtime.speculation.speculative.Drafter.acceptance`) emits on average
   ``E(k) = (1 - alpha**(k + 1)) / (1 - alpha)`` tokens per step (its own token included);
 * the step costs ``c0 = a + b * n`` without the draft (``n``: the step's other tokens) and
   ``c0 + (b + d) * k`` with it, ``d`` being a draft model's cost per drafted position (0 for lookup);

@@ -1,7 +1,7 @@
 """A host-memory prompt cache: K/V of caches the slots had to give up, kept for a later prompt.
 
 A context has ``parallel`` slots, and each keeps the K/V of its last request, so a follow-up turn
-or a shared system prompt is not computed again (:mod:`~edge_qwen.runtime.slots`). With more
+or a shared system prompt is not computed again (:mod:`~edge_qwen.runtime.engine.slots`). With more
 conversations than slots (a desktop app's chat, autocomplete and summaries; a server's clients)
 a slot's cache is overwritten by another conversation and the next turn of the first one starts
 from scratch. Before a slot's cache is cut or dropped, its sequence state
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .request import AdapterSet
+from ..request import AdapterSet
 from .slots import common_prefix
 
 MIN_TOKENS = 16  # fewer tokens are cheaper to prefill again than to keep

@@ -9,7 +9,7 @@ averaged to mono.
 MP3: libmtmd links miniaudio, and ``mtmd_helper_bitmap_init_from_buf`` decodes a WAV/MP3/FLAC
 buffer straight to mono float32 at the model's sample rate. It needs a loaded mmproj context, so
 :func:`mtmd_mp3_decoder` turns an :class:`~edge_qwen.mtmd_native.Mtmd` into the decoder callback
-that :func:`edge_qwen.runtime.media.load_audio` takes. miniaudio has no way to stop after N
+that :func:`edge_qwen.runtime.media.content.load_audio` takes. miniaudio has no way to stop after N
 seconds, so the encoded size is capped first (:func:`mp3_byte_limit`): that bounds the decoded
 size too (MP3 never codes below 8 kbit/s).
 
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..errors import MediaDecodeError, MediaTooLargeError, UnsupportedMediaError
+from ...errors import MediaDecodeError, MediaTooLargeError, UnsupportedMediaError
 
 if TYPE_CHECKING:
-    from ..mtmd_native import Mtmd
+    from ...mtmd_native import Mtmd
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _SINC_HALF_WIDTH = 16  # zero crossings of the interpolation kernel on each side

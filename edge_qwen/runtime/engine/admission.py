@@ -16,11 +16,11 @@ import time
 from collections import deque
 from collections.abc import Sequence as Seq
 
-from ..errors import ContextOverflowError
+from ...errors import ContextOverflowError
+from ..request import STARTED, AdapterSet, Request
+from ..results import GenerationChunk, Timings
 from .batch_types import SequenceFactory
 from .prompt_cache import SavedPrompt
-from .request import STARTED, AdapterSet, Request
-from .results import GenerationChunk, Timings
 from .sequence import Sequence
 from .slot_table import SlotTable
 from .slots import Placement, Slot, choose_slot, idle_caches_to_drop, media_boundary

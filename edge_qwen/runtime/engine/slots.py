@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .request import AdapterSet
+from ..request import AdapterSet
 
 
 @dataclass
@@ -43,7 +43,7 @@ class Slot:
 
 def media_boundary(tokens: Sequence[int], keep: int) -> int:
     """``keep`` moved back to the start of the media span it falls inside (unchanged elsewhere).
-    A media span is a run of one negative placeholder id (:mod:`~edge_qwen.runtime.multimodal`);
+    A media span is a run of one negative placeholder id (:mod:`~edge_qwen.runtime.media.multimodal`);
     all of an image's cells carry its first position, so a cache is never cut inside one."""
     while 0 < keep < len(tokens) and tokens[keep] < 0 and tokens[keep - 1] == tokens[keep]:
         keep -= 1

@@ -1,7 +1,7 @@
 """Fetching ``http(s)`` image URLs for a server that allows it (``serve --allow-remote-media``),
 without becoming a proxy into the network it runs in (SSRF).
 
-:class:`RemoteFetcher` is a :class:`~edge_qwen.runtime.media.MediaPolicy` ``fetch``. For each URL it
+:class:`RemoteFetcher` is a :class:`~edge_qwen.runtime.media.content.MediaPolicy` ``fetch``. For each URL it
 
 1. resolves the host once and refuses it if *any* address is not public: private, loopback,
    link-local (169.254.169.254, the cloud metadata service), shared (100.64/10), multicast,
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import MediaDecodeError, MediaTooLargeError, RemoteMediaError
+from ...errors import MediaDecodeError, MediaTooLargeError, RemoteMediaError
 from .media_source import is_remote_url
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

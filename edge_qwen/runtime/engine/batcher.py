@@ -17,7 +17,7 @@ the decode. A sequence's drafted tokens ride in its entry.
 When the unified KV cache runs out mid-generation, idle caches are dropped first, then the youngest
 sequence is preempted: its cells are freed and it goes back to the head of the queue with every
 token it has so far, to be re-prefilled, or restored from the prompt cache when it has one (its
-sampler, text and counters live in its :class:`~edge_qwen.runtime.sequence.Sequence`, so the
+sampler, text and counters live in its :class:`~edge_qwen.runtime.engine.sequence.Sequence`, so the
 stream just pauses). A request whose prompt cannot fit even when the others finish was refused
 before it was queued.
 
@@ -32,7 +32,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import GenerationError, ModelClosedError
+from ...errors import GenerationError, ModelClosedError
+from ..request import AdapterSet, Request
+from ..speculation.spec_cost import StepCost
 from .admission import Admission
 from .batch_types import (
     BatchEntry,
@@ -45,11 +47,9 @@ from .batch_types import (
 )
 from .drafting import Drafting
 from .prompt_cache import PromptCache
-from .request import AdapterSet, Request
 from .sequence import Sequence
 from .slot_table import SlotTable
 from .slots import Slot
-from .spec_cost import StepCost
 
 __all__ = ["BatchEngine", "BatchEntry", "Decoder", "DraftSource", "EngineStats", "MediaFeeder", "Wanted"]
 

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from typing import Any
 
-from .request import Request
-from .results import FinishReason, GenerationChunk, Timings, Usage
-from .speculative import make_drafter
-from .text import TextPipeline
+from ..request import Request
+from ..results import FinishReason, GenerationChunk, Timings, Usage
+from ..speculation.speculative import make_drafter
+from ..text.pipeline import TextPipeline
 
 
 class Sequence:

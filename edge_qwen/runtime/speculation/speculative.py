@@ -1,7 +1,7 @@
 """Speculative decoding: draft tokens cheaply, verify them in the step's batch, keep what the target
 model would have produced anyway.
 
-Two drafters propose: prompt lookup (below), and a draft model (:mod:`~edge_qwen.runtime.draft`, a
+Two drafters propose: prompt lookup (below), and a draft model (:mod:`~edge_qwen.runtime.engine.draft`, a
 smaller model with the same vocabulary proposing its greedy continuation). Both drafts are
 deterministic given the history (a point mass q), so the acceptance argument below holds for both.
 
@@ -23,7 +23,7 @@ speculation, and at temperature 0 the output is the non-speculative one.
 Back-off: a sequence whose drafts miss drafts fewer tokens, then pauses drafting for a growing
 number of steps, so text that does not repeat pays almost nothing.
 
-Pure logic, no llama.cpp: the step loop (:mod:`~edge_qwen.runtime.batcher`) does the batching and
+Pure logic, no llama.cpp: the step loop (:mod:`~edge_qwen.runtime.engine.batcher`) does the batching and
 the KV rollback.
 """
 
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 MODES = ("lookup", "draft", "off")
 DRAFT_K = 6  # draft-model default: each drafted token costs a draft decode, unlike a lookup

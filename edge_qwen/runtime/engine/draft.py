@@ -7,7 +7,7 @@ sequence's draft cache up to the target's tokens (keeping the common prefix, rem
 ``seq_rm``), then drafts greedily for all of them together: one draft decode per drafted position,
 each carrying one token of every sequence still drafting. A sequence stops drafting at its limit,
 at a token the draft gives less than ``p_min`` probability, or at a token the target's vocabulary
-does not have. The target verifies the drafts (:mod:`~edge_qwen.runtime.speculative`).
+does not have. The target verifies the drafts (:mod:`~edge_qwen.runtime.speculation.speculative`).
 
 The draft is the argmax of the draft model (a point mass), so verifying by sampling the target and
 comparing is the standard acceptance rule and the output distribution is the target's.

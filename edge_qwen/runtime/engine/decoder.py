@@ -1,6 +1,6 @@
 """The native side of the step loop: one llama.cpp context, a multi-sequence batch, logits rows.
 
-:class:`NativeDecoder` implements :class:`~edge_qwen.runtime.batcher.Decoder` over the raw
+:class:`NativeDecoder` implements :class:`~edge_qwen.runtime.engine.batcher.Decoder` over the raw
 bindings. It is used from the compute thread only.
 """
 
@@ -14,10 +14,10 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 import numpy as np
 
-from .. import _llama
-from ..adapters import Adapter, apply_adapters
+from ... import _llama
+from ...adapters import Adapter, apply_adapters
+from ..request import AdapterSet
 from .batcher import BatchEntry
-from .request import AdapterSet
 from .threads import ThreadGovernor
 
 

@@ -1,6 +1,6 @@
 """The encoded bytes behind one media source — bytes, a ``data:`` URL, bare base64, a local path or
-an ``http(s)`` URL — each refused under the :class:`~edge_qwen.runtime.media.MediaPolicy` before it
-is read in full. :mod:`edge_qwen.runtime.media` decodes what comes back.
+an ``http(s)`` URL — each refused under the :class:`~edge_qwen.runtime.media.content.MediaPolicy` before it
+is read in full. :mod:`edge_qwen.runtime.media.content` decodes what comes back.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from ..errors import (
+from ...errors import (
     LocalMediaRefusedError,
     MediaDecodeError,
     MediaTooLargeError,
@@ -22,7 +22,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    from .media import MediaPolicy
+    from .content import MediaPolicy
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least: C:\ is a path
 

@@ -1,9 +1,9 @@
 """The speculative half of the step loop: drafts appended to the batch, verified after it.
 
 A generating sequence with a drafter (prompt lookup, or the draft model of
-:mod:`~edge_qwen.runtime.draft`, which drafts for all its sequences together before the step's
+:mod:`~edge_qwen.runtime.engine.draft`, which drafts for all its sequences together before the step's
 decode) appends its drafted tokens to its entry and asks for logits at each of them; how many it
-drafts comes from the measured step cost (:mod:`~edge_qwen.runtime.spec_cost`). After the decode
+drafts comes from the measured step cost (:mod:`~edge_qwen.runtime.speculation.spec_cost`). After the decode
 the target's tokens are taken one by one while they match, and the rejected tail is removed from
 the KV cache (``seq_rm``) and from the slot's token list in the same step, through the engine's
 :class:`~.slot_table.SlotTable`. Sampling goes through here too (a token is a draft of none): the
@@ -12,12 +12,12 @@ engine holds one :class:`Drafting` whether or not anything drafts.
 
 from __future__ import annotations
 
+from ..speculation.spec_cost import StepCost, best_draft_length
+from ..speculation.speculative import verify
 from .batch_types import BatchEntry, DraftSource, EngineStats, Wanted
 from .sequence import Sequence
 from .slot_table import SlotTable
 from .slots import Slot
-from .spec_cost import StepCost, best_draft_length
-from .speculative import verify
 
 
 class Drafting:

@@ -11,7 +11,7 @@ Accepted parts (``content`` may also be a plain string)::
 
 URLs: ``data:image/...;base64,...`` always; a local path or ``file://`` only where
 :class:`MediaPolicy` ``allow_local_files`` (the Python API, never the server); ``http(s)`` never:
-unless the policy has a ``fetch`` (:mod:`~edge_qwen.runtime.media_fetch`, with its SSRF guard):
+unless the policy has a ``fetch`` (:mod:`~edge_qwen.runtime.media.media_fetch`, with its SSRF guard):
 edge-qwen works offline, so by default the client sends a ``data:`` URL.
 
 **Where the model's own markers come from.** libmtmd (``tools/mtmd/mtmd.cpp``) replaces each
@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from ..errors import (
+from ...errors import (
     MediaDecodeError,
     MediaMarkerError,
     MediaTooLargeError,
@@ -76,7 +76,7 @@ class MediaPolicy:
     """Where media may come from. The server uses the default; the Python API allows local files.
 
     ``fetch(url, max_bytes)`` reads an ``http(s)`` URL; None (the default) refuses them. The one
-    edge-qwen ships, :class:`~edge_qwen.runtime.media_fetch.RemoteFetcher`, refuses private,
+    edge-qwen ships, :class:`~edge_qwen.runtime.media.media_fetch.RemoteFetcher`, refuses private,
     loopback and link-local addresses (SSRF) and is what ``serve --allow-remote-media`` installs.
     """
 
@@ -192,7 +192,7 @@ def extract_media(
 
     Text parts are joined with nothing between them; messages without media keep their content.
     ``sample_rate`` is the audio encoder's rate (``Mtmd.sample_rate``); ``mp3_decoder`` comes from
-    :func:`~edge_qwen.runtime.media_audio.mtmd_mp3_decoder`.
+    :func:`~edge_qwen.runtime.media.media_audio.mtmd_mp3_decoder`.
 
     Raises:
         MediaTooLargeError: more than ``max_items`` media parts, or one item over a limit.
@@ -289,7 +289,7 @@ def _frozen(array: np.ndarray) -> np.ndarray:
 
 
 def load_image(source: Any, *, policy: MediaPolicy = SERVER_POLICY) -> MediaItem:
-    """An image as uint8 RGB ``[H, W, 3]`` (see :mod:`~edge_qwen.runtime.media_image`).
+    """An image as uint8 RGB ``[H, W, 3]`` (see :mod:`~edge_qwen.runtime.media.media_image`).
 
     Raises:
         RemoteMediaError / LocalMediaRefusedError / UnsupportedMediaError: a refused source or format.

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..results import GenerationChunk
 from .detokenizer import StreamingDetokenizer
-from .results import GenerationChunk
 from .stopping import StopMatcher
 from .thinking import ReasoningSplitter
 

@@ -18,7 +18,7 @@ from collections.abc import Collection
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import MediaDecodeError, MediaError, MediaTooLargeError, UnsupportedMediaError
+from ...errors import MediaDecodeError, MediaError, MediaTooLargeError, UnsupportedMediaError
 
 IMAGE_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})  # Pillow's format names
 

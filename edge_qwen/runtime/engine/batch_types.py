@@ -1,4 +1,4 @@
-"""The types the step loop (:mod:`~edge_qwen.runtime.batcher`) works with: a batch entry, and the
+"""The types the step loop (:mod:`~edge_qwen.runtime.engine.batcher`) works with: a batch entry, and the
 interfaces of what it drives — the llama.cpp context (:class:`Decoder`), a draft model
 (:class:`DraftSource`) and a projector (:class:`MediaFeeder`) — so the loop is tested with fakes.
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .request import AdapterSet, Request
+from ..request import AdapterSet, Request
 from .sequence import Sequence
 
 
@@ -30,7 +30,7 @@ class BatchEntry:
 
 
 class Decoder(Protocol):
-    """What the step loop needs from a llama.cpp context (see :mod:`edge_qwen.runtime.decoder`)."""
+    """What the step loop needs from a llama.cpp context (see :mod:`edge_qwen.runtime.engine.decoder`)."""
 
     def decode(self, entries: Seq[BatchEntry]) -> int: ...
     def sample(self, sampler: Any, row: int) -> int: ...
@@ -53,7 +53,8 @@ Wanted = tuple[Seq[int], int]  # a sequence's tokens so far, and the most tokens
 
 
 class DraftSource(Protocol):
-    """A draft model (:class:`~edge_qwen.runtime.draft.DraftModel`): drafts for several sequences."""
+    """A draft model (:class:`~edge_qwen.runtime.engine.draft.DraftModel`): drafts for several
+    sequences."""
 
     def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]: ...
     @property

@@ -9,7 +9,7 @@ and its place in the prompt — so that:
   right there;
 * prefix reuse needs nothing new: a follow-up turn about the same image has the same placeholders,
   so the slot's cached image is kept and not encoded again; another image differs at its first one;
-* a slot is never cut inside an image (:func:`~edge_qwen.runtime.slots.media_boundary`): all of
+* a slot is never cut inside an image (:func:`~edge_qwen.runtime.engine.slots.media_boundary`): all of
   an image's cells carry its first position, so removing from inside it would keep them all.
 
 The cells an image fills beyond its positions (``n_tokens - n_pos``) are counted separately, for
@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..mtmd_native import Chunks, Mtmd
-from .media import MediaItem, MediaPolicy, extract_media, split_at_markers
-from .media import MediaPrompt as ExtractedMedia
+from ...mtmd_native import Chunks, Mtmd
+from .content import MediaItem, MediaPolicy, extract_media, split_at_markers
+from .content import MediaPrompt as ExtractedMedia
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def tokenize_with_media(
 class MediaSupport:
     """A model's projector (mmproj) and what the model needs of it: turning a conversation with
     images or audio into a :class:`MediaTokens` prompt (caller thread) and feeding a span into a
-    sequence (compute thread, :class:`~edge_qwen.runtime.batcher.MediaFeeder`)."""
+    sequence (compute thread, :class:`~edge_qwen.runtime.engine.batcher.MediaFeeder`)."""
 
     def __init__(
         self, mmproj: str, model: Any, ctx: Any, *, n_batch: int, threads: int, use_gpu: bool,
@@ -120,7 +120,7 @@ class MediaSupport:
     def part_text(self) -> dict[str, str]:
         """How each media part is written into the message text (Qwen2-Audio's template numbers its
         clips: ``Audio 1: <marker>``)."""
-        from .media import DEFAULT_PART_TEXT, QWEN2_AUDIO_PART_TEXT
+        from .content import DEFAULT_PART_TEXT, QWEN2_AUDIO_PART_TEXT
 
         return dict(QWEN2_AUDIO_PART_TEXT if self.mtmd.supports_audio else DEFAULT_PART_TEXT)
 

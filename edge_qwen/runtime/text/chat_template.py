@@ -16,7 +16,7 @@ Content lists (OpenAI parts) are handed to the template as transformers does. Qw
 templates only know string content (Qwen3's silently drops a list, Qwen2.5's fails on it), so when
 the rendering fails or loses a text part the parts are joined into one string and it is rendered
 again. Media parts (``image_url``, ``input_audio`` …) always become ``media_marker``, the
-placeholder libmtmd replaces with the image / audio chunks; see :mod:`edge_qwen.runtime.media`
+placeholder libmtmd replaces with the image / audio chunks; see :mod:`edge_qwen.runtime.media.content`
 for why the bare marker, not the template's ``<|vision_start|><|image_pad|><|vision_end|>``.
 """
 
@@ -37,7 +37,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from edge_qwen.errors import ChatTemplateError
-from edge_qwen.runtime.thinking import reasoning_state
+from edge_qwen.runtime.text.thinking import reasoning_state
 
 log = logging.getLogger(__name__)
 
