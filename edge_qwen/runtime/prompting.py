@@ -7,6 +7,7 @@ fast with a clear error. :class:`~edge_qwen.runtime.model.Model` holds one :clas
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError, ContextOverflowError
@@ -22,6 +23,26 @@ from .text.chat_template import RenderedPrompt
 from .vocab import Vocabulary
 
 Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """What a request asks for besides sampling: its LoRA set (``adapter=`` / ``adapters=``), its
+    speculation (a mode, a mapping or a :class:`~.speculation.speculative.SpecConfig`), and the
+    policy its images and audio are read under. The public calls take them as keywords beside the
+    sampling ones; :meth:`split` separates the two once, at the boundary."""
+
+    adapter: str | None = None
+    adapters: Any = None  # {name: scale} or (name, scale) pairs
+    speculative: Any = None
+    media_policy: MediaPolicy = LOCAL_POLICY
+
+    @classmethod
+    def split(cls, keywords: Mapping[str, Any]) -> tuple[RequestOptions, dict[str, Any]]:
+        """(the request options among ``keywords``, the sampling keywords left)."""
+        names = {f.name for f in fields(cls)}
+        options = cls(**{k: v for k, v in keywords.items() if k in names})
+        return options, {k: v for k, v in keywords.items() if k not in names}
 
 
 class RequestBuilder:
@@ -46,10 +67,10 @@ class RequestBuilder:
         self._media = media
         self.has_draft = has_draft
 
-    def plain(self, prompt: str | Sequence[int], sampling: dict[str, Any]) -> RequestSpec:
-        sampling = dict(sampling)
-        chosen = self._adapter_set(sampling)
-        speculative = self._speculative(sampling.pop("speculative", None))
+    def plain(self, prompt: str | Sequence[int], keywords: Mapping[str, Any]) -> RequestSpec:
+        options, sampling = RequestOptions.split(keywords)
+        chosen = self._adapter_set(options)
+        speculative = self._speculative(options.speculative)
         if isinstance(prompt, str):
             tokens = self.vocab.tokenize(prompt, add_special=True, parse_special=False)
         else:
@@ -63,17 +84,17 @@ class RequestBuilder:
     def chat(
         self,
         messages: Sequence[Message],
-        sampling: dict[str, Any],
+        keywords: Mapping[str, Any],
         *,
         enable_thinking: bool | None,
         thinking_budget: int | None,
         tools: Sequence[Mapping[str, Any]] | None,
         truncate: bool,
     ) -> RequestSpec:
-        sampling = dict(sampling)
-        chosen = self._adapter_set(sampling)
-        speculative = self._speculative(sampling.pop("speculative", None))
-        policy = sampling.pop("media_policy", LOCAL_POLICY)
+        options, sampling = RequestOptions.split(keywords)
+        chosen = self._adapter_set(options)
+        speculative = self._speculative(options.speculative)
+        policy = options.media_policy
         if thinking_budget is not None and thinking_budget < 0:
             raise ConfigError("thinking_budget must be >= 0 (tokens of reasoning before the answer)")
         msgs = [dict(m) for m in messages]
@@ -139,11 +160,11 @@ class RequestBuilder:
             )
         return config
 
-    def _adapter_set(self, sampling: dict[str, Any]) -> AdapterSet:
-        """Take ``adapter=`` / ``adapters=`` out of a request's keywords: its LoRA set."""
-        return adapter_set(sampling.pop("adapter", None), sampling.pop("adapters", None), self._lora.names)
+    def _adapter_set(self, options: RequestOptions) -> AdapterSet:
+        """The request's LoRA set, checked against the loaded adapters."""
+        return adapter_set(options.adapter, options.adapters, self._lora.names)
 
-    def _params(self, *, enable_thinking: bool | None, sampling: dict[str, Any]) -> SamplingParams:
+    def _params(self, *, enable_thinking: bool | None, sampling: Mapping[str, Any]) -> SamplingParams:
         preset = preset_for(self.architecture, enable_thinking is not False)
         params = resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
         grammar_text(params)  # a schema or grammar llama.cpp cannot take fails here, before queueing
