@@ -18,32 +18,12 @@ Safety rules:
 * The output is written under a temporary name in the destination folder and renamed only when
   llama.cpp reports success; a failure leaves nothing behind.
 
-Manifest schema (``<output>.json`` beside every output, written by :func:`write_manifest`)::
-
-    {
-      "schema": 1,                      # bumped on incompatible changes
-      "path": "/abs/out/qwen-Q4_K_M.gguf",
-      "file": "qwen-Q4_K_M.gguf",       # basename, handy when the folder moves
-      "size": 397808192,                # bytes
-      "sha256": "<64 hex>",
-      "quant_type": "Q4_K_M",          # QUANT_TYPES name, or e.g. "F16" for the converter's output
-      "source": "/abs/in/qwen-f16.gguf", # input GGUF path, or any JSON value the caller passes
-                                        # (the converter passes its source dict); null if unknown
-      "tools": {"edge_qwen": "0.1.0", "llama_cpp_python": "0.3.36", "gguf": "0.19.0"},
-      "elapsed_s": 12.3,                # seconds spent producing the file; null if unknown
-      "created": "2025-01-01T12:00:00+00:00",
-      "quality": null | {...}           # edge_qwen.quality.QualityResult.as_dict() when evaluated
-      ...                               # any extra keyword given to write_manifest / update_manifest
-    }
+Every output gets a manifest beside it (:mod:`edge_qwen.manifest`).
 """
 
 from __future__ import annotations
 
 import ctypes
-import datetime as _dt
-import hashlib
-import importlib.metadata
-import json
 import os
 import re
 import sys
@@ -55,11 +35,10 @@ from typing import Any
 
 import gguf
 
-from ._atomic import atomic_path, write_json
+from ._atomic import atomic_path
 from .errors import QuantizeError, RequantizeRefusedError
 from .gguf_header import GGUFHeader, check_gguf_file, read_header
-
-MANIFEST_SCHEMA = 1
+from .manifest import Manifest, manifest_path, write_manifest
 
 FT = gguf.LlamaFileType
 QT = gguf.GGMLQuantizationType
@@ -188,96 +167,6 @@ def _log_listener(echo: bool, progress: Any) -> Callable[[int, str], None]:
     return on_line
 
 
-# --- manifest -----------------------------------------------------------------------------------
-
-
-def _version(dist: str, module: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        mod = sys.modules.get(module)
-        return getattr(mod, "__version__", None) if mod else None
-
-
-def tool_versions() -> dict[str, str | None]:
-    """Versions recorded in every manifest, so an output can be traced to the code that made it."""
-    import edge_qwen
-
-    return {
-        "edge_qwen": _version("edge-qwen", "edge_qwen") or getattr(edge_qwen, "__version__", None),
-        "llama_cpp_python": _version("llama-cpp-python", "llama_cpp"),
-        "gguf": _version("gguf", "gguf"),
-    }
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def manifest_path(output_path: str | os.PathLike[str]) -> Path:
-    """``out/model.gguf`` -> ``out/model.gguf.json``."""
-    p = Path(output_path)
-    return p.with_name(p.name + ".json")
-
-
-def write_manifest(
-    output_path: str | os.PathLike[str],
-    *,
-    quant_type: str,
-    source: Any = None,
-    elapsed_s: float | None = None,
-    quality: dict[str, Any] | None = None,
-    sha256: str | None = None,
-    measure: str | os.PathLike[str] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Write ``<output_path>.json`` (schema in the module docstring) and return what was written.
-
-    Size and sha256 are measured from the file itself (pass ``sha256`` to skip re-hashing), or from
-    ``measure``: the temporary file that will be renamed to ``output_path`` once its manifest is in
-    place (so a kill never leaves an output without its manifest). ``source`` may be a path (stored
-    resolved) or any JSON-ready value. The converter uses this for its F16 output too.
-    """
-    out = Path(output_path).resolve()
-    measured = Path(measure) if measure is not None else out
-    if isinstance(source, (str, os.PathLike)):
-        source = str(Path(source).resolve())
-    data: dict[str, Any] = {
-        "schema": MANIFEST_SCHEMA,
-        "path": str(out),
-        "file": out.name,
-        "size": measured.stat().st_size,
-        "sha256": sha256 or sha256_file(measured),
-        "quant_type": quant_type,
-        "source": source,
-        "tools": tool_versions(),
-        "elapsed_s": None if elapsed_s is None else round(float(elapsed_s), 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "quality": quality,
-        **extra,
-    }
-    write_json(manifest_path(out), data)
-    return data
-
-
-def read_manifest(output_path: str | os.PathLike[str]) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(manifest_path(output_path).read_text(encoding="utf-8"))
-    return data
-
-
-def update_manifest(output_path: str | os.PathLike[str], **fields: Any) -> Path:
-    """Merge ``fields`` (e.g. ``quality=...``) into an existing manifest, atomically."""
-    data = read_manifest(output_path)
-    data.update(fields)
-    path = manifest_path(output_path)
-    write_json(path, data)
-    return path
-
-
 # --- quantize -----------------------------------------------------------------------------------
 
 
@@ -331,12 +220,12 @@ def quantize(
             "(allow_requantize=True) if you accept the quality loss."
         )
     manifest = _run_quantizer(src, out, qt, threads, bool(reasons), quiet, verbose)
-    digest, elapsed = manifest["sha256"], manifest["elapsed_s"]
+    digest, elapsed = manifest.sha256, manifest.elapsed_s or 0.0
     return QuantizeResult(
         path=out,
         quant_type=qt.name,
         source=src,
-        size=manifest["size"],
+        size=manifest.size,
         sha256=digest,
         elapsed_s=elapsed,
         manifest_path=manifest_path(out),
@@ -370,7 +259,7 @@ def dry_run_bytes(src: str | os.PathLike[str], quant: str) -> int | None:
 
 def _run_quantizer(
     src: Path, out: Path, qt: QuantType, threads: int | None, requant: bool, quiet: bool, verbose: bool
-) -> dict[str, Any]:
+) -> Manifest:
     """Call ``llama_model_quantize`` into a temporary sibling of ``out``; on success write the
     manifest, then rename. Returns the manifest.
 

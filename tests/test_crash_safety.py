@@ -27,7 +27,7 @@ from make_tiny_adapters import make_adapter  # noqa: E402
 from make_tiny_checkpoints import make_checkpoint  # noqa: E402
 
 from edge_qwen import cli  # noqa: E402
-from edge_qwen.quantize import sha256_file  # noqa: E402
+from edge_qwen.manifest import sha256_file  # noqa: E402
 from edge_qwen.registry import pull  # noqa: E402
 from edge_qwen.registry.sources import find_cached, hf_cache_dir  # noqa: E402
 

@@ -10,6 +10,7 @@ import pytest
 
 from edge_qwen.errors import GGUFFileError
 from edge_qwen.logits import tokenize
+from edge_qwen.manifest import read_manifest, update_manifest
 from edge_qwen.quality import (
     QualityResult,
     calibration_text,
@@ -18,7 +19,7 @@ from edge_qwen.quality import (
     format_table,
     log_softmax,
 )
-from edge_qwen.quantize import quantize, read_manifest, update_manifest
+from edge_qwen.quantize import quantize
 
 # --- the metrics on small arrays ----------------------------------------------------------------
 
@@ -91,7 +92,8 @@ def test_requantizing_to_q4_0_costs_some_agreement(report: list[QualityResult]) 
 def test_quality_goes_into_the_manifest_and_the_table(report: list[QualityResult]) -> None:
     q4 = report[1]
     update_manifest(q4.path, quality=q4.as_dict())
-    assert read_manifest(q4.path)["quality"]["top1_pct"] == q4.top1_pct
+    quality = read_manifest(q4.path).quality
+    assert quality is not None and quality["top1_pct"] == q4.top1_pct
     table = format_table(report)
     assert "top-1 %" in table and "Q4_0" in table and f"{q4.top1_pct:.2f}" in table
 

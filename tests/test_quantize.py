@@ -16,6 +16,7 @@ import pytest
 from edge_qwen import cli
 from edge_qwen.errors import GGUFFileError, QuantizeError, RequantizeRefusedError
 from edge_qwen.logits import token_logits, tokenize
+from edge_qwen.manifest import read_manifest, write_manifest
 from edge_qwen.quantize import (
     QUANT_TYPES,
     QuantizeResult,
@@ -23,8 +24,6 @@ from edge_qwen.quantize import (
     parse_quant_list,
     quant_type,
     quantize,
-    read_manifest,
-    write_manifest,
 )
 
 PROMPT = "def fibonacci(n):\n    "
@@ -116,12 +115,12 @@ def test_requantized_q8_0_has_q8_0_weights_and_a_manifest(q8_0: QuantizeResult, 
     assert q8_0.size == q8_0.path.stat().st_size > real_gguf.stat().st_size  # 8.5 bpw > Q4_K_M's mix
     assert [p.name for p in q8_0.path.parent.iterdir() if p.name.startswith(".")] == []  # no temp files
     manifest = read_manifest(q8_0.path)
-    assert manifest["sha256"] == q8_0.sha256 and len(manifest["sha256"]) == 64
-    assert manifest["quant_type"] == "Q8_0" and manifest["size"] == q8_0.size
-    assert manifest["source"] == str(real_gguf.resolve())
-    assert set(manifest["tools"]) == {"edge_qwen", "llama_cpp_python", "gguf"}
-    assert manifest["tools"]["llama_cpp_python"] == llama_cpp.__version__
-    assert manifest["elapsed_s"] > 0 and manifest["quality"] is None
+    assert manifest.sha256 == q8_0.sha256 and len(manifest.sha256) == 64
+    assert manifest.quant_type == "Q8_0" and manifest.size == q8_0.size
+    assert manifest.source == str(real_gguf.resolve())
+    assert set(manifest.tools) == {"edge_qwen", "llama_cpp_python", "gguf"}
+    assert manifest.tools["llama_cpp_python"] == llama_cpp.__version__
+    assert manifest.elapsed_s and manifest.elapsed_s > 0 and manifest.quality is None
 
 
 def test_requantized_q8_0_loads_and_predicts_like_the_original(q8_0: QuantizeResult, real_gguf: Path) -> None:
@@ -142,8 +141,8 @@ def test_write_manifest_accepts_extra_fields_and_a_source_dict(q8_0: QuantizeRes
         reference="parent.gguf",
     )
     assert read_manifest(q8_0.path) == data
-    assert data["source"] == {"repo_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
-    assert data["reference"] == "parent.gguf"
+    assert data.source == {"repo_id": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}
+    assert data.extra["reference"] == "parent.gguf"
 
 
 # --- the command line ---------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import argparse
 import sys
 from typing import Any
 
-from ..quantize import QUANT_TYPES, parse_quant_list, quantize, update_manifest
+from ..manifest import update_manifest
+from ..quantize import QUANT_TYPES, parse_quant_list, quantize
 from ._types import positive_int
 
 

@@ -32,6 +32,7 @@ from ..errors import (
     AdapterShapeError,
     UnsupportedAdapterError,
 )
+from ..manifest import Manifest, write_manifest
 from ._io import HashingFile, write_hashed
 from .architectures import ARCHITECTURES
 from .lora_base import TARGETS, BaseModel, find_declared_base, resolve_base
@@ -106,7 +107,7 @@ class LoraResult:
     source: Source
     base: BaseModel
     config: LoraConfig
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -118,7 +119,7 @@ class LoraResult:
             "alpha": self.config.alpha,
             "use_rslora": self.config.use_rslora,
             "scale": self.config.default_scale,
-            "manifest": self.manifest,
+            "manifest": self.manifest.to_dict(),
         }
 
 
@@ -161,13 +162,12 @@ def convert_lora(
     tensors = plan_lora(read_adapter_tensors(source.folder), config, base_model, outtype)
     stem = re.sub(r"[-_.]?(lora|adapter)$", "", source.name.lower()) or "adapter"
     out = Path(outdir) / f"{stem}-lora-{outtype}.gguf"
-    from ..quantize import write_manifest
 
-    written: dict[str, Any] = {}
+    written: list[Manifest] = []
 
     def manifest_of(tmp: Path, sha256: str) -> None:
         """Written while the GGUF is still under its temporary name: a kill never leaves one without it."""
-        written.update(
+        written.append(
             write_manifest(
                 out,
                 measure=tmp,
@@ -191,7 +191,7 @@ def convert_lora(
         )
 
     write_lora_gguf(out, tensors, config, base_model, source, outtype, manifest=manifest_of)
-    return LoraResult(out, source, base_model, config, written)
+    return LoraResult(out, source, base_model, config, written[-1])
 
 
 def check_architecture(config: LoraConfig, base: BaseModel, *, explicit_base: bool) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from .._atomic import atomic_path
 from ..errors import CheckpointError
+from ..manifest import Manifest, write_manifest
 from . import audio
 from ._io import HashingFile, write_hashed
 from .metadata import Source
@@ -198,10 +199,8 @@ def prepare_mmproj(
     return MmprojPlan(path, vc.projector, lambda w: add_vision_metadata(w, vc), tensors, mmproj_type)
 
 
-def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bool = False) -> dict[str, Any]:
+def finish_mmproj(plan: MmprojPlan, source: Source, model: Path, *, progress: bool = False) -> Manifest:
     """Write the mmproj and its manifest (which names the language model it belongs to)."""
-    from ..quantize import write_manifest
-
     started = time.perf_counter()
     fields = write_mmproj(
         plan.path, plan.add_metadata, plan.tensors, source, plan.mmproj_type, progress=progress

@@ -11,6 +11,7 @@ from typing import Any
 import gguf
 
 from .._atomic import atomic_path
+from ..manifest import Manifest, read_manifest, update_manifest, write_manifest
 from ._io import HashingFile, write_hashed
 from .architectures import HParams, load_hparams
 from .metadata import Source, add_general, add_hparams
@@ -30,8 +31,8 @@ class ConvertResult:
     source: Source
     architecture: str
     n_params: int
-    outputs: list[dict[str, Any]] = field(default_factory=list)  # manifests, unquantized first
-    mmproj: dict[str, Any] | None = None  # the vision projector's manifest (Qwen-VL checkpoints)
+    outputs: list[Manifest] = field(default_factory=list)  # unquantized first
+    mmproj: Manifest | None = None  # the projector's (Qwen-VL, Qwen2-Audio checkpoints)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,8 +40,8 @@ class ConvertResult:
             "source": self.source.as_dict(),
             "architecture": self.architecture,
             "n_params": self.n_params,
-            "outputs": self.outputs,
-            "mmproj": self.mmproj,
+            "outputs": [m.to_dict() for m in self.outputs],
+            "mmproj": self.mmproj.to_dict() if self.mmproj is not None else None,
         }
 
 
@@ -100,7 +101,7 @@ def convert(
     result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
     link: dict[str, Any] = {"mmproj": str(mmproj.path.resolve())} if mmproj is not None else {}
 
-    from ..quantize import quantize, read_manifest, update_manifest, write_manifest
+    from ..quantize import quantize
 
     def manifest(tmp: Path, extra: dict[str, Any]) -> None:
         """Written while the GGUF is still under its temporary name: a kill never leaves one without it."""

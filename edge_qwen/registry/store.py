@@ -139,7 +139,7 @@ def converted_dir(entry: ModelEntry) -> Path:
 def find_converted(entry: ModelEntry, quant: str, *, rehash: bool = False) -> Path | None:
     """A complete converted GGUF of ``entry`` at ``quant``: its manifest names it and its size and
     sha256 match (re-hashed only when size or mtime changed since the last check, or ``rehash``)."""
-    from ..quantize import read_manifest
+    from ..manifest import read_manifest
     from .catalog import GGUFFile
     from .sources import is_verified, verify_file
 
@@ -149,9 +149,9 @@ def find_converted(entry: ModelEntry, quant: str, *, rehash: bool = False) -> Pa
             data = read_manifest(gguf_path)
         except (OSError, ValueError):
             continue
-        if str(data.get("quant_type", "")).lower() != quant or not gguf_path.is_file():
+        if data.quant_type.lower() != quant or not gguf_path.is_file():
             continue
-        expected = GGUFFile(gguf_path.name, data.get("size"), data.get("sha256"))
+        expected = GGUFFile(gguf_path.name, data.size, data.sha256)
         if not rehash and is_verified(gguf_path, expected):
             return gguf_path
         if rehash:
@@ -172,7 +172,7 @@ def _convert_checkpoint(entry: ModelEntry, quant: str, log: Log, progress: bool)
     )
     result.gguf.unlink()  # the F16 intermediate: only the requested quant is kept
     result.gguf.with_name(result.gguf.name + ".json").unlink(missing_ok=True)
-    return Path(result.outputs[-1]["path"])
+    return Path(result.outputs[-1].path)
 
 
 def pull(
@@ -287,10 +287,10 @@ def partner_mmproj(gguf: str | Path) -> Path | None:
     """The projector ``convert`` wrote beside a vision or audio model: the ``mmproj`` its manifest
     names (looked for next to the GGUF too, when the folder was moved), or None for a text model.
     A registry model that ``pull`` converted from its checkpoint keeps the pair in its folder."""
-    from ..quantize import read_manifest
+    from ..manifest import read_manifest
 
     try:
-        named = read_manifest(gguf).get("mmproj")
+        named = read_manifest(gguf).extra.get("mmproj")
     except (OSError, ValueError):
         return None
     if not isinstance(named, str):
