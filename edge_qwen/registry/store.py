@@ -18,6 +18,7 @@ from ..errors import (
     ModelTooLargeError,
     UnknownModelError,
 )
+from ..quantize import QUANT_TYPES
 from .catalog import ModelEntry, QuantSource, Registry, load_registry, looks_like_spec, parse_spec
 from .fit import Estimator
 from .sources import (
@@ -163,10 +164,25 @@ def find_converted(entry: ModelEntry, quant: str, *, rehash: bool = False) -> Pa
     return None
 
 
+def _published(entry: ModelEntry) -> str:
+    return f"published: {', '.join(entry.gguf)}" if entry.gguf else "none is published"
+
+
+def _check_convertible(entry: ModelEntry, quant: str) -> None:
+    """Before anything is downloaded: a quant with no published GGUF must be one edge-qwen makes."""
+    if quant.upper() not in QUANT_TYPES:
+        raise UnknownModelError(
+            f"{entry.name}:{quant}: no {quant} GGUF is published ({_published(entry)}) and edge-qwen "
+            f"does not make {quant.upper()} itself (it makes {', '.join(q.lower() for q in QUANT_TYPES)}); "
+            f"pull a published quant, or one of those to convert {entry.hf_checkpoint} locally"
+        )
+
+
 def _convert_checkpoint(entry: ModelEntry, quant: str, log: Log, progress: bool) -> Path:
     from ..convert import convert
 
-    log(f"{entry.name}: no GGUF published; converting {entry.hf_checkpoint} to {quant.upper()} locally")
+    log(f"{entry.name}: no {quant} GGUF is published ({_published(entry)}); converting "
+        f"{entry.hf_checkpoint} to {quant.upper()} locally")  # fmt: skip
     result = convert(
         entry.hf_checkpoint, converted_dir(entry), quants=[quant], evaluate=False, quiet=not progress
     )
@@ -197,6 +213,8 @@ def pull(
     checkpoint = _from_checkpoint(entry, quant) and source in (None, "checkpoint")
     src = None if checkpoint else lookup(spec, registry)[1]
     quant = (quant or CHECKPOINT_QUANT) if src is None else src.quant
+    if src is None:
+        _check_convertible(entry, quant)
     result: dict[str, Any] = {"name": entry.name, "quant": quant, "size_bytes": src.size if src else None}
     found = find_converted(entry, quant) if src is None else find_cached(src)
     if found is not None and not force:

@@ -72,3 +72,15 @@ def test_pull_converts_the_checkpoint_then_the_name_resolves(registry) -> None:
 
     removed = remove("tiny-qwen3:q8_0", registry)["removed"]
     assert str(path) in removed and not path.exists()
+
+
+def test_a_quant_nobody_makes_is_refused_before_anything_is_fetched(tmp_path: Path, monkeypatch) -> None:
+    """`pull qwen3-0.6b:q2_k`: no Q2_K GGUF is published and edge-qwen's quantizer makes no Q2_K, so
+    the answer names what is published and what can be made — before a checkpoint is downloaded."""
+    from edge_qwen.errors import UnknownModelError
+    from edge_qwen.registry import load_registry
+
+    monkeypatch.setenv("EDGE_QWEN_CACHE", str(tmp_path))
+    with pytest.raises(UnknownModelError, match=r"no q2_k GGUF is published \(published: q8_0\)") as info:
+        pull("qwen3-0.6b:q2_k", registry=load_registry(), progress=False)
+    assert "q4_k_m" in str(info.value) and not any(tmp_path.iterdir())
