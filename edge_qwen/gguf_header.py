@@ -30,46 +30,17 @@ import gguf
 
 from .errors import GGUFFileError
 from .gguf_consistency import model_problems
+from .gguf_cursor import Cursor, format_error
 
 VT = gguf.GGUFValueType
 QT = gguf.GGMLQuantizationType
-# scalar value type -> struct format (little-endian GGUF)
-_SCALAR: dict[int, str] = {
-    VT.UINT8: "<B",
-    VT.INT8: "<b",
-    VT.UINT16: "<H",
-    VT.INT16: "<h",
-    VT.UINT32: "<I",
-    VT.INT32: "<i",
-    VT.FLOAT32: "<f",
-    VT.BOOL: "<?",
-    VT.UINT64: "<Q",
-    VT.INT64: "<q",
-    VT.FLOAT64: "<d",
-}
 _MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
-_KEEP_ARRAY_MAX = 4096  # numeric arrays up to this length are kept (per-layer head counts etc.)
-# Limits of llama.cpp's reader (ggml/src/gguf.cpp, ggml/include/ggml.h); gguf-py has no names for them.
-MAX_STRING_LENGTH = 1 << 30
-MAX_ARRAY_ELEMENTS = 1 << 30
 MAX_DIMS = 4
 MAX_NAME = 64  # a tensor name must be shorter than this
 _INT64_MAX = (1 << 63) - 1
 # The smallest encodings, to refuse a huge count before looping over it.
 _MIN_KV_BYTES = 8 + 1 + 4 + 1  # key length, one key byte, value type, a one-byte value
 _MIN_TENSOR_BYTES = 8 + 1 + 4 + 4 + 8  # name length, one name byte, n_dims, type, offset
-
-WAY_OUT = (
-    "Re-download it (for a registry model: `edge-qwen pull --verify NAME` checks the cached copy and "
-    "`edge-qwen pull --force NAME` fetches it again) or re-convert it with `edge-qwen convert`."
-)
-
-
-def format_error(path: Path, what: str, offset: int, problem: str, way_out: str = WAY_OUT) -> GGUFFileError:
-    """``<path> is truncated or corrupt: <field> at byte <offset>: <problem>. <way out>``."""
-    kind = "is not a GGUF file" if what == "magic" else "is truncated or corrupt"
-    return GGUFFileError(f"{path} {kind}: {what} at byte {offset:,}: {problem}. {way_out}")
-
 
 @dataclass(frozen=True)
 class TensorInfo:
@@ -107,7 +78,7 @@ class GGUFHeader:
         if start is None or not 0 <= index < self.array_lengths.get(key, 0):
             return None
         with self.path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            cur = _Cursor(buf, self.path)
+            cur = Cursor(buf, self.path)
             cur.pos = start
             cur.skip_strings(index, key)
             return cur.string(f"{key}[{index}]")
@@ -126,91 +97,6 @@ class GGUFHeader:
         return self.metadata.get(key_template.format(arch=self.architecture))
 
 
-class _Cursor:
-    """Reads little-endian values from a buffer, refusing any read past its end."""
-
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
-        self.buf = buf
-        self.path = path
-        self.pos = 0
-        self.end = len(buf)
-
-    def fail(self, what: str, problem: str, offset: int | None = None) -> GGUFFileError:
-        return format_error(self.path, what, self.pos if offset is None else offset, problem)
-
-    def need(self, n: int, what: str) -> None:
-        if n > self.end - self.pos:
-            raise self.fail(what, f"needs {n:,} bytes but only {self.end - self.pos:,} remain in the file")
-
-    def scalar(self, fmt: str, what: str) -> Any:
-        size = struct.calcsize(fmt)
-        self.need(size, what)
-        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
-        self.pos += size
-        return value
-
-    def string(self, what: str) -> str:
-        start = self.pos
-        n = self.scalar("<Q", f"length of {what}")
-        if n > MAX_STRING_LENGTH:
-            raise self.fail(
-                what, f"string length {n:,} exceeds llama.cpp's limit of {MAX_STRING_LENGTH:,}", start
-            )
-        self.need(n, what)
-        raw = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return bytes(raw).decode("utf-8", "replace")
-
-    def skip_strings(self, count: int, what: str) -> None:
-        buf, pos, end, unpack = self.buf, self.pos, self.end, struct.unpack_from
-        for i in range(count):
-            if end - pos < 8:
-                self.pos = pos
-                raise self.fail(f"{what}[{i}]", "the string's length is cut off by the end of the file")
-            n = unpack("<Q", buf, pos)[0]
-            if n > MAX_STRING_LENGTH or n > end - pos - 8:
-                self.pos = pos
-                raise self.fail(f"{what}[{i}]", f"string length {n:,} runs past the end of the file")
-            pos += 8 + n
-        self.pos = pos
-
-    def value_type(self, what: str) -> int:
-        start = self.pos
-        vtype = self.scalar("<I", what)
-        if vtype not in _SCALAR and vtype not in (VT.STRING, VT.ARRAY):
-            raise self.fail(what, f"unknown GGUF value type {vtype}", start)
-        return int(vtype)
-
-    def value(self, vtype: int, key: str) -> tuple[Any, int | None]:
-        """(value, array length) — arrays of strings/large arrays come back as None with their length."""
-        if vtype == VT.STRING:
-            return self.string(key), None
-        if vtype != VT.ARRAY:
-            return self.scalar(_SCALAR[vtype], key), None
-        etype = self.value_type(f"element type of {key}")
-        count_at = self.pos
-        count = self.scalar("<Q", f"element count of {key}")
-        if etype == VT.ARRAY:
-            raise self.fail(key, "arrays of arrays are not supported by llama.cpp", count_at - 4)
-        if count > MAX_ARRAY_ELEMENTS:
-            raise self.fail(
-                key, f"{count:,} elements exceed llama.cpp's limit of {MAX_ARRAY_ELEMENTS:,}", count_at
-            )
-        if etype == VT.STRING:
-            self.need(8 * count, f"{count:,} strings of {key}")
-            self.skip_strings(count, key)
-            return None, count
-        fmt = _SCALAR[etype]
-        size = struct.calcsize(fmt)
-        self.need(size * count, f"{count:,} elements of {key}")
-        if count > _KEEP_ARRAY_MAX:
-            self.pos += size * count
-            return None, count
-        values = list(struct.unpack_from(f"<{count}{fmt[1:]}", self.buf, self.pos))
-        self.pos += size * count
-        return values, count
-
-
 def _tensor_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     block, type_size = gguf.GGML_QUANT_SIZES[QT(ggml_type)]
     n = 1
@@ -219,7 +105,7 @@ def _tensor_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:
     return n // block * type_size
 
 
-def _read_version(cur: _Cursor) -> int:
+def _read_version(cur: Cursor) -> int:
     version = int(cur.scalar("<I", "version"))
     if version and version & 0xFFFF == 0:
         raise cur.fail(
@@ -230,7 +116,7 @@ def _read_version(cur: _Cursor) -> int:
     return version
 
 
-def _read_count(cur: _Cursor, what: str, min_bytes: int) -> int:
+def _read_count(cur: Cursor, what: str, min_bytes: int) -> int:
     start = cur.pos
     n = int(cur.scalar("<Q", what))
     if n > _INT64_MAX or n * min_bytes > cur.end - cur.pos:
@@ -243,7 +129,7 @@ def _read_count(cur: _Cursor, what: str, min_bytes: int) -> int:
 _KV = tuple[dict[str, Any], dict[str, int], dict[str, int], dict[str, tuple[int, int | None]], dict[str, int]]
 
 
-def _read_kv(cur: _Cursor, n_kv: int) -> _KV:
+def _read_kv(cur: Cursor, n_kv: int) -> _KV:
     """metadata, array lengths, string-array starts, value types and each key's byte offset."""
     metadata: dict[str, Any] = {}
     lengths: dict[str, int] = {}
@@ -276,7 +162,7 @@ def _read_kv(cur: _Cursor, n_kv: int) -> _KV:
 
 
 def _alignment(
-    cur: _Cursor, metadata: dict[str, Any], types: dict[str, tuple[int, int | None]], at: int
+    cur: Cursor, metadata: dict[str, Any], types: dict[str, tuple[int, int | None]], at: int
 ) -> int:
     key = gguf.Keys.General.ALIGNMENT
     if key not in types:
@@ -289,7 +175,7 @@ def _alignment(
     return align
 
 
-def _read_tensor(cur: _Cursor, index: int, seen: set[str]) -> TensorInfo:
+def _read_tensor(cur: Cursor, index: int, seen: set[str]) -> TensorInfo:
     start = cur.pos
     name = cur.string(f"name of tensor {index}")
     if len(name.encode("utf-8", "replace")) >= MAX_NAME:
@@ -332,7 +218,7 @@ def _read_tensor(cur: _Cursor, index: int, seen: set[str]) -> TensorInfo:
 
 
 def _check_layout(
-    cur: _Cursor, tensors: list[TensorInfo], offsets_at: list[int], data_offset: int, align: int
+    cur: Cursor, tensors: list[TensorInfo], offsets_at: list[int], data_offset: int, align: int
 ) -> None:
     """llama.cpp wants tensor data packed in header order, each tensor at an aligned offset."""
     expected = 0
@@ -360,7 +246,7 @@ def _check_layout(
 
 def parse_header(buf: mmap.mmap | bytes, path: Path) -> GGUFHeader:
     """Parse and validate the header held in ``buf`` (the whole file); raise GGUFFileError."""
-    cur = _Cursor(buf, path)
+    cur = Cursor(buf, path)
     cur.need(4, "magic")
     if bytes(buf[:4]) != _MAGIC:
         raise cur.fail("magic", f"{bytes(buf[:4])!r} is not {_MAGIC!r}: this is not a GGUF file", 0)
