@@ -152,7 +152,7 @@ def test_base_as_gguf_gives_the_identical_adapter(tiny_checkpoint, base_gguf, tm
     adapter = make_adapter(tmp_path / "adapter", checkpoint, r=4, lora_alpha=8)
     from_folder = convert_lora(adapter, tmp_path / "a", base=checkpoint, outtype="f16")
     from_gguf = convert_lora(adapter, tmp_path / "b", base=base_gguf("qwen3"), outtype="f16")
-    assert from_gguf.manifest["sha256"] == from_folder.manifest["sha256"]
+    assert from_gguf.manifest.sha256 == from_folder.manifest.sha256
 
 
 def test_primitives_hot_swap_on_one_context_and_refuse_foreign_adapters(
@@ -221,8 +221,8 @@ def test_adapter_for_the_real_quantized_base(real_gguf: Path, tmp_path: Path) ->
         tmp_path / "adapter", shapes, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
     )
     lora = convert_lora(adapter, tmp_path / "a", base=real_gguf, outtype="f16")
-    assert lora.manifest["sha256"] == convert_lora(adapter, tmp_path / "b", base=shapes).manifest["sha256"]
-    assert lora.manifest["lora"]["n_pairs"] == 2 * 24
+    assert lora.manifest.sha256 == convert_lora(adapter, tmp_path / "b", base=shapes).manifest.sha256
+    assert lora.manifest.extra["lora"]["n_pairs"] == 2 * 24
 
     prompt = [151644, 872, 198, 750, 75698, 1445, 982]  # <|im_start|> and six ordinary ids
     base = token_logits(real_gguf, prompt, threads=2)
