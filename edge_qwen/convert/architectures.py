@@ -16,6 +16,7 @@ import gguf
 
 from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
 from .hf_config import normalize
+from .hybrid_config import Hybrid, read_hybrid
 from .vision import mrope_sections
 
 # transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them (the rope
@@ -41,6 +42,8 @@ def text_config(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 T = gguf.MODEL_TENSOR
+# llama.cpp's converter keeps routers and the Gated DeltaNet conv kernel in F32.
+_HYBRID_F32 = frozenset({T.FFN_GATE_INP, T.FFN_GATE_INP_SHEXP, T.SSM_CONV1D})
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,11 @@ class Architecture:
     # A vision-language checkpoint: the language model plus an mmproj GGUF (see .vision / .mmproj).
     vision: bool = False
     audio: bool = False  # an audio-language one (see .audio)
+    # Which module names, reshapes and checks its tensors: "transformer" (every layer alike) or
+    # "hybrid" (Gated DeltaNet + gated attention layers, an MTP head); see .families.
+    family: str = "transformer"
+    # Tensors live under model.language_model.* (a vision checkpoint's text half).
+    nested_text: bool = False
 
     @property
     def multimodal(self) -> bool:
@@ -87,6 +95,25 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("Qwen2VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
         Architecture("Qwen2_5_VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN2VL, vision=True),
         Architecture("Qwen2AudioForConditionalGeneration", gguf.MODEL_ARCH.QWEN2, audio=True),
+        Architecture(
+            "Qwen3_5ForCausalLM", gguf.MODEL_ARCH.QWEN35, family="hybrid", f32_tensors=_HYBRID_F32
+        ),
+        Architecture(
+            "Qwen3_5MoeForCausalLM",
+            gguf.MODEL_ARCH.QWEN35MOE,
+            moe=True,
+            llama_norm_topk=True,
+            family="hybrid",
+            f32_tensors=_HYBRID_F32,
+        ),
+        Architecture(
+            "Qwen3NextForCausalLM",
+            gguf.MODEL_ARCH.QWEN3NEXT,
+            moe=True,
+            llama_norm_topk=True,
+            family="hybrid",
+            f32_tensors=_HYBRID_F32,
+        ),
     )
 }
 # Multimodal Qwen architectures edge-qwen knows of but cannot convert yet.
@@ -97,6 +124,12 @@ NOT_YET_SUPPORTED = (
     "Qwen3VLMoeForConditionalGeneration",
     "Qwen3OmniMoeForConditionalGeneration",
 )
+
+
+HYBRID_HEAD_DIM = 256  # Qwen3_5TextConfig / Qwen3NextConfig's default head_dim
+# transformers' norm_topk_prob when config.json has none: False for Qwen2/Qwen3 MoE; Qwen3-Next
+# defaults to True and Qwen3.5-MoE's router always renormalizes (the key does not exist there).
+NORM_TOPK_DEFAULTS: dict[str, bool] = {"Qwen3NextForCausalLM": True, "Qwen3_5MoeForCausalLM": True}
 
 
 @dataclass(frozen=True)
@@ -121,6 +154,12 @@ class HParams:
     n_ff_exp: int = 0
     n_ff_shexp: int = 0
     mrope_sections: tuple[int, ...] = ()  # Qwen-VL: rotary frequencies per (t, h, w, -) position
+    hybrid: Hybrid | None = None  # layer kinds, linear attention, MTP (hybrid families only)
+
+    @property
+    def n_block(self) -> int:
+        """GGUF blocks: the trunk's layers, then the MTP layers written after them."""
+        return self.n_layer + (self.hybrid.n_mtp if self.hybrid is not None else 0)
 
 
 def load_hparams(folder: Path) -> HParams:
@@ -141,7 +180,7 @@ def load_hparams(folder: Path) -> HParams:
     arch = ARCHITECTURES.get(names[0])
     if names[0] in NOT_YET_SUPPORTED:
         raise MultimodalNotSupportedError(names[0], list(ARCHITECTURES))
-    if arch is not None and arch.vision:  # newer transformers nest the text keys
+    if arch is not None and (arch.vision or arch.nested_text):  # newer transformers nest the text keys
         cfg = {**cfg, **(cfg.get("text_config") or {})}
     if arch is not None and arch.audio:  # a text_config that leans on Qwen2Config's defaults
         cfg = text_config(cfg)
@@ -164,10 +203,11 @@ def load_hparams(folder: Path) -> HParams:
         n_vocab=int(need("vocab_size")),
         n_embd=n_embd,
         n_layer=int(need("num_hidden_layers")),
-        n_ff=int(need("intermediate_size")),
+        # hybrid MoE configs may have no dense width (Qwen3.5-MoE has none)
+        n_ff=int(cfg.get("intermediate_size") or 0) if arch.moe else int(need("intermediate_size")),
         n_head=n_head,
         n_head_kv=int(cfg.get("num_key_value_heads") or n_head),
-        head_dim=int(cfg.get("head_dim") or n_embd // n_head),
+        head_dim=int(cfg.get("head_dim") or _default_head_dim(arch, n_embd, n_head)),
         n_ctx=int(need("max_position_embeddings")),
         rope_theta=float(cfg["rope_theta"]),
         rms_eps=float(need("rms_norm_eps")),
@@ -181,7 +221,15 @@ def load_hparams(folder: Path) -> HParams:
         _check_moe(path, hp)
     if arch.vision:
         hp = replace(hp, mrope_sections=mrope_sections(folder, cfg, hp.head_dim))
+    if arch.family == "hybrid":
+        needs_sections = arch.gguf_arch in (gguf.MODEL_ARCH.QWEN35, gguf.MODEL_ARCH.QWEN35MOE)
+        hybrid = read_hybrid(cfg, path, hp.n_layer, hp.head_dim, needs_sections)
+        hp = replace(hp, hybrid=hybrid, mrope_sections=hybrid.mrope_sections)
     return hp
+
+
+def _default_head_dim(arch: Architecture, n_embd: int, n_head: int) -> int:
+    return HYBRID_HEAD_DIM if arch.family == "hybrid" else n_embd // n_head
 
 
 def _check_moe(path: Path, hp: HParams) -> None:
@@ -190,8 +238,7 @@ def _check_moe(path: Path, hp: HParams) -> None:
         raise CheckpointError(
             f"{path}: MoE config needs num_experts, num_experts_per_tok, moe_intermediate_size"
         )
-    # transformers' default when the key is absent is False for both Qwen MoE configs.
-    norm = bool(cfg.get("norm_topk_prob", False))
+    norm = bool(cfg.get("norm_topk_prob", NORM_TOPK_DEFAULTS.get(hp.arch.hf_name, False)))
     if norm != hp.arch.llama_norm_topk:
         raise CheckpointError(
             f"{path}: norm_topk_prob={norm}, but llama.cpp's {hp.arch.gguf_name} always uses "

@@ -27,6 +27,10 @@ ROPE_THETA_DEFAULTS: dict[str, float] = {
     "Qwen2VLForConditionalGeneration": 1000000.0,
     "Qwen2_5_VLForConditionalGeneration": 1000000.0,
     "Qwen2AudioForConditionalGeneration": 10000.0,
+    # RotaryEmbeddingConfigMixin.default_theta (transformers 5.25): the hybrid configs set none
+    "Qwen3_5ForCausalLM": 10000.0,
+    "Qwen3_5MoeForCausalLM": 10000.0,
+    "Qwen3NextForCausalLM": 10000.0,
 }
 # transformers 5 name -> the name the converter reads (transformers 4's)
 RENAMED_KEYS: dict[str, str] = {"num_local_experts": "num_experts"}

@@ -34,11 +34,12 @@ class Source:
 def add_hparams(writer: gguf.GGUFWriter, hp: HParams, ctx: int | None) -> int:
     """Write the architecture's hyper-parameters; return the context length written."""
     writer.add_embedding_length(hp.n_embd)
-    writer.add_block_count(hp.n_layer)
-    writer.add_feed_forward_length(hp.n_ff)
+    writer.add_block_count(hp.n_block)
+    if hp.n_ff:  # a hybrid MoE may have no dense width
+        writer.add_feed_forward_length(hp.n_ff)
     writer.add_head_count(hp.n_head)
     writer.add_head_count_kv(hp.n_head_kv)
-    if "head_dim" in hp.raw:
+    if "head_dim" in hp.raw or hp.hybrid is not None:
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)
     writer.add_rope_freq_base(hp.rope_theta)

@@ -14,11 +14,12 @@ from .._atomic import atomic_path
 from ..manifest import Manifest, read_manifest, update_manifest, write_manifest
 from ._io import HashingFile, write_hashed
 from .architectures import HParams, load_hparams
+from .families import MTP_MODES, MtpMode, family_of
 from .metadata import Source, add_general, add_hparams
 from .mmproj import MMPROJ_TYPES, MmprojPlan, default_mmproj_type, finish_mmproj, prepare_mmproj
 from .safetensors import open_checkpoint
 from .source import resolve_source
-from .tensors import OUTTYPES, PlannedTensor, describe, parameter_count, plan_tensors
+from .tensors import OUTTYPES, PlannedTensor, describe, parameter_count, plan_tensors, prepare
 from .tokenizer import Vocab, load_vocab
 from .vision import split_checkpoint
 
@@ -57,6 +58,7 @@ def convert(
     threads: int | None = None,
     quiet: bool = False,
     mmproj_type: str | None = None,
+    mtp: MtpMode = "keep",
 ) -> ConvertResult:
     """Convert a checkpoint folder or hub repo id to GGUF, then quantize and evaluate.
 
@@ -73,6 +75,9 @@ def convert(
         mmproj_type: ``f16`` / ``f32`` / ``q8_0`` for a Qwen-VL / Qwen2-Audio checkpoint's projector
             (default: f32 beside an F32 model, else f16). Every output's manifest names the mmproj
             (``mmproj``) and the mmproj's names the model (``model``).
+        mtp: a Qwen3.5 / Qwen3-Next checkpoint's multi-token-prediction head: ``keep`` (written
+            as the block after the trunk, as llama.cpp's converter does), ``drop``, or ``only``
+            (the head alone, a small GGUF named ``…-mtp-<type>.gguf`` for drafting).
 
     Returns:
         A :class:`ConvertResult`; manifests are also written beside every output.
@@ -86,18 +91,22 @@ def convert(
         raise ValueError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     if mmproj_type is not None and mmproj_type not in MMPROJ_TYPES:
         raise ValueError(f"mmproj_type must be one of {', '.join(MMPROJ_TYPES)}, got {mmproj_type!r}")
+    if mtp not in MTP_MODES:
+        raise ValueError(f"mtp must be one of {', '.join(MTP_MODES)}, got {mtp!r}")
     started = time.perf_counter()
     source = resolve_source(src, revision)
     hp = load_hparams(source.folder)
     vocab = load_vocab(source.folder, hp.n_vocab)
     refs = open_checkpoint(source.folder)
+    hp = prepare(hp, refs, mtp)
     mmproj: MmprojPlan | None = None
     if hp.arch.multimodal:  # checked before anything is written
         refs, vision_refs = split_checkpoint(refs)
         mm_type = mmproj_type or default_mmproj_type(outtype)
         mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)
-    planned = plan_tensors(refs, hp, outtype)
-    out = Path(outdir) / f"{source.name.lower()}-{outtype}.gguf"
+    planned = plan_tensors(refs, hp, outtype, mtp)
+    kind = "-mtp" if hp.hybrid is not None and hp.hybrid.mtp_only else ""
+    out = Path(outdir) / f"{source.name.lower()}{kind}-{outtype}.gguf"
     result = ConvertResult(out, source, hp.arch.hf_name, parameter_count(planned))
     link: dict[str, Any] = {"mmproj": str(mmproj.path.resolve())} if mmproj is not None else {}
 
@@ -159,6 +168,7 @@ def write_gguf(
             for tensor in planned:
                 writer.add_tensor(tensor.name, tensor, raw_dtype=tensor.ggml_type)  # type: ignore[arg-type]
             n_ctx = add_hparams(writer, hp, ctx)
+            family_of(hp.arch).add_metadata(writer, hp)
             meta = add_general(writer, source, parameter_count(planned))
             writer.add_type(gguf.GGUFType.MODEL)
             writer.add_file_type(OUTTYPES[outtype][1])

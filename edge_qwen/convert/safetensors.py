@@ -65,6 +65,22 @@ class TensorRef:
             )
         return to_float32(np.frombuffer(raw, dtype=storage).reshape((rows, *self.shape[1:])), self.dtype)
 
+    def read_elements(self, first: int, count: int) -> np.ndarray:
+        """Elements ``first:first+count`` of the flattened tensor as float32. Thread-safe (pread)."""
+        storage, size = DTYPES[self.dtype]
+        if first < 0 or first + count > self.nbytes // size:
+            raise ValueError(f"{self.name}: elements {first}..{first + count} outside the tensor")
+        fd = os.open(self.file, os.O_RDONLY)
+        try:
+            raw = os.pread(fd, count * size, self.offset + first * size)
+        finally:
+            os.close(fd)
+        if len(raw) != count * size:
+            raise SafetensorsError(
+                f"{self.file}: tensor {self.name!r} is cut short; the file is truncated. Download it again."
+            )
+        return to_float32(np.frombuffer(raw, dtype=storage), self.dtype)
+
     def read(self) -> np.ndarray:
         """The whole tensor as float32 (only for small tensors and tests)."""
         return self.read_rows(0, self.n_rows).reshape(self.shape)

@@ -1,23 +1,22 @@
 """Map checkpoint tensors to GGUF tensors and stream their data in the output type.
 
-Names come from gguf-py's ``TensorNameMap`` for the architecture; a tensor it cannot map, or one the
-architecture's allow-list (``gguf.MODEL_TENSORS``) does not contain, is an error — never skipped.
-Per-expert MoE weights are stacked into the 3-D tensors llama.cpp expects while writing, expert
-after expert, so no stacked copy is ever held in memory.
+Each architecture family (see .families) names its tensors through gguf-py's ``TensorNameMap``; a
+tensor it cannot map, or one the architecture's allow-list (``gguf.MODEL_TENSORS``) does not
+contain, is an error — never skipped. Per-expert MoE weights are stacked into the 3-D tensors
+llama.cpp expects while writing, expert after expert, so no stacked copy is ever held in memory.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import IO, Any
 
 import gguf
 import numpy as np
 
-from ..errors import CheckpointError, ShapeMismatchError
 from ._io import ordered_map
-from .architectures import HParams, expected_shape
+from .architectures import HParams
+from .families import MtpMode, Source, family_of
 from .safetensors import TensorRef
 
 # Output types: name -> (ggml type, GGUF file type, numpy storage dtype)
@@ -26,9 +25,6 @@ OUTTYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType, np.dtyp
     "f16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16, np.dtype(np.float16)),
     "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16, np.dtype(np.uint16)),
 }
-# Checkpoint tensors that carry no weights llama.cpp uses.
-IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
-EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$")
 
 
 @dataclass
@@ -42,7 +38,7 @@ class PlannedTensor:
     name: str
     kind: gguf.MODEL_TENSOR
     shape: tuple[int, ...]  # row-major, like the checkpoint
-    sources: list[TensorRef]  # several for stacked experts
+    sources: list[Source]  # several for stacked experts; views for reshaped hybrid tensors
     ggml_type: gguf.GGMLQuantizationType
 
     @property
@@ -67,7 +63,7 @@ class PlannedTensor:
         for block in ordered_map(self._encoded, jobs):
             fout.write(block.data)
 
-    def _encoded(self, job: tuple[TensorRef, int, int]) -> np.ndarray:
+    def _encoded(self, job: tuple[Source, int, int]) -> np.ndarray:
         ref, start, rows = job
         return np.ascontiguousarray(self.encode(ref.read_rows(start, rows)))
 
@@ -78,94 +74,38 @@ class PlannedTensor:
         return block.astype(self.dtype, copy=False)
 
 
-def plan_tensors(refs: dict[str, TensorRef], hp: HParams, outtype: str) -> list[PlannedTensor]:
+def plan_tensors(
+    refs: dict[str, TensorRef], hp: HParams, outtype: str, mtp: MtpMode = "keep"
+) -> list[PlannedTensor]:
     """Decide every output tensor: GGUF name, shape check, output type, data sources.
 
+    ``hp`` is the one :func:`prepare` returned for these ``refs``; the architecture's family
+    module (see .families) names, reshapes and checks the tensors.
+
     Raises:
-        CheckpointError: a tensor has no GGUF name for this architecture, or experts are incomplete.
+        CheckpointError: a tensor has no GGUF name for this architecture, or one is missing.
         ShapeMismatchError: a tensor's shape disagrees with config.json.
     """
-    arch = hp.arch.gguf_arch
-    name_map = gguf.TensorNameMap(arch, hp.n_layer)
-    allowed = set(gguf.MODEL_TENSORS[arch])
-    grouped = _group_experts(refs, hp)
-    planned: list[PlannedTensor] = []
-    for hf_name, sources in grouped.items():
-        if hp.tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reuses token_embd when output.weight is absent
-        mapped = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if mapped is None or mapped[0] not in allowed:
-            raise CheckpointError(
-                f"checkpoint tensor {hf_name!r} has no place in a {hp.arch.gguf_name} GGUF; "
-                "the checkpoint does not match its config.json architecture"
-            )
-        kind, gguf_name = mapped
-        shape = sources[0].shape if len(sources) == 1 else (len(sources), *sources[0].shape)
-        want = expected_shape(kind, hp, bias=hf_name.endswith(".bias"))
-        if want is not None and tuple(shape) != want:
-            raise ShapeMismatchError(
-                f"{hf_name}: shape {list(shape)} but config.json implies {list(want)}; "
-                "config.json and the weights belong to different models"
-            )
-        planned.append(
-            PlannedTensor(gguf_name, kind, tuple(shape), sources, _ggml_type(kind, shape, hp, outtype))
-        )
-    _check_complete(planned, hp)
+    family = family_of(hp.arch)
+    planned = [
+        PlannedTensor(n.gguf_name, n.kind, n.shape, n.sources, _ggml_type(n.kind, n.shape, hp, outtype))
+        for n in family.name_tensors(refs, hp, mtp)
+    ]
+    family.check_complete({p.name for p in planned}, hp, mtp)
     return planned
+
+
+def prepare(hp: HParams, refs: dict[str, TensorRef], mtp: MtpMode = "keep") -> HParams:
+    """``hp`` completed from the checkpoint's tensors by its family (e.g. the MTP layers found)."""
+    return family_of(hp.arch).prepare(hp, refs, mtp)
 
 
 def _ggml_type(
     kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], hp: HParams, outtype: str
 ) -> gguf.GGMLQuantizationType:
     if len(shape) <= 1 or kind in hp.arch.f32_tensors:
-        return gguf.GGMLQuantizationType.F32  # norms, biases and routers stay F32
+        return gguf.GGMLQuantizationType.F32  # norms, biases, routers (and conv kernels) stay F32
     return OUTTYPES[outtype][0]
-
-
-def _group_experts(refs: dict[str, TensorRef], hp: HParams) -> dict[str, list[TensorRef]]:
-    """{hf name: sources}, per-expert ``…experts.E.up_proj.weight`` grouped as ``…experts.up_proj.weight``."""
-    grouped: dict[str, list[TensorRef]] = {}
-    experts: dict[str, dict[int, TensorRef]] = {}
-    for name, ref in refs.items():
-        if IGNORED.match(name):
-            continue
-        m = EXPERT.match(name)
-        if m:
-            experts.setdefault(f"{m.group(1)}.{m.group(3)}.weight", {})[int(m.group(2))] = ref
-        else:
-            grouped[name] = [ref]
-    for merged, by_index in experts.items():
-        if sorted(by_index) != list(range(hp.n_expert)):
-            raise CheckpointError(
-                f"{merged}: found experts {sorted(by_index)[:5]}… but num_experts is {hp.n_expert}; "
-                "the checkpoint is incomplete"
-            )
-        shapes = {ref.shape for ref in by_index.values()}
-        if len(shapes) != 1:
-            raise ShapeMismatchError(f"{merged}: experts have different shapes {sorted(shapes)}")
-        grouped[merged] = [by_index[i] for i in range(hp.n_expert)]
-    return grouped
-
-
-def _check_complete(planned: list[PlannedTensor], hp: HParams) -> None:
-    """Every tensor a block needs is present (a missing one would fail later inside llama.cpp)."""
-    names = {p.name for p in planned}
-    for required in (gguf.MODEL_TENSOR.TOKEN_EMBD, gguf.MODEL_TENSOR.OUTPUT_NORM):
-        name = gguf.TENSOR_NAMES[required] + ".weight"
-        if name not in names:
-            raise CheckpointError(f"checkpoint lacks the tensor that becomes {name}; it is incomplete")
-    for kind in (
-        gguf.MODEL_TENSOR.ATTN_Q,
-        gguf.MODEL_TENSOR.ATTN_K,
-        gguf.MODEL_TENSOR.ATTN_V,
-        gguf.MODEL_TENSOR.ATTN_OUT,
-        gguf.MODEL_TENSOR.ATTN_NORM,
-        gguf.MODEL_TENSOR.FFN_NORM,
-    ):
-        for bid in range(hp.n_layer):
-            name = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
-            if name not in names:
-                raise CheckpointError(f"checkpoint lacks the tensor that becomes {name}; it is incomplete")
 
 
 def parameter_count(planned: list[PlannedTensor]) -> int:

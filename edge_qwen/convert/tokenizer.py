@@ -20,7 +20,13 @@ QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS: dict[str, str] = {QWEN2_SPLIT: "qwen2"}
+# Qwen3.5 / Qwen3.6 (248,320-token vocabulary): Qwen2's regex with combining marks (\p{M}) kept inside
+# words, so Devanagari, Thai or Arabic vowel signs no longer split a word apart.
+QWEN35_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}"
+    r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS: dict[str, str] = {QWEN2_SPLIT: "qwen2", QWEN35_SPLIT: "qwen35"}
 TokenType = gguf.TokenType
 
 
@@ -98,6 +104,6 @@ def _pre_tokenizer(path: Path, data: dict) -> str:
                 return PRE_TOKENIZERS[regex]
             raise TokenizerError(
                 f"{path}: unknown pre-tokenizer regex {regex[:60]!r}…; llama.cpp would split text "
-                "differently from Hugging Face. Only Qwen2/Qwen3 tokenizers are supported."
+                "differently from Hugging Face. Only Qwen2/Qwen3/Qwen3.5 tokenizers are supported."
             )
-    raise TokenizerError(f"{path}: no Split pre-tokenizer found; not a Qwen2/Qwen3 tokenizer")
+    raise TokenizerError(f"{path}: no Split pre-tokenizer found; not a Qwen2/Qwen3/Qwen3.5 tokenizer")

@@ -1,0 +1,64 @@
+"""Qwen2, Qwen2.5, Qwen3, their MoE variants and the Qwen-VL / Qwen2-Audio language models:
+every layer is the same attention + MLP block, so names come straight from gguf-py's
+``TensorNameMap`` and no tensor is reshaped."""
+
+from __future__ import annotations
+
+import re
+
+import gguf
+
+from ..architectures import HParams, expected_shape
+from ..safetensors import TensorRef
+from .base import (
+    MtpMode,
+    Named,
+    Source,
+    check_shape,
+    gguf_name,
+    group_experts,
+    no_place,
+    require,
+    stacked_shape,
+)
+
+IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
+EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$")
+T = gguf.MODEL_TENSOR
+PER_LAYER = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_NORM, T.FFN_NORM)
+
+
+def prepare(hp: HParams, refs: dict[str, TensorRef], mtp: MtpMode) -> HParams:
+    return hp
+
+
+def name_tensors(refs: dict[str, TensorRef], hp: HParams, mtp: MtpMode) -> list[Named]:
+    arch = hp.arch.gguf_arch
+    name_map = gguf.TensorNameMap(arch, hp.n_layer)
+    allowed = set(gguf.MODEL_TENSORS[arch])
+    kept = {name: ref for name, ref in refs.items() if not IGNORED.match(name)}
+    named: list[Named] = []
+    for hf_name, sources in group_experts(kept, hp, EXPERT).items():
+        if hp.tied and hf_name == "lm_head.weight":
+            continue  # llama.cpp reuses token_embd when output.weight is absent
+        mapped = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if mapped is None or mapped[0] not in allowed:
+            raise no_place(hf_name, hp)
+        kind, name = mapped
+        shape = stacked_shape(sources)
+        check_shape(hf_name, shape, expected_shape(kind, hp, bias=hf_name.endswith(".bias")))
+        named.append(Named(hf_name, kind, name, shape, list[Source](sources)))
+    return named
+
+
+def check_complete(names: set[str], hp: HParams, mtp: MtpMode) -> None:
+    """Every tensor a block needs is present (a missing one would fail later inside llama.cpp)."""
+    for kind in (T.TOKEN_EMBD, T.OUTPUT_NORM):
+        require(names, gguf_name(kind))
+    for kind in PER_LAYER:
+        for bid in range(hp.n_layer):
+            require(names, gguf_name(kind, bid))
+
+
+def add_metadata(writer: gguf.GGUFWriter, hp: HParams) -> None:
+    """Nothing beyond the keys every family writes (see ..metadata)."""
