@@ -34,6 +34,8 @@ from .gguf_cursor import Cursor, format_error
 
 VT = gguf.GGUFValueType
 QT = gguf.GGMLQuantizationType
+# llama.cpp's per-block hybrid flags; this gguf-py has no Keys name for them yet
+RECURRENT_LAYERS: str = getattr(gguf.Keys.Attention, "RECURRENT_LAYERS", "{arch}.attention.recurrent_layers")
 _MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF"
 MAX_DIMS = 4
 MAX_NAME = 64  # a tensor name must be shorter than this
@@ -95,6 +97,18 @@ class GGUFHeader:
     def arch_value(self, key_template: str) -> Any:
         """Value of an ``{arch}``-templated key from gguf.Keys (None when absent)."""
         return self.metadata.get(key_template.format(arch=self.architecture))
+
+    def recurrent_layers(self, n_layer: int) -> tuple[bool, ...]:
+        """Which of the first ``n_layer`` blocks keep a recurrent state (Gated DeltaNet hybrids), as
+        llama.cpp decides: ``attention.recurrent_layers``, else every block but each
+        ``full_attention_interval``-th (default 4); () for a model without SSM layers."""
+        if not self.arch_value(gguf.Keys.SSM.CONV_KERNEL):
+            return ()
+        flags = self.arch_value(RECURRENT_LAYERS)
+        if isinstance(flags, list):
+            return tuple(bool(f) for f in flags[:n_layer])
+        interval = int(self.arch_value(gguf.Keys.LLM.FULL_ATTENTION_INTERVAL) or 4)
+        return tuple((i + 1) % interval != 0 for i in range(n_layer))
 
 
 def _tensor_bytes(ggml_type: int, shape: tuple[int, ...]) -> int:

@@ -29,6 +29,9 @@ All metadata keys come from gguf-py's ``gguf.Keys`` constants.
                            "bos_token_id", "bos_token", "eos_token_id", "eos_token",
                            "pad_token_id", "pad_token", "add_bos_token"}
     chat_template         {"present": bool, "length": int}
+    hybrid                {"recurrent_layers": int, "attention_layers": int, "mtp_layers": int}
+                          | null   Gated DeltaNet hybrids (Qwen3.5, Qwen3-Next): the trunk's
+                          recurrent and full-attention blocks, and the MTP blocks after them
     estimated_file_sizes  {quant name: bytes}  size after quantizing to each
                           edge_qwen.quantize.QUANT_TYPES type, as llama.cpp's quantizer computes
                           it for this file's tensors (a dry run: its mixes and row-size fallbacks);
@@ -181,4 +184,15 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "tokenizer": _tokenizer(header),
         "chat_template": {"present": template is not None, "length": len(template or "")},
         "estimated_file_sizes": estimated_file_sizes(header, p),
+        "hybrid": _hybrid(header),
     }
+
+
+def _hybrid(header: GGUFHeader) -> dict[str, int] | None:
+    n_mtp = int(header.arch_value(K.LLM.NEXTN_PREDICT_LAYERS) or 0)
+    n_layer = int(header.arch_value(K.LLM.BLOCK_COUNT) or 0) - n_mtp
+    recurrent = header.recurrent_layers(n_layer)
+    if not recurrent:
+        return None
+    n_rec = sum(recurrent)
+    return {"recurrent_layers": n_rec, "attention_layers": n_layer - n_rec, "mtp_layers": n_mtp}

@@ -226,7 +226,9 @@ def init_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> 
     A_log and dt_bias are off their init values."""
     if name.endswith(".linear_attn.norm.weight"):
         return (1.0 + 0.3 * rng.standard_normal(shape)).astype(np.float32)
-    if name.endswith("norm.weight") or name.endswith(("pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight")):
+    if name.endswith("norm.weight") or name.endswith(
+        ("pre_fc_norm_embedding.weight", "pre_fc_norm_hidden.weight")
+    ):
         return (0.3 * rng.standard_normal(shape)).astype(np.float32)
     if name.endswith(".A_log"):
         return np.log(rng.uniform(0.5, 8.0, shape)).astype(np.float32)
@@ -266,7 +268,11 @@ def make_hybrid(
     shapes = tensor_shapes(arch, config, mtp=mtp, fused=fused_experts)
     tensors = {name: init_tensor(name, shape, rng) for name, shape in shapes}
     log = lambda msg: None  # noqa: E731
-    tok = fetch_assets.fetch_tokenizer(log=log) if arch == "qwen3next" else fetch_assets.fetch_qwen35_tokenizer(log=log)
+    tok = (
+        fetch_assets.fetch_tokenizer(log=log)
+        if arch == "qwen3next"
+        else fetch_assets.fetch_qwen35_tokenizer(log=log)
+    )
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.incomplete")
     try:
@@ -308,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         parser.add_argument(f"--{opt}", type=int, dest=key, help=key)
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k in _COMMON | _MOE | CONFIGS["qwen35"]}
+    overrides = {
+        k: v for k, v in vars(args).items() if v is not None and k in _COMMON | _MOE | CONFIGS["qwen35"]
+    }
     if "linear_key_head_dim" in overrides:
         overrides["linear_value_head_dim"] = overrides["linear_key_head_dim"]
     if "head_dim" in overrides and args.arch != "qwen3next":  # sections follow the rotary width

@@ -1,5 +1,5 @@
 """``edge-qwen convert SRC -o OUTDIR [-q q4_k_m,q8_0] [--outtype f16|bf16|f32] [--revision REV]``
-``[--ctx N] [--no-eval]``
+``[--ctx N] [--no-eval] [--no-mtp | --mtp-only]``
 
 JSON keys (``--json``): ``gguf`` (unquantized output path), ``source`` {path, repo_id, revision},
 ``architecture``, ``n_params``, ``outputs`` (one manifest per file, unquantized first: path, size,
@@ -32,6 +32,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--ctx", type=positive_int, help="target context; above the native one writes YaRN rope scaling"
     )
     parser.add_argument("--no-eval", action="store_true", help="skip the quality report")
+    mtp = parser.add_mutually_exclusive_group()
+    mtp.add_argument(
+        "--no-mtp",
+        dest="mtp",
+        action="store_const",
+        const="drop",
+        default="keep",
+        help="Qwen3.5 / Qwen3-Next: leave the multi-token-prediction head out (kept by default)",
+    )
+    mtp.add_argument(
+        "--mtp-only",
+        dest="mtp",
+        action="store_const",
+        const="only",
+        help="write the MTP head alone, as a small GGUF for drafting (…-mtp-<type>.gguf)",
+    )
     parser.add_argument("--threads", type=positive_int, help="threads for quantization and evaluation")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -49,6 +65,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         quiet=args.quiet or args.json,
         mmproj_type=args.mmproj_type,
+        mtp=args.mtp,
     ).as_dict()
     if not args.json:
         for out in result["outputs"] + [m for m in [result.get("mmproj")] if m]:

@@ -53,6 +53,16 @@ def format_info(info: dict[str, Any]) -> str:
         ("attention", f"{info['head_count']} heads, {info['head_count_kv']} KV heads"),
         ("context", f"{info['context_length']} tokens, rope base {rope['freq_base']}{scaling}"),
     ]
+    hybrid = info.get("hybrid")
+    if hybrid:
+        mtp = f", MTP head of {hybrid['mtp_layers']} block(s)" if hybrid["mtp_layers"] else ", no MTP head"
+        lines.append(
+            (
+                "hybrid",
+                f"{hybrid['recurrent_layers']} Gated DeltaNet (recurrent) + "
+                f"{hybrid['attention_layers']} full-attention layers{mtp}",
+            )
+        )
     if info["expert_count"]:
         lines.append(("experts", f"{info['expert_count']} ({info['expert_used_count']} used per token)"))
     lines += [

@@ -10,7 +10,6 @@ import gguf
 from ..gguf_header import GGUFHeader, TensorInfo
 
 K = gguf.Keys
-RECURRENT_LAYERS = "{arch}.attention.recurrent_layers"  # llama.cpp's key; gguf-py has no name for it yet
 
 
 @dataclass(frozen=True)
@@ -93,12 +92,7 @@ def _hybrid(header: GGUFHeader, n_layer: int) -> dict[str, Any]:
     d_conv = header.arch_value(K.SSM.CONV_KERNEL)
     if not d_conv:
         return {}
-    flags = header.arch_value(RECURRENT_LAYERS)
-    if isinstance(flags, list):
-        recurrent = tuple(bool(f) for f in flags[:n_layer])
-    else:
-        interval = int(header.arch_value(K.LLM.FULL_ATTENTION_INTERVAL) or 4)
-        recurrent = tuple((i + 1) % interval != 0 for i in range(n_layer))
+    recurrent = header.recurrent_layers(n_layer)
     d_inner = int(header.arch_value(K.SSM.INNER_SIZE) or 0)
     d_state = int(header.arch_value(K.SSM.STATE_SIZE) or 0)
     groups = int(header.arch_value(K.SSM.GROUP_COUNT) or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,3 +55,39 @@ def tokens(qwen3_tokenizer_dir: Path) -> list[int]:
     ids = tokenizer.encode(SENTENCE, add_special_tokens=False).ids[:16]
     assert len(ids) == 16
     return ids
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
+    """``tiny_hybrid(arch, dtype="f32", mtp=True, fused_experts=False, **config) -> Path``: a cached
+    tiny random Qwen3.5 / Qwen3.5-MoE / Qwen3-Next checkpoint (scripts/make_tiny_hybrid.py), with
+    the real vocabulary of its family. Read-only; config overrides make a separate folder."""
+    from make_tiny_hybrid import make_hybrid
+
+    root = tmp_path_factory.mktemp("tiny-hybrid")
+    cache: dict[str, Path] = {}
+
+    def make(
+        arch: str, dtype: str = "f32", mtp: bool = True, fused_experts: bool = False, **config: Any
+    ) -> Path:
+        key = f"{arch}-{dtype}-{'mtp' if mtp else 'nomtp'}-{'fused' if fused_experts else 'split'}"
+        key += "".join(f"-{k}={v}" for k, v in sorted(config.items())).replace("/", "_").replace(" ", "")
+        if key not in cache:
+            cache[key] = make_hybrid(
+                root / str(len(cache)), arch=arch, dtype=dtype, mtp=mtp, fused_experts=fused_experts, **config
+            )
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def qwen35_tokens() -> list[int]:
+    """16 real Qwen3.5 tokens of the same sentence."""
+    from fetch_assets import fetch_qwen35_tokenizer
+    from tokenizers import Tokenizer
+
+    folder = fetch_qwen35_tokenizer(log=lambda msg: None)
+    ids = Tokenizer.from_file(str(folder / "tokenizer.json")).encode(SENTENCE, add_special_tokens=False).ids
+    assert len(ids) >= 16
+    return ids[:16]

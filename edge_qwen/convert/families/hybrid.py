@@ -27,6 +27,7 @@ import gguf
 import numpy as np
 
 from ...errors import CheckpointError
+from ...gguf_header import RECURRENT_LAYERS
 from ..architectures import HParams, expected_shape
 from ..hybrid_config import Hybrid, LinearAttention
 from ..safetensors import TensorRef
@@ -363,5 +364,3 @@ def add_metadata(writer: gguf.GGUFWriter, hp: HParams) -> None:
     if hy.n_mtp:
         writer.add_nextn_predict_layers(hy.n_mtp)
 
-
-RECURRENT_LAYERS: str = getattr(gguf.Keys.Attention, "RECURRENT_LAYERS", "{arch}.attention.recurrent_layers")
