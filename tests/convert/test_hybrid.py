@@ -243,3 +243,11 @@ def test_cli_reports_json(writable, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code != 0
     error = json.loads(capsys.readouterr().out)["error"]
     assert "layer_types" in error["message"]
+
+
+def test_vision_checkpoints_are_refused_with_the_way_out(writable, tmp_path: Path) -> None:
+    from edge_qwen.errors import MultimodalNotSupportedError
+
+    src = writable()
+    edit_config(src, architectures=["Qwen3_5ForConditionalGeneration"])
+    convert_fails(src, tmp_path, MultimodalNotSupportedError, "not supported yet.*convert_hf_to_gguf")
