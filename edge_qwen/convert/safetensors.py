@@ -52,18 +52,8 @@ class TensorRef:
 
     def read_rows(self, start: int, rows: int) -> np.ndarray:
         """Rows ``start:start+rows`` as float32, shape (rows, *shape[1:]). Thread-safe (pread)."""
-        storage, _ = DTYPES[self.dtype]
-        row_bytes = self.nbytes // max(self.n_rows, 1)
-        fd = os.open(self.file, os.O_RDONLY)
-        try:
-            raw = os.pread(fd, rows * row_bytes, self.offset + start * row_bytes)
-        finally:
-            os.close(fd)
-        if len(raw) != rows * row_bytes:
-            raise SafetensorsError(
-                f"{self.file}: tensor {self.name!r} is cut short; the file is truncated. Download it again."
-            )
-        return to_float32(np.frombuffer(raw, dtype=storage).reshape((rows, *self.shape[1:])), self.dtype)
+        per_row = int(np.prod(self.shape[1:], dtype=np.int64))
+        return self.read_elements(start * per_row, rows * per_row).reshape((rows, *self.shape[1:]))
 
     def read_elements(self, first: int, count: int) -> np.ndarray:
         """Elements ``first:first+count`` of the flattened tensor as float32. Thread-safe (pread)."""

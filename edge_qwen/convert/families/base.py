@@ -24,6 +24,8 @@ Source = TensorRef | TensorView
 # llama.cpp's converter does), left out, or written alone as a small drafting GGUF.
 MtpMode = Literal["keep", "drop", "only"]
 MTP_MODES: tuple[MtpMode, ...] = ("keep", "drop", "only")
+# Checkpoint tensors that carry no weights llama.cpp uses.
+IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
 
 
 @dataclass

@@ -33,6 +33,7 @@ from ..hybrid_config import Hybrid, LinearAttention
 from ..safetensors import TensorRef
 from ..views import TensorView, regroup
 from .base import (
+    IGNORED,
     MtpMode,
     Named,
     Source,
@@ -45,7 +46,6 @@ from .base import (
 )
 
 T = gguf.MODEL_TENSOR
-IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
 EXPERT = re.compile(r"^((?:model|mtp)\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$")
 LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 MTP_LAYER = re.compile(r"^mtp\.layers\.(\d+)\.(.+)$")

@@ -11,6 +11,7 @@ import gguf
 from ..architectures import HParams, expected_shape
 from ..safetensors import TensorRef
 from .base import (
+    IGNORED,
     MtpMode,
     Named,
     Source,
@@ -22,7 +23,6 @@ from .base import (
     stacked_shape,
 )
 
-IGNORED = re.compile(r".*\.rotary_emb\.inv_freq$")
 EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$")
 T = gguf.MODEL_TENSOR
 PER_LAYER = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_NORM, T.FFN_NORM)
