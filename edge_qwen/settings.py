@@ -47,6 +47,15 @@ class ModelSettings:
     ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
     (:mod:`~edge_qwen.runtime.engine.prompt_cache`): with more conversations than slots, a returning one
     is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
+
+    Hybrid models (Qwen3.5, Qwen3-Next) keep a recurrent state that cannot be cut back to a shared
+    prefix: ``ctx_checkpoints`` is how many state checkpoints each slot keeps (taken at message
+    starts and at the end of each prompt, :mod:`~edge_qwen.runtime.engine.checkpoints`; 0: none, so
+    any divergence re-prefills), and ``recurrent_snapshots`` how many tokens of each step llama.cpp
+    can roll the recurrent state back (``n_rs_seq``, Qwen3.5 only in this llama.cpp): the longest
+    draft speculation tries there. Without snapshots (0, or Qwen3-Next) each verification step saves
+    the recurrent state first and a rejection goes back to it. Both are ignored on attention-only
+    models.
     """
 
     n_ctx: int = 4096
@@ -70,6 +79,8 @@ class ModelSettings:
     speculative: str | None = None
     mmproj: str | None = None
     prompt_cache: int = 0
+    ctx_checkpoints: int = 4
+    recurrent_snapshots: int = 4
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
@@ -102,5 +113,6 @@ def adapter_files(value: Any) -> tuple[tuple[str, str], ...]:
 
 def draft_settings(settings: ModelSettings) -> ModelSettings:
     """The draft model's context: the target's cells, sequences and batch sizes (it reads prompts as
-    the target prefills them), no adapters, no projector."""
-    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None)
+    the target prefills them), no adapters, no projector, no recurrent snapshots (it drafts one
+    token per decode, and llama.cpp's snapshots roll back within one decode only)."""
+    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None, recurrent_snapshots=0)

@@ -39,6 +39,8 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
             f"cannot load {path}: {reason}. Check that it is a complete GGUF file of a model this "
             "llama.cpp supports (edge-qwen info PATH), or re-convert it"
         )
+    if L.llama_model_is_recurrent(model) or L.llama_model_is_hybrid(model):
+        cparams.n_rs_seq = settings.recurrent_snapshots  # rollback of rejected drafts
     ctx = L.llama_init_from_model(model, cparams)
     if not ctx:
         reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
@@ -133,6 +135,8 @@ def context_params(settings: ModelSettings) -> Any:
         raise ConfigError(f"parallel must be between 1 and 256 sequences, got {settings.parallel!r}")
     if settings.prefill_chunk <= 0:
         raise ConfigError("prefill_chunk must be a positive number of tokens")
+    if not 0 <= settings.ctx_checkpoints <= 64 or not 0 <= settings.recurrent_snapshots <= 64:
+        raise ConfigError("ctx_checkpoints and recurrent_snapshots must be between 0 and 64")
     threads = settings.n_threads or _llama.physical_cores()
     n_ctx = _native.pad_ctx(settings.n_ctx)
     n_batch = min(settings.n_batch, n_ctx)

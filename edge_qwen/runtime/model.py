@@ -42,6 +42,8 @@ from .text.chat_template import RenderedPrompt
 from .text.thinking import THINK_CLOSE, template_thinks
 from .vocab import Vocabulary
 
+MESSAGE_START = "<|im_start|>"  # ChatML: where a hybrid model's prompt is checkpointed
+
 Message = Mapping[str, Any]
 
 __all__ = ["AsyncGenerationStream", "GenerationStream", "Model"]
@@ -104,6 +106,8 @@ class Model:
             media=self._media,
             cost=StepCost(),
             prompt_cache=PromptCache(settings.prompt_cache),
+            checkpoints=settings.ctx_checkpoints,
+            boundary=self.vocab.special_token(MESSAGE_START),
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()
@@ -313,11 +317,12 @@ class Model:
 
     def slot_usage(self) -> SlotUsage:
         """Sequence slots busy and requests waiting (a racy read, for health pages and metrics)."""
-        cache = self._engine.prompt_cache
+        cache, table = self._engine.prompt_cache, self._engine.table
         return SlotUsage(
             slots_total=self.parallel, slots_busy=self._engine.slots_in_use,
             waiting=len(self._engine.waiting), prompt_cache_bytes=cache.used_bytes,
             prompt_cache_entries=len(cache.entries), prompt_cache_restored=cache.stats.restored,
+            checkpoints=table.checkpoint_count, checkpoint_bytes=table.checkpoint_bytes,
         )  # fmt: skip
 
     # -- public API: text prompts ---------------------------------------------------------------------

@@ -20,6 +20,8 @@ class SlotUsage:
     prompt_cache_bytes: int = 0
     prompt_cache_entries: int = 0
     prompt_cache_restored: int = 0
+    checkpoints: int = 0  # a hybrid model's recurrent-state checkpoints held by the slots
+    checkpoint_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,11 @@ class Vocabulary:
         self._check_open()
         return _native.tokenize(self._vocab, text, add_special=add_special, parse_special=parse_special)
 
+    def special_token(self, text: str) -> int | None:
+        """The id of the control token spelled ``text`` (``<|im_start|>``), or None without one."""
+        ids = self.tokenize(text, parse_special=True)
+        return ids[0] if len(ids) == 1 and ids[0] in self.control_tokens else None
+
     def token_piece(self, token: int, *, special: bool = True) -> bytes:
         """Raw bytes of one token (a piece may be part of a UTF-8 character)."""
         return (self._special_piece if special else self.piece)(token)

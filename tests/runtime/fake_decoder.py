@@ -5,6 +5,13 @@ number of cells, like llama.cpp's unified KV cache, and refuses a batch that doe
 the state unchanged). Its "model" is deterministic and depends on a sequence's *whole* cached
 history, so a token fed at a wrong position or into the wrong sequence changes every later token.
 
+With ``recurrent=True`` it is a hybrid model (Qwen3.5): besides the cells it keeps a recurrent
+state per sequence (the tokens it has summarised, in order), which every decode checks against the
+cells. That state cannot be cut back (``seq_rm`` past position 0 fails), except by restoring a
+checkpoint (``seq_partial_state`` / ``load_partial_state``) or, within ``rollback_window`` tokens of
+the sequence's last decode, by llama.cpp's snapshots; a rollback reaching before that decode is
+what corrupts a real model's state silently, so here it fails the test.
+
 For speculative decoding it can ask for logits at several positions of an entry (its draft), use
 :func:`echo_token` (a model that mostly copies earlier text, so prompt lookup has something to find),
 and draw tokens with a seeded :class:`FakeSampler` that records every token it accepted.
@@ -86,6 +93,12 @@ class FakeDecoder:
     model: Model = next_token
     confidence: Callable[[int], float] = lambda token: 1.0  # a draft model's probability of its token
     loaded: list[int] = field(default_factory=list)  # sequences a saved state was written into
+    recurrent: bool = False
+    rollback_window: int = 0
+    states: dict[int, list[int]] = field(default_factory=dict)  # a hybrid's recurrent state per sequence
+    last_decode: dict[int, int] = field(default_factory=dict)  # seq -> first position of its last decode
+    pending_rollback: set[int] = field(default_factory=set)
+    partial_loads: int = 0
 
     def history(self, seq_id: int) -> list[int]:
         return [tok for pos, tok, seqs in sorted(self.cells, key=lambda c: c[0]) if seq_id in seqs]
@@ -104,6 +117,12 @@ class FakeDecoder:
         for e in entries:
             assert e.pos == len(self.history(e.seq_id)), "a token fed at the wrong position"
             history = self.history(e.seq_id)
+            if self.recurrent:
+                state = self.states.setdefault(e.seq_id, [])
+                assert state == history, "the recurrent state does not summarise the cached tokens"
+                state += list(e.tokens)
+                self.last_decode[e.seq_id] = e.pos
+                self.pending_rollback.discard(e.seq_id)
             for j, tok in enumerate(e.tokens):
                 self.cells.append((e.pos + j, tok, {e.seq_id}))
             history += list(e.tokens)
@@ -129,6 +148,17 @@ class FakeDecoder:
         return token == EOG
 
     def seq_rm(self, seq_id: int, p0: int) -> bool:
+        if self.recurrent:
+            state = self.states.setdefault(seq_id, [])
+            if p0 == 0:
+                state.clear()
+            elif p0 < len(state):
+                first = self.last_decode.get(seq_id, 0)
+                if len(state) - p0 > self.rollback_window or seq_id in self.pending_rollback:
+                    return False
+                assert p0 > first, "a rollback past the sequence's last decode (llama.cpp would corrupt it)"
+                del state[p0:]
+                self.pending_rollback.add(seq_id)
         kept = []
         for pos, tok, seqs in self.cells:
             if seq_id in seqs and pos >= p0:
@@ -142,18 +172,37 @@ class FakeDecoder:
         for pos, _tok, seqs in self.cells:
             if src in seqs and pos < n_tokens:
                 seqs.add(dst)
+        if self.recurrent:  # llama.cpp shares the source's whole (live) state
+            self.states[dst] = list(self.states.get(src, []))
 
     def seq_state(self, seq_id: int) -> bytes | None:
         cells = sorted((pos, tok) for pos, tok, seqs in self.cells if seq_id in seqs)
-        return json.dumps(cells).encode() if cells else None
+        if not cells:
+            return None
+        return json.dumps({"cells": cells, "state": self.states.get(seq_id, [])}).encode()
 
     def load_state(self, seq_id: int, state: bytes) -> bool:
-        cells = json.loads(state)
+        saved = json.loads(state)
+        cells = saved["cells"]
         if len(self.cells) + len(cells) > self.n_cells:
             return False  # like llama.cpp: no free cells for it
         assert not self.history(seq_id), "a state written into a sequence that is not empty"
         self.cells += [(pos, tok, {seq_id}) for pos, tok in cells]
+        if self.recurrent:
+            self.states[seq_id] = list(saved["state"])
+            self.pending_rollback.discard(seq_id)
         self.loaded.append(seq_id)
+        return True
+
+    def seq_partial_state(self, seq_id: int) -> bytes | None:
+        assert self.recurrent, "a checkpoint taken on an attention-only model"
+        return json.dumps(self.states.get(seq_id, [])).encode()
+
+    def load_partial_state(self, seq_id: int, state: bytes) -> bool:
+        assert self.recurrent, "a checkpoint restored on an attention-only model"
+        self.states[seq_id] = json.loads(state)
+        self.pending_rollback.discard(seq_id)
+        self.partial_loads += 1
         return True
 
     def use_adapters(self, key: Any) -> None:
@@ -212,12 +261,16 @@ def make_engine(
     n_batch: int = 512, model: Model = next_token, think_close: Sequence[int] = (),
     draft: Any = None, prompt_cache: int = 0, decoder: FakeDecoder | None = None,
     cost: Any = None, clock: Callable[[], float] | None = None,
-    on_sequence: Callable[[Seq], None] | None = None,
+    on_sequence: Callable[[Seq], None] | None = None, recurrent: bool = False, rollback_window: int = 0,
+    checkpoints: int = 4, boundary: int | None = None,
 ) -> tuple[BatchEngine, FakeDecoder]:  # fmt: skip
     """An engine on a fake decoder (or ``decoder``); a request with a ``seed`` samples with a
     :class:`FakeSampler`; ``draft`` is a draft model (a DraftModel over another FakeDecoder);
-    ``cost``/``clock`` a measured step cost and its clock; ``on_sequence`` sees each new sequence."""
-    decoder = decoder or FakeDecoder(n_cells=n_ctx, model=model)
+    ``cost``/``clock`` a measured step cost and its clock; ``on_sequence`` sees each new sequence.
+    ``recurrent``: a hybrid model, with ``checkpoints`` per slot taken at ``boundary`` tokens."""
+    decoder = decoder or FakeDecoder(
+        n_cells=n_ctx, model=model, recurrent=recurrent, rollback_window=rollback_window
+    )
 
     def make(request: Request, n_ctx_seq: int) -> Seq:
         seed = request.params.seed
@@ -236,7 +289,8 @@ def make_engine(
     engine = BatchEngine(
         decoder, make, parallel=parallel, n_ctx=n_ctx, n_batch=n_batch, unified=unified,
         prefill_chunk=prefill_chunk, draft=draft, prompt_cache=PromptCache(prompt_cache, min_tokens=8),
-        cost=cost, **({"clock": clock} if clock is not None else {}),
+        cost=cost, checkpoints=checkpoints, boundary=boundary,
+        **({"clock": clock} if clock is not None else {}),
     )  # fmt: skip
     return engine, decoder
 

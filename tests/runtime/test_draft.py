@@ -35,8 +35,9 @@ def wrong_draft(history: Sequence[int], adapters: object = ()) -> int:
 
 
 def draft_model(model=close_draft, *, parallel: int = 4, n_batch: int = 512, n_vocab: int = VOCAB,
-                confidence=lambda token: 1.0) -> tuple[DraftModel, FakeDecoder]:  # fmt: skip
-    decoder = FakeDecoder(n_cells=8192, model=model, confidence=confidence)
+                confidence=lambda token: 1.0,
+                recurrent: bool = False) -> tuple[DraftModel, FakeDecoder]:  # fmt: skip
+    decoder = FakeDecoder(n_cells=8192, model=model, confidence=confidence, recurrent=recurrent)
     return DraftModel(decoder, parallel=parallel, n_batch=n_batch, n_vocab=n_vocab), decoder
 
 
@@ -54,6 +55,20 @@ def test_it_drafts_its_greedy_continuation_and_keeps_what_it_already_read():
     draft.propose({0: ([*history, *proposed[:2], 50], 3)}, {0: 0.0})
     assert decoder.history(0)[: len(history) + 3] == [*history, *proposed[:2], 50]
     assert sum(n for batch in decoder.batches for _, n, _, _ in batch) - fed == 1 + 2  # [50] + 2 drafted
+
+
+def test_a_hybrid_draft_model_goes_back_to_the_state_before_its_draft():
+    """A recurrent draft cannot cut its drafted tokens: it restores the state checkpointed where
+    its catch-up ended and feeds only what the target accepted since, not the whole history."""
+    draft, decoder = draft_model(echo_token, recurrent=True)
+    history = repetitive_prompts(1)[0]
+    proposed = draft.propose({0: (history, 5)}, {0: 0.0})[0]
+    fed = sum(n for batch in decoder.batches for _, n, _, _ in batch)
+    again = draft.propose({0: ([*history, *proposed[:2], 50], 3)}, {0: 0.0})[0]
+    assert decoder.partial_loads == 1
+    fed_now = sum(n for batch in decoder.batches for _, n, _, _ in batch)
+    assert fed_now - fed == 3 + 2  # the 2 accepted and [50] again, then 2 drafted
+    assert again == solo([*history, *proposed[:2], 50], 3, model=echo_token)
 
 
 def test_unconfident_and_unknown_tokens_end_a_draft():

@@ -45,6 +45,7 @@ from .batch_types import (
     SequenceFactory,
     Wanted,
 )
+from .checkpoints import PER_SLOT
 from .drafting import Drafting
 from .prompt_cache import PromptCache
 from .sequence import Sequence
@@ -73,6 +74,8 @@ class BatchEngine:
         cost: StepCost | None = None,
         prompt_cache: PromptCache | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        checkpoints: int = PER_SLOT,
+        boundary: int | None = None,
     ) -> None:
         self.decoder = decoder
         self.media = media
@@ -82,7 +85,8 @@ class BatchEngine:
         self.prefill_chunk = max(1, prefill_chunk)
         self.name = name
         self.stats = EngineStats()
-        self.table = SlotTable(decoder, parallel, prompt_cache or PromptCache(0), draft)
+        cache = prompt_cache or PromptCache(0)
+        self.table = SlotTable(decoder, parallel, cache, draft, checkpoints=checkpoints, boundary=boundary)
         self.admission = Admission(
             self.table, make_sequence, n_ctx=n_ctx, n_ctx_seq=self.n_ctx_seq, unified=unified
         )
@@ -182,7 +186,9 @@ class BatchEngine:
                 break
             pos = len(self.slots[seq_id].tokens)
             media_at = min((start for start in seq.media if start >= pos), default=None)
-            chunk = pending[: budget if media_at is None else min(budget, media_at - pos)]
+            stop = self.table.next_checkpoint(seq_id, pos)  # a hybrid's chunk ends where it checkpoints
+            ends = [p - pos for p in (media_at, stop) if p is not None]
+            chunk = pending[: min([budget, *ends])]
             if not chunk:
                 continue  # an image or audio clip comes next: the next step feeds it
             budget -= len(chunk)
@@ -208,7 +214,7 @@ class BatchEngine:
             if seq_id not in self.running:
                 continue  # preempted to make room: it waits with its tokens
             if rc != 0:
-                self.decoder.seq_rm(seq_id, len(slot.tokens))
+                self.table.discard_unwritten(slot)
                 detail = self.decoder.last_error() or "no details"
                 why = f"evaluating the {span.kind} failed (code {rc}; llama.cpp: {detail})"
                 advice = "the request was dropped and the model is still usable; a smaller image may help"
@@ -228,9 +234,11 @@ class BatchEngine:
             slot = self.slots[entry.seq_id]
             self.table.extend(slot, entry.tokens, now)
             self.stats.decoded_tokens += len(entry.tokens)
+            seq = self.running[entry.seq_id]
+            if seq.prefilling:
+                self.table.after_decode(slot)
             if not entry.logits:
                 continue
-            seq = self.running[entry.seq_id]
             if seq.prefilling:
                 seq.prefilled()
             self.drafting.take_tokens(seq, slot, entry)
@@ -280,8 +288,7 @@ class BatchEngine:
         detail = self.decoder.last_error() or "no details"
         for entry in entries:
             seq_id = entry.seq_id
-            slot = self.slots[seq_id]
-            self.decoder.seq_rm(seq_id, len(slot.tokens))
+            self.table.discard_unwritten(self.slots[seq_id])
             if seq_id not in self.running:
                 continue
             if rc == 1:  # the single remaining sequence has no room to grow: the context is full

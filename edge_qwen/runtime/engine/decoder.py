@@ -39,6 +39,9 @@ class NativeDecoder:
         self.n_threads = int(L.llama_n_threads(ctx))
         self.vocab = vocab
         self.memory = L.llama_get_memory(ctx)
+        model = L.llama_get_model(ctx)
+        self.recurrent = bool(L.llama_model_is_recurrent(model) or L.llama_model_is_hybrid(model))
+        self.rollback_window = int(L.llama_n_rs_seq(ctx)) if self.recurrent else 0
         self.n_vocab = int(L.llama_vocab_n_tokens(vocab))
         self.capacity = n_batch
         self.raw = L.llama_batch_init(n_batch, 0, 1)
@@ -106,20 +109,35 @@ class NativeDecoder:
         L.llama_memory_seq_cp(self.memory, src, dst, 0, n_tokens)
 
     def seq_state(self, seq_id: int) -> bytes | None:
-        """A copy of the sequence's cells (its K/V and positions) for the prompt cache; None when
-        llama.cpp cannot write it."""
-        size = int(L.llama_state_seq_get_size(self.ctx, seq_id))
-        if size <= 0:
-            return None
-        buf = (ctypes.c_uint8 * size)()
-        written = int(L.llama_state_seq_get_data(self.ctx, buf, size, seq_id))
-        return bytes(memoryview(buf)[:written]) if written > 0 else None
+        """A copy of the sequence's cells (its K/V and positions, and a hybrid's recurrent state)
+        for the prompt cache; None when llama.cpp cannot write it."""
+        return self._read_state(seq_id, L.LLAMA_STATE_SEQ_FLAGS_NONE)
 
     def load_state(self, seq_id: int, state: bytes) -> bool:
         """Write a saved sequence state into ``seq_id`` (which must be empty); False when llama.cpp
         refused it (no free cells for it, for one), with the sequence left empty."""
+        return self._write_state(seq_id, state, L.LLAMA_STATE_SEQ_FLAGS_NONE)
+
+    def seq_partial_state(self, seq_id: int) -> bytes | None:
+        """A hybrid sequence's recurrent state alone (a checkpoint; its K/V stay in the cache)."""
+        return self._read_state(seq_id, L.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
+
+    def load_partial_state(self, seq_id: int, state: bytes) -> bool:
+        """Put a checkpoint's recurrent state back into ``seq_id`` (its K/V are left as they are);
+        False, with the sequence emptied, when llama.cpp refused it."""
+        return self._write_state(seq_id, state, L.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY)
+
+    def _read_state(self, seq_id: int, flags: int) -> bytes | None:
+        size = int(L.llama_state_seq_get_size_ext(self.ctx, seq_id, flags))
+        if size <= 0:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        written = int(L.llama_state_seq_get_data_ext(self.ctx, buf, size, seq_id, flags))
+        return bytes(memoryview(buf)[:written]) if written > 0 else None
+
+    def _write_state(self, seq_id: int, state: bytes, flags: int) -> bool:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if int(L.llama_state_seq_set_data(self.ctx, buf, len(state), seq_id)) > 0:
+        if int(L.llama_state_seq_set_data_ext(self.ctx, buf, len(state), seq_id, flags)) > 0:
             return True
         L.llama_memory_seq_rm(self.memory, seq_id, 0, -1)
         return False

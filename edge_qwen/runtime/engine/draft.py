@@ -9,6 +9,10 @@ each carrying one token of every sequence still drafting. A sequence stops draft
 at a token the draft gives less than ``p_min`` probability, or at a token the target's vocabulary
 does not have. The target verifies the drafts (:mod:`~edge_qwen.runtime.speculation.speculative`).
 
+A hybrid draft model (Qwen3.5) cannot cut its recurrent state back to the accepted tokens, so each
+sequence's state is checkpointed where its catch-up ends, before it drafts: the next step goes
+back there and feeds only what the target accepted since.
+
 The draft is the argmax of the draft model (a point mass), so verifying by sampling the target and
 comparing is the standard acceptance rule and the output distribution is the target's.
 
@@ -23,6 +27,7 @@ from collections.abc import Sequence as Seq
 from typing import Protocol
 
 from .batcher import BatchEntry, Wanted
+from .checkpoints import Checkpoint
 from .slots import common_prefix
 
 VOCAB_SLACK = 128  # llama.cpp's speculative check allows vocabularies this far apart in size
@@ -32,9 +37,13 @@ CHECK_FROM = 5  # the first ids may differ in special-token spelling between con
 class DraftDecoder(Protocol):
     """What drafting needs from the draft model's context (see :class:`~.decoder.NativeDecoder`)."""
 
+    recurrent: bool
+
     def decode(self, entries: Seq[BatchEntry]) -> int: ...
     def top(self, row: int) -> tuple[int, float]: ...
     def seq_rm(self, seq_id: int, p0: int) -> bool: ...
+    def seq_partial_state(self, seq_id: int) -> bytes | None: ...
+    def load_partial_state(self, seq_id: int, state: bytes) -> bool: ...
 
 
 class DraftModel:
@@ -53,6 +62,7 @@ class DraftModel:
         self.max_batch = max(n_batch, max_batch or n_batch)
         self.n_vocab = n_vocab
         self.cached: list[list[int]] = [[] for _ in range(parallel)]
+        self.marks: dict[int, Checkpoint] = {}  # hybrid draft: each sequence's state before it drafted
         self.decodes = 0
         self._clock = clock
         self._position_s = 0.0  # running mean seconds of one drafting decode
@@ -114,6 +124,11 @@ class DraftModel:
             entries.append(BatchEntry(seq_id, chunk, len(cached), len(cached) + len(chunk) == len(tokens)))
         if self._decode(entries) != 0:
             return {}
+        if self.decoder.recurrent:
+            for e in entries:
+                state = self.decoder.seq_partial_state(e.seq_id)
+                if state:
+                    self.marks[e.seq_id] = Checkpoint(len(self.cached[e.seq_id]), state)
         return {e.seq_id: e.row for e in entries if e.logits}
 
     def _decode(self, entries: list[BatchEntry]) -> int:
@@ -136,10 +151,22 @@ class DraftModel:
         cached = self.cached[seq_id]
         if keep >= len(cached):
             return
-        if not self.decoder.seq_rm(seq_id, keep):
+        if self.decoder.recurrent:
+            keep = self._back_to_mark(seq_id, keep)
+        elif not self.decoder.seq_rm(seq_id, keep):
             self.decoder.seq_rm(seq_id, 0)
             keep = 0
         del cached[keep:]
+
+    def _back_to_mark(self, seq_id: int, keep: int) -> int:
+        """A hybrid draft sequence cut to its mark at or before ``keep`` (0 without one)."""
+        mark = self.marks.pop(seq_id, None)
+        if mark is not None and 0 < mark.n_tokens <= keep:
+            loaded = self.decoder.load_partial_state(seq_id, mark.state)
+            if loaded and self.decoder.seq_rm(seq_id, mark.n_tokens):
+                return mark.n_tokens
+        self.decoder.seq_rm(seq_id, 0)
+        return 0
 
     def forget(self, seq_ids: Iterable[int] | None = None) -> None:
         """Drop the draft caches of ``seq_ids`` (all: after the target's state became unknown)."""

@@ -69,6 +69,7 @@ class Drafting:
                 continue
             limit = min(room - added, seq.max_tokens - seq.n_out - 1,
                         self.n_ctx_seq - len(seq.tokens) - 1)  # fmt: skip
+            limit = self.table.draft_limit(limit)  # a hybrid's rejected tail must be undoable
             if self.cost is not None and drafter.config.adaptive:  # what this machine's step cost pays for
                 model_drafts = drafter.uses_model and self.draft is not None
                 draft_cost = self.draft.position_cost if model_drafts and self.draft else 0.0
@@ -82,8 +83,7 @@ class Drafting:
                 continue
             draft = drafter.propose(seq.tokens, limit)
             if draft:
-                entry.tokens = [*entry.tokens, *draft]
-                entry.draft = draft
+                self._attach(entry, draft)
                 added += len(draft)
         if wanted and self.draft is not None:
             added -= sum(n for _tokens, n in wanted.values())
@@ -91,10 +91,14 @@ class Drafting:
             for entry in entries:
                 drafted = drafts.get(entry.seq_id, [])
                 if drafted:
-                    entry.tokens = [*entry.tokens, *drafted]
-                    entry.draft = drafted
+                    self._attach(entry, drafted)
                     added += len(drafted)
         return added
+
+    def _attach(self, entry: BatchEntry, draft: list[int]) -> None:
+        self.table.before_verify(self.table.slots[entry.seq_id])
+        entry.tokens = [*entry.tokens, *draft]
+        entry.draft = draft
 
     def take_tokens(self, seq: Sequence, slot: Slot, entry: BatchEntry) -> None:
         """Sample at the entry's logits rows and hand the tokens to the sequence, one by one, while
@@ -115,6 +119,7 @@ class Drafting:
         self.stats.accepted_tokens += kept
         rejected = len(entry.draft) - kept
         if rejected:
-            self.table.truncate(slot, len(slot.tokens) - rejected)
-            if not slot.tokens:  # the backend could not remove a tail: the whole sequence is re-fed
-                seq.refeed()
+            keep = len(slot.tokens) - rejected
+            if self.table.rollback(slot, keep) < keep:  # the backend could not remove just the tail
+                seq.refeed()  # what it lost is fed again
+        self.table.verified(slot)

@@ -11,7 +11,9 @@ written back into its slot (``llama_state_seq_set_data``) instead of prefilled. 
 server does the same with its ``--cache-ram``.
 
 Only text caches are kept (a span of image or audio cells is left out), each under the adapter set
-its K/V were computed with. Pure bookkeeping: the state bytes come from the decoder.
+its K/V were computed with. A hybrid model's entry keeps its slot's state checkpoints with it
+(:mod:`.checkpoints`): it can be cut back only to one of them. Pure bookkeeping: the state bytes
+come from the decoder.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..request import AdapterSet
+from .checkpoints import Checkpoint, reusable_prefix
 from .slots import common_prefix
 
 MIN_TOKENS = 16  # fewer tokens are cheaper to prefill again than to keep
@@ -28,16 +31,27 @@ MIN_TOKENS = 16  # fewer tokens are cheaper to prefill again than to keep
 
 @dataclass
 class SavedPrompt:
-    """One sequence's cells, as llama.cpp wrote them, and the tokens they hold."""
+    """One sequence's cells, as llama.cpp wrote them, and the tokens they hold; on a hybrid model
+    (``checkpoints`` not None) also the recurrent states it can be cut back to."""
 
     tokens: tuple[int, ...]
     key: AdapterSet
     state: bytes
     last_used: float = field(default_factory=time.monotonic)
+    checkpoints: tuple[Checkpoint, ...] | None = None
 
     @property
     def size(self) -> int:
-        return len(self.state)
+        return len(self.state) + sum(c.size for c in self.checkpoints or ())
+
+    def reusable(self, n: int) -> int:
+        """How many of its tokens a prompt sharing ``n`` of them can start from."""
+        return n if self.checkpoints is None else reusable_prefix(n, len(self.tokens), self.checkpoints)
+
+    def covers(self, tokens: tuple[int, ...]) -> bool:
+        """Whether a prompt of exactly ``tokens`` could start from it with all of them."""
+        n = len(tokens)
+        return self.tokens[:n] == tokens and self.reusable(n) == n
 
 
 @dataclass
@@ -68,7 +82,7 @@ class PromptCache:
     def holds(self, tokens: Sequence[int], key: AdapterSet) -> bool:
         """Whether a saved cache already covers ``tokens`` (they are a prefix of its tokens)."""
         wanted = tuple(tokens)
-        return any(e.key == key and e.tokens[: len(wanted)] == wanted for e in self.entries)
+        return any(e.key == key and e.covers(wanted) for e in self.entries)
 
     def worth_saving(self, tokens: Sequence[int], key: AdapterSet) -> bool:
         """A text cache long enough to matter, and not already held."""
@@ -76,20 +90,30 @@ class PromptCache:
             return False
         return not self.holds(tokens, key)
 
-    def save(self, tokens: Sequence[int], key: AdapterSet, read_state: Callable[[], bytes | None]) -> bool:
-        """Keep the state ``read_state`` returns for ``tokens`` (when worth it and it fits the budget);
-        saved caches it extends are replaced, the least recently used make room."""
+    def save(
+        self,
+        tokens: Sequence[int],
+        key: AdapterSet,
+        read_state: Callable[[], bytes | None],
+        checkpoints: Sequence[Checkpoint] | None = None,
+    ) -> bool:
+        """Keep the state ``read_state`` returns for ``tokens`` (when worth it and it fits the budget),
+        with a hybrid model's ``checkpoints``; saved caches it covers are replaced, the least
+        recently used make room."""
         if not self.worth_saving(tokens, key):
             return False
         state = read_state()
-        if not state or len(state) > self.budget:
+        if not state:
             return False
-        kept = tuple(tokens)
-        self.entries = [e for e in self.entries if not (e.key == key and kept[: len(e.tokens)] == e.tokens)]
-        while self.entries and self.used_bytes + len(state) > self.budget:
+        marks = None if checkpoints is None else tuple(checkpoints)
+        entry = SavedPrompt(tuple(tokens), key, state, checkpoints=marks)
+        if entry.size > self.budget:
+            return False
+        self.entries = [e for e in self.entries if not (e.key == key and entry.covers(e.tokens))]
+        while self.entries and self.used_bytes + entry.size > self.budget:
             self.entries.remove(min(self.entries, key=lambda e: e.last_used))
             self.stats.evicted += 1
-        self.entries.append(SavedPrompt(kept, key, state))
+        self.entries.append(entry)
         self.stats.saved += 1
         return True
 
@@ -101,7 +125,7 @@ class PromptCache:
         for entry in self.entries:
             if entry.key != key:
                 continue
-            n = min(common_prefix(entry.tokens, prompt), limit)
+            n = entry.reusable(min(common_prefix(entry.tokens, prompt), limit))
             if n > n_best:
                 best, n_best = entry, n
         return best, n_best

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..request import AdapterSet
+from .checkpoints import Checkpoint, reusable_prefix
 
 
 @dataclass
@@ -30,15 +31,29 @@ class Slot:
     last_used: float = 0.0
     key: AdapterSet = ()  # the LoRA adapter set its K/V were computed under (() = the base model)
     media_cells: dict[int, int] = field(default_factory=dict)  # media span start -> cells past its positions
+    # a hybrid model's slot (recurrent layers): its cache is reusable only up to a checkpoint
+    recurrent: bool = False
+    checkpoints: list[Checkpoint] = field(default_factory=list)  # ascending positions
+    before_verify: Checkpoint | None = None  # the state a verification step may have to undo
+
+    def reusable(self, n: int, live: bool = True) -> int:
+        """How many cached tokens a prompt sharing ``n`` of them can reuse: ``n`` on an attention
+        model, else a checkpoint's position (or the whole cache, continued, when ``live``)."""
+        if not self.recurrent:
+            return n
+        return reusable_prefix(n, len(self.tokens), self.checkpoints, live=live)
 
     @property
     def own_cells(self) -> int:
         return max(0, len(self.tokens) - self.shared) + sum(self.media_cells.values())
 
     def forget_from(self, keep: int) -> None:
-        """Drop the bookkeeping of media spans at or after token ``keep``."""
+        """Drop the bookkeeping of media spans at or after token ``keep``, and the checkpoints past it."""
         for start in [s for s in self.media_cells if s >= keep]:
             del self.media_cells[start]
+        self.checkpoints = [c for c in self.checkpoints if c.n_tokens <= keep]
+        if self.before_verify is not None and self.before_verify.n_tokens > keep:
+            self.before_verify = None
 
 
 def media_boundary(tokens: Sequence[int], keep: int) -> int:
@@ -83,15 +98,18 @@ def choose_slot(
     At least one prompt token is always left to evaluate (its logits give the first output token).
     With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
     is borrowed instead of recomputed. Only caches computed under the same adapter set (``key``)
-    count: K/V computed with LoRA A must never be reused for B.
+    count: K/V computed with LoRA A must never be reused for B. On a hybrid model only a prefix
+    ending at a checkpoint counts (:meth:`Slot.reusable`; a donor's live state is not lent).
     """
     free = [s for s in slots if not s.busy]
     if not free or not prompt:
         return None
     limit = len(prompt) - 1
 
-    def cached(s: Slot) -> int:
-        return media_boundary(prompt, min(common_prefix(s.tokens, prompt), limit)) if s.key == key else 0
+    def cached(s: Slot, live: bool = True) -> int:
+        if s.key != key:
+            return 0
+        return s.reusable(media_boundary(prompt, min(common_prefix(s.tokens, prompt), limit)), live)
 
     def score(s: Slot) -> tuple[int, int, float]:
         return (cached(s), -len(s.tokens), -s.last_used)
@@ -99,7 +117,7 @@ def choose_slot(
     slot = max(free, key=score)
     reuse = cached(slot)
     if allow_copy:
-        donors = [(cached(s), s) for s in slots if s is not slot]
+        donors = [(cached(s, live=False), s) for s in slots if s is not slot]
         best = max(donors, key=lambda d: d[0], default=(0, None))
         if best[1] is not None and best[0] > reuse:
             return Placement(slot, reuse, best[1], best[0])
