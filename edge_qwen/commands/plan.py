@@ -141,14 +141,16 @@ def format_plan(plan: dict[str, Any]) -> str:
          f"n_ctx {s['n_ctx']} shared by {s['parallel']} sequences (~{s['n_ctx'] // s['parallel']} each when "
          f"all are busy), {s['cache_type']}"),
         ("recurrent", est["recurrent_bytes"],
-         f"fixed state of the recurrent layers for {s['parallel']} sequences, whatever the context"),
+         f"fixed state of the recurrent layers for {s['parallel']} sequences (and their rollback "
+         "snapshots), whatever the context"),
+        ("checkpts", est["checkpoint_bytes"], "host copies of that state for prefix reuse (ctx_checkpoints)"),
         ("output", est["output_bytes"], f"logits rows of {s['parallel']} sequences"),
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
         ("adapters", est["adapter_bytes"], "LoRA adapters"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "recurrent")]
+    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "recurrent", "checkpts")]
     lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in shown]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"

@@ -8,7 +8,12 @@ size``, ``compute buffer size``, ``output buffer size``), then says which of it 
   repacked *copy* of the embedding. With ``n_gpu_layers`` the repeating layers (and the output
   layer once ``n_gpu_layers > n_layer``) go to the device; the token embedding stays on the host.
 * **KV cache** — ``n_layer × n_ctx × n_head_kv × (key_length + value_length)`` elements at the
-  cache type's block size (f16: 2 bytes; q8_0: 34 per 32; q4_0: 18 per 32).
+  cache type's block size (f16: 2 bytes; q8_0: 34 per 32; q4_0: 18 per 32). On a hybrid
+  (Qwen3.5, Qwen3-Next) only the attention layers have one.
+* **recurrent state** — a hybrid's other layers keep f32 conv + SSM state per sequence, times
+  ``1 + n_rs_seq`` where llama.cpp keeps rollback snapshots (``RS buffer size``), whatever the
+  context; the runtime's **checkpoints** of that state (``ctx_checkpoints`` per slot) live in host
+  memory beside it.
 * **compute buffer** — llama.cpp reserves it for the worst case (every token of a ``n_ubatch`` batch
   asking for logits, and without flash attention the full ``n_ctx × n_ubatch × n_head`` scores).
   edge-qwen's runtime only ever asks for the last token's logits, so only the activations of a
@@ -81,6 +86,9 @@ CPU_FLAG_FEATURES: dict[str, str] = {
 
 # A pseudo-feature: the runtime keeps every weight in the plain buffer (no CPU_REPACK, no AMX).
 NO_EXTRA_BUFFERS = "no_extra_buffers"
+# architectures whose recurrent state llama.cpp can roll back (llm_arch_supports_rs_rollback, of the
+# ones edge-qwen runs): n_rs_seq snapshots of each sequence's state exist only there
+RS_ROLLBACK_ARCHS = frozenset({"qwen35", "qwen35moe"})
 
 
 def host_cpu_features() -> frozenset[str]:
@@ -125,7 +133,8 @@ class MemoryEstimate:
     draft_bytes: int = 0  # the draft model for speculative decoding: its whole estimate
     media_bytes: int = 0  # the projector (mmproj): weights, encoder compute buffer, embeddings
     prompt_cache_bytes: int = 0  # host copies of K/V the slots gave up (its budget, charged whole)
-    recurrent_bytes: int = 0  # a hybrid's recurrent layers: conv + SSM state per sequence
+    recurrent_bytes: int = 0  # a hybrid's recurrent layers: conv + SSM state per sequence and snapshot
+    checkpoint_bytes: int = 0  # a hybrid's state checkpoints in host memory (ctx_checkpoints per slot)
 
     @property
     def total_bytes(self) -> int:
@@ -138,6 +147,7 @@ class MemoryEstimate:
             + self.prompt_cache_bytes
             + self.kv_bytes
             + self.recurrent_bytes
+            + self.checkpoint_bytes
             + self.compute_resident_bytes
             + self.output_bytes
             + self.overhead_bytes
@@ -179,11 +189,19 @@ def kv_cache_bytes(
     return total
 
 
-def recurrent_state_bytes(shape: ModelShape, sequences: int, layers: Iterable[int]) -> int:
+def recurrent_state_bytes(
+    shape: ModelShape, sequences: int, layers: Iterable[int], snapshots: int = 0
+) -> int:
     """The recurrent state llama.cpp keeps for the given layers: f32 conv and SSM state, one copy per
-    sequence (``n_seq_max`` cells), whatever the context length."""
-    per_layer = (shape.state_r_elements + shape.state_s_elements) * 4 * max(1, sequences)
+    sequence (``n_seq_max`` cells) and per rollback snapshot (``n_rs_seq``), whatever the context."""
+    per_layer = (shape.state_r_elements + shape.state_s_elements) * 4 * max(1, sequences) * (1 + snapshots)
     return sum(per_layer for i in layers if shape.recurrent and shape.recurrent[i])
+
+
+def rollback_snapshots(shape: ModelShape, settings: ModelSettings) -> int:
+    """The ``n_rs_seq`` llama.cpp keeps for this model: ``recurrent_snapshots`` where the
+    architecture supports recurrent rollback, else 0 (llama.cpp clamps it)."""
+    return settings.recurrent_snapshots if shape.architecture in RS_ROLLBACK_ARCHS else 0
 
 
 def compute_buffer_bytes(
@@ -330,6 +348,7 @@ def estimate(
     kv_args = (kv_ctx, settings.cache_type_k, settings.cache_type_v)
     compute = compute_buffer_bytes(shape, kv_ctx, n_ubatch, flash, quantized_kv)
     resident = compute_resident_bytes(shape, kv_ctx, n_ubatch, flash)
+    snapshots, all_layers = rollback_snapshots(shape, settings), range(shape.n_layer)
     return MemoryEstimate(
         n_ctx=n_ctx,
         parallel=parallel,
@@ -351,7 +370,8 @@ def estimate(
         draft_bytes=draft_bytes(settings, parallel, cpu_features, gpu),
         media_bytes=media_bytes(settings),
         prompt_cache_bytes=max(0, settings.prompt_cache),
-        recurrent_bytes=recurrent_state_bytes(shape, parallel, host_layers),
+        recurrent_bytes=recurrent_state_bytes(shape, parallel, host_layers, snapshots),
+        checkpoint_bytes=recurrent_state_bytes(shape, parallel, all_layers) * settings.ctx_checkpoints,
     )
 
 

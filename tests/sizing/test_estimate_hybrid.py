@@ -33,11 +33,21 @@ def test_the_header_says_which_layers_are_recurrent(hybrid: Path) -> None:
     assert shape.state_s_elements == 16 * 64  # d_state x d_inner
 
 
-@pytest.mark.parametrize(("n_ctx", "parallel"), [(1024, 1), (4096, 3), (16384, 2)])
-def test_kv_recurrent_and_weights_are_llama_cpps_buffers(hybrid: Path, n_ctx: int, parallel: int) -> None:
-    reported = reported_buffers(hybrid, n_ctx=n_ctx, parallel=parallel, n_threads=1)
-    est = estimate_memory(hybrid, n_ctx=n_ctx, parallel=parallel)
+@pytest.mark.parametrize(("n_ctx", "parallel", "snapshots"), [(1024, 1, 4), (4096, 3, 4), (16384, 2, 0)])
+def test_kv_recurrent_and_weights_are_llama_cpps_buffers(
+    hybrid: Path, n_ctx: int, parallel: int, snapshots: int
+) -> None:
+    settings = {"n_ctx": n_ctx, "parallel": parallel, "recurrent_snapshots": snapshots}
+    reported = reported_buffers(hybrid, n_threads=1, **settings)
+    est = estimate_memory(hybrid, **settings)
     assert est.kv_bytes / MiB == pytest.approx(reported["KV"], abs=0.006)  # llama.cpp logs 2 decimals
     assert est.recurrent_bytes / MiB == pytest.approx(reported["RS"], abs=0.006)
     assert est.weights_bytes / MiB == pytest.approx(reported["model"], abs=0.006)
-    assert est.recurrent_bytes == 3 * parallel * (384 + 1024) * 4  # f32 state, per sequence, any n_ctx
+    # f32 state per sequence and rollback snapshot (n_rs_seq), whatever n_ctx
+    assert est.recurrent_bytes == 3 * parallel * (384 + 1024) * 4 * (1 + snapshots)
+
+
+def test_checkpoints_are_charged_as_copies_of_the_state(hybrid: Path) -> None:
+    state = 3 * (384 + 1024) * 4  # one sequence's recurrent state: what a checkpoint holds
+    assert estimate_memory(hybrid, parallel=2, ctx_checkpoints=4).checkpoint_bytes == 2 * 4 * state
+    assert estimate_memory(hybrid, parallel=2, ctx_checkpoints=0).checkpoint_bytes == 0
