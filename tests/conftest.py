@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,50 @@ def tiny_vl_pair(tmp_path_factory: pytest.TempPathFactory, qwen3_tokenizer_dir: 
     )
     out = convert(ck, root / "out", outtype="f32", evaluate=False, quiet=True).as_dict()
     return Path(out["gguf"]), Path(out["mmproj"]["path"])
+
+
+@pytest.fixture(scope="session")
+def tiny_hybrid(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``tiny_hybrid(arch, dtype="f32", mtp=True, fused_experts=False, **config) -> Path``: a cached
+    tiny random Qwen3.5 / Qwen3.5-MoE / Qwen3-Next checkpoint (scripts/make_tiny_hybrid.py), with
+    the real vocabulary of its family. Read-only; config overrides make a separate folder."""
+    from make_tiny_hybrid import make_hybrid
+
+    root = tmp_path_factory.mktemp("tiny-hybrid")
+    cache: dict[str, Path] = {}
+
+    def make(
+        arch: str, dtype: str = "f32", mtp: bool = True, fused_experts: bool = False, **config: Any
+    ) -> Path:
+        key = f"{arch}-{dtype}-{'mtp' if mtp else 'nomtp'}-{'fused' if fused_experts else 'split'}"
+        key += "".join(f"-{k}={v}" for k, v in sorted(config.items())).replace("/", "_").replace(" ", "")
+        if key not in cache:
+            cache[key] = make_hybrid(
+                root / str(len(cache)), arch=arch, dtype=dtype, mtp=mtp, fused_experts=fused_experts, **config
+            )
+        return cache[key]
+
+    return make
+
+@pytest.fixture(scope="session")
+def hybrid_gguf(
+    tmp_path_factory: pytest.TempPathFactory, tiny_hybrid: Callable[..., Path]
+) -> Callable[..., Path]:
+    """``hybrid_gguf(arch, quant=None, **config) -> Path``: a tiny random Qwen3.5 / Qwen3.5-MoE /
+    Qwen3-Next checkpoint converted by edge-qwen to an F32 GGUF (its MTP head kept), or quantized
+    from it to ``quant`` (``"q4_0"``: the same model, rounded; a draft that disagrees sometimes).
+    Cached for the session."""
+    from edge_qwen.convert import convert
+
+    root = tmp_path_factory.mktemp("hybrid-gguf")
+    cache: dict[str, Path] = {}
+
+    def make(arch: str, quant: str | None = None, **config: Any) -> Path:
+        key = f"{arch}-{quant}" + "".join(f"-{k}={v}" for k, v in sorted(config.items()))
+        if key not in cache:
+            result = convert(tiny_hybrid(arch, **config), root / str(len(cache)), outtype="f32",
+                             quants=[quant] if quant else [], evaluate=False, quiet=True)  # fmt: skip
+            cache[key] = Path(result.outputs[-1].path) if quant else result.gguf
+        return cache[key]
+
+    return make

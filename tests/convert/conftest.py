@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -55,30 +54,6 @@ def tokens(qwen3_tokenizer_dir: Path) -> list[int]:
     ids = tokenizer.encode(SENTENCE, add_special_tokens=False).ids[:16]
     assert len(ids) == 16
     return ids
-
-
-@pytest.fixture(scope="session")
-def tiny_hybrid(tmp_path_factory: pytest.TempPathFactory) -> TinyCheckpoint:
-    """``tiny_hybrid(arch, dtype="f32", mtp=True, fused_experts=False, **config) -> Path``: a cached
-    tiny random Qwen3.5 / Qwen3.5-MoE / Qwen3-Next checkpoint (scripts/make_tiny_hybrid.py), with
-    the real vocabulary of its family. Read-only; config overrides make a separate folder."""
-    from make_tiny_hybrid import make_hybrid
-
-    root = tmp_path_factory.mktemp("tiny-hybrid")
-    cache: dict[str, Path] = {}
-
-    def make(
-        arch: str, dtype: str = "f32", mtp: bool = True, fused_experts: bool = False, **config: Any
-    ) -> Path:
-        key = f"{arch}-{dtype}-{'mtp' if mtp else 'nomtp'}-{'fused' if fused_experts else 'split'}"
-        key += "".join(f"-{k}={v}" for k, v in sorted(config.items())).replace("/", "_").replace(" ", "")
-        if key not in cache:
-            cache[key] = make_hybrid(
-                root / str(len(cache)), arch=arch, dtype=dtype, mtp=mtp, fused_experts=fused_experts, **config
-            )
-        return cache[key]
-
-    return make
 
 
 @pytest.fixture(scope="session")
