@@ -88,6 +88,8 @@ def test_speculative_option_values():
     for bad in ({"mode": "ngram"}, {"kk": 3}, {"k": 0}, {"n": 1, "n_min": 2}, {"p_min": 1.0}, 3):
         with pytest.raises(ConfigError):
             spec_config(bad)
+    with pytest.raises(ConfigError, match="MTP head.*not supported yet; use 'lookup'"):
+        spec_config("mtp")
 
 
 # -- the step loop -----------------------------------------------------------------------------------

@@ -87,6 +87,10 @@ def spec_config(value: Any) -> SpecConfig | None:
     if unknown:
         raise ConfigError(f"unknown speculative option(s) {unknown}; known: {sorted(names)}")
     mode = value.get("mode", "lookup")
+    if mode == "mtp":
+        raise ConfigError("speculative mode 'mtp' (drafting with a Qwen3.5 GGUF's own MTP head) is not "
+                          "supported yet; use 'lookup', or 'draft' with a smaller model of the same "
+                          "vocabulary (Model.load(..., draft=FILE))")  # fmt: skip
     if mode not in MODES:
         raise ConfigError(f"speculative mode {mode!r} is not one of {MODES}")
     config = replace(DRAFT if mode == "draft" else LOOKUP, **value)
