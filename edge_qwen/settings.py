@@ -38,8 +38,11 @@ class ModelSettings:
 
     ``draft`` is a smaller GGUF with the same vocabulary that drafts tokens for speculative
     decoding (loaded with the same context size and sequence count, on the same compute thread).
-    ``speculative`` is the mode a request gets when it does not choose: ``"lookup"``, ``"draft"``,
-    ``"off"``, or None (``"draft"`` when a draft model is loaded, otherwise off).
+    ``mtp=True`` instead drafts with the model's own multi-token-prediction head (Qwen3.5,
+    Qwen3-Next GGUFs converted with it): its weights and a one-layer context are loaded beside the
+    model. ``speculative`` is the mode a request gets when it does not choose: ``"lookup"``,
+    ``"draft"``, ``"mtp"``, ``"off"``, or None (``"draft"`` / ``"mtp"`` when a draft model / the MTP
+    head is loaded, otherwise off).
 
     ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
     beside the language model): chat messages may then carry images and audio clips.
@@ -76,6 +79,7 @@ class ModelSettings:
     prefill_chunk: int = 128
     adapters: tuple[tuple[str, str], ...] = ()
     draft: str | None = None
+    mtp: bool = False
     speculative: str | None = None
     mmproj: str | None = None
     prompt_cache: int = 0
@@ -115,4 +119,6 @@ def draft_settings(settings: ModelSettings) -> ModelSettings:
     """The draft model's context: the target's cells, sequences and batch sizes (it reads prompts as
     the target prefills them), no adapters, no projector, no recurrent snapshots (it drafts one
     token per decode, and llama.cpp's snapshots roll back within one decode only)."""
-    return dataclasses.replace(settings, adapters=(), draft=None, mmproj=None, recurrent_snapshots=0)
+    return dataclasses.replace(
+        settings, adapters=(), draft=None, mtp=False, mmproj=None, recurrent_snapshots=0
+    )

@@ -28,6 +28,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft", default=None, metavar="FILE",
         help="a smaller GGUF with the same tokenizer that drafts tokens (speculative decoding, same output)",
     )  # fmt: skip
+    parser.add_argument(
+        "--mtp", action="store_true",
+        help="draft with the model's own multi-token-prediction head (Qwen3.5, Qwen3-Next GGUFs converted "
+        "with it; speculative decoding, same output)",
+    )  # fmt: skip
 
 
 def add_media_arguments(parser: argparse.ArgumentParser, *, files: bool) -> None:
@@ -142,6 +147,7 @@ def load_model(args: argparse.Namespace) -> Any:
     return Model.load(
         resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files,
         draft=resolve_model(draft) if draft else None, mmproj=getattr(args, "mmproj", None),
+        mtp=getattr(args, "mtp", False),
     )  # fmt: skip
 
 

@@ -70,6 +70,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "output); MODEL may be left out with one model",
     )  # fmt: skip
     parser.add_argument(
+        "--mtp", action="store_true",
+        help="models whose GGUF has a multi-token-prediction head (Qwen3.5, Qwen3-Next) draft with it "
+        "(speculative decoding, same output); models without one are served as they are",
+    )  # fmt: skip
+    parser.add_argument(
         "--mmproj", action="append", default=[], metavar="[MODEL=]FILE",
         help="the vision/audio projector GGUF of MODEL (from edge-qwen convert), so requests may carry "
         "images or audio; MODEL may be left out with one model",
@@ -195,6 +200,14 @@ def parse_drafts(values: list[str], models: dict[str, Path]) -> dict[str, str]:
     return drafts
 
 
+def has_mtp_head(path: str | Path) -> bool:
+    """Whether a GGUF carries a multi-token-prediction head (nextn layers) to draft with."""
+    from ..gguf_header import read_header
+    from ..sizing.shape import model_shape
+
+    return model_shape(read_header(path)).n_nextn > 0
+
+
 def parse_mmprojs(values: list[str], models: dict[str, Path]) -> dict[str, str]:
     """``--mmproj`` items: the projector GGUF of each model that takes images or audio."""
     projectors: dict[str, str] = {}
@@ -302,6 +315,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.add(
                 name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
+                mtp=args.mtp and name not in drafts and has_mtp_head(path),
                 mmproj=projectors.get(name), prompt_cache=prompt_cache,
             )  # fmt: skip
         if not args.no_preload:

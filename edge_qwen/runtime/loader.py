@@ -6,6 +6,7 @@ split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.engine.slo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,20 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     mparams.load_mode = _native.LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
     extra = settings.extra_buffers
     mparams.use_extra_bufts = _llama.default_extra_buffers() if extra is None else extra
+    mparams.load_mtp = settings.mtp
     model = L.llama_model_load_from_file(os.fsencode(path), mparams)
     if not model:
         reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
         raise ModelLoadError(
             f"cannot load {path}: {reason}. Check that it is a complete GGUF file of a model this "
             "llama.cpp supports (edge-qwen info PATH), or re-convert it"
+        )
+    if settings.mtp and int(L.llama_model_n_layer_nextn(model)) <= 0:
+        L.llama_model_free(model)
+        raise ConfigError(
+            f"mtp=True, but {path.name} has no MTP head (no nextn layers). Convert the Qwen3.5 / "
+            "Qwen3-Next checkpoint with it (edge-qwen convert keeps it unless --no-mtp), or draft "
+            "with speculative='lookup' or a draft model"
         )
     if L.llama_model_is_recurrent(model) or L.llama_model_is_hybrid(model):
         cparams.n_rs_seq = settings.recurrent_snapshots  # rollback of rejected drafts
@@ -49,6 +58,28 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
             f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
         )
     return model, ctx
+
+
+def load_mtp(settings: ModelSettings, model: Any, ctx: Any) -> Any:
+    """The MTP head's context on ``model`` (loaded with ``mtp=True``): one attention layer, as many
+    cells and sequences as the target's ``ctx``, no recurrent snapshots.
+
+    Raises:
+        ModelLoadError: llama.cpp could not create it (naming its reason).
+    """
+    params = context_params(dataclasses.replace(settings, recurrent_snapshots=0))
+    params.n_ctx = int(L.llama_n_ctx(ctx))
+    params.ctx_type = L.LLAMA_CONTEXT_TYPE_MTP
+    params.ctx_other = ctx
+    params.n_rs_seq = 0
+    _llama.take_recent_errors()
+    mtp_ctx = L.llama_init_from_model(model, params)
+    if not mtp_ctx:
+        reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
+        raise ModelLoadError(
+            f"cannot create the MTP head's context: {reason}. Load without mtp=True, or try a smaller n_ctx"
+        )
+    return mtp_ctx
 
 
 def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, Any]:

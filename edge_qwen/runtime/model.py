@@ -18,7 +18,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as L
 
-from ..errors import ModelClosedError
+from ..errors import ConfigError, ModelClosedError
 from ..registry import resolve_model
 from ..settings import ModelSettings, settings_from
 from . import _native
@@ -26,10 +26,11 @@ from .engine.batcher import BatchEngine
 from .engine.compute import ComputeThread
 from .engine.decoder import NativeDecoder
 from .engine.draft import DraftModel
+from .engine.mtp import MtpHead
 from .engine.prompt_cache import PromptCache
 from .engine.threads import ThreadGovernor
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
-from .loader import load_draft, load_media, load_native
+from .loader import load_draft, load_media, load_mtp, load_native
 from .lora import AdapterSlots
 from .media.multimodal import MediaSupport
 from .prompting import RequestBuilder
@@ -67,6 +68,7 @@ class Model:
         ctx: Any,
         draft: tuple[Any, Any] | None = None,
         media: MediaSupport | None = None,
+        mtp_ctx: Any = None,
     ) -> None:
         self.path = path
         self.settings = settings
@@ -83,7 +85,11 @@ class Model:
         self._decoder = NativeDecoder(ctx, self.vocab.native, self.n_batch, governor)
         self._draft_native = draft
         self._draft_decoder: NativeDecoder | None = None
-        drafter: DraftModel | None = None
+        drafter: DraftModel | MtpHead | None = None
+        self._mtp_ctx = mtp_ctx
+        self._mtp: MtpHead | None = None
+        if mtp_ctx is not None:
+            drafter = self._mtp = MtpHead(ctx, mtp_ctx, n_vocab=self.vocab.n_tokens)
         if draft is not None:
             dmodel, dctx = draft
             n_batch = int(L.llama_n_batch(dctx))
@@ -117,7 +123,8 @@ class Model:
         self._lora = AdapterSlots(model, self._decoder.adapters, self._compute.call)
         self._requests = RequestBuilder(
             self.vocab, settings, architecture=self.architecture, n_ctx_seq=self.n_ctx_seq,
-            lora=self._lora, media=media, has_draft=draft is not None,
+            lora=self._lora, media=media,
+            draft_source="mtp" if mtp_ctx is not None else "draft" if draft is not None else None,
         )  # fmt: skip
         try:
             for name, adapter_path in settings.adapters:
@@ -136,21 +143,27 @@ class Model:
         config = settings_from("Model.load", settings)
         spec_config(config.speculative)  # an unknown default mode fails before anything is loaded
         path = resolve_model(os.fspath(path))
+        if config.mtp and config.draft is not None:
+            raise ConfigError("draft= and mtp=True both draft tokens; load one of them")
         model, ctx = load_native(path, config)
-        draft = media = None
+        draft = media = mtp_ctx = None
         try:
             if config.draft is not None:
                 draft = load_draft(Path(config.draft), config, model)
+            if config.mtp:
+                mtp_ctx = load_mtp(config, model, ctx)
             if config.mmproj is not None:
                 media = load_media(config, model, ctx)
         except BaseException:
             if draft is not None:
                 L.llama_free(draft[1])
                 L.llama_model_free(draft[0])
+            if mtp_ctx is not None:
+                L.llama_free(mtp_ctx)
             L.llama_free(ctx)
             L.llama_model_free(model)
             raise
-        return cls(path, config, model, ctx, draft, media)
+        return cls(path, config, model, ctx, draft, media, mtp_ctx)
 
     def close(self, *, wait: bool = True, on_freed: Callable[[], None] | None = None) -> None:
         """Queued requests fail with ModelClosedError, running ones end "cancelled", then llama.cpp's
@@ -175,6 +188,10 @@ class Model:
             self._decoder.free()
             if self._media is not None:
                 self._media.close()  # before the model it projects into
+            if self._mtp is not None:  # before the target context it reads from
+                self._mtp.free()
+                L.llama_free(self._mtp_ctx)
+                self._mtp_ctx = None
             L.llama_free(self._ctx)
             if self._draft_native is not None and self._draft_decoder is not None:
                 self._draft_decoder.free()
@@ -252,8 +269,8 @@ class Model:
 
     @property
     def has_draft(self) -> bool:
-        """Whether a draft model was loaded (``draft=``) for speculative decoding."""
-        return self._requests.has_draft
+        """Whether a draft model (``draft=``) or the MTP head (``mtp=True``) was loaded to draft."""
+        return self._requests.draft_source is not None
 
     # -- LoRA adapters ----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from .media.multimodal import MediaSupport, MediaTokens, tokenize_with_media
 from .presets import SamplingParams, preset_for, resolve
 from .request import AdapterSet, RequestSpec
 from .sampling import grammar_text
-from .speculation.speculative import DRAFT, SpecConfig, spec_config
+from .speculation.speculative import DRAFT, MTP, SpecConfig, spec_config
 from .text.chat_template import RenderedPrompt
 from .vocab import Vocabulary
 
@@ -57,7 +57,7 @@ class RequestBuilder:
         n_ctx_seq: int,
         lora: AdapterSlots,
         media: MediaSupport | None,
-        has_draft: bool,
+        draft_source: str | None,
     ) -> None:
         self.vocab = vocab
         self.settings = settings
@@ -65,7 +65,7 @@ class RequestBuilder:
         self.n_ctx_seq = n_ctx_seq
         self._lora = lora
         self._media = media
-        self.has_draft = has_draft
+        self.draft_source = draft_source  # "draft" (a draft model), "mtp" (the MTP head) or None
 
     def plain(self, prompt: str | Sequence[int], keywords: Mapping[str, Any]) -> RequestSpec:
         options, sampling = RequestOptions.split(keywords)
@@ -151,14 +151,22 @@ class RequestBuilder:
         """A request's speculation: its own choice, else the model's default (``speculative=`` at
         load), else the draft model when one is loaded."""
         config = spec_config(value if value is not None else self.settings.speculative)
-        if config is None and self.has_draft:
-            config = DRAFT
-        if config is not None and config.mode == "draft" and not self.has_draft:
+        if config is None and self.draft_source is not None:
+            config = MTP if self.draft_source == "mtp" else DRAFT
+        if config is None or config.mode == self.draft_source or config.mode not in ("draft", "mtp"):
+            return config
+        if config.mode == "draft":
             raise ConfigError(
                 "speculative mode 'draft' needs a draft model: load this one with "
                 "Model.load(path, draft='smaller.gguf') (edge-qwen run/serve --draft FILE), or use 'lookup'"
+                + (" or 'mtp'" if self.draft_source == "mtp" else "")
             )
-        return config
+        raise ConfigError(
+            "speculative mode 'mtp' drafts with the model's own MTP head: load it with "
+            "Model.load(path, mtp=True) (edge-qwen run/serve --mtp), a Qwen3.5 or Qwen3-Next GGUF "
+            "converted with its MTP head (edge-qwen convert keeps it unless --no-mtp); or use 'lookup'"
+            + (" or 'draft'" if self.draft_source == "draft" else "")
+        )
 
     def _adapter_set(self, options: RequestOptions) -> AdapterSet:
         """The request's LoRA set, checked against the loaded adapters."""

@@ -88,8 +88,7 @@ def test_speculative_option_values():
     for bad in ({"mode": "ngram"}, {"kk": 3}, {"k": 0}, {"n": 1, "n_min": 2}, {"p_min": 1.0}, 3):
         with pytest.raises(ConfigError):
             spec_config(bad)
-    with pytest.raises(ConfigError, match="MTP head.*not supported yet; use 'lookup'"):
-        spec_config("mtp")
+    assert spec_config("mtp") == SpecConfig(mode="mtp", k=3)  # one MTP block: short drafts
 
 
 # -- the step loop -----------------------------------------------------------------------------------

@@ -64,13 +64,15 @@ Wanted = tuple[Seq[int], int]  # a sequence's tokens so far, and the most tokens
 
 
 class DraftSource(Protocol):
-    """A draft model (:class:`~edge_qwen.runtime.engine.draft.DraftModel`): drafts for several
-    sequences."""
+    """A draft model (:class:`~edge_qwen.runtime.engine.draft.DraftModel`) or the model's MTP head
+    (:class:`~edge_qwen.runtime.engine.mtp.MtpHead`): drafts for several sequences. ``observe`` sees
+    every target decode right after it (the MTP head reads the target's hidden states there)."""
 
     def propose(self, wanted: Mapping[int, Wanted], p_min: Mapping[int, float]) -> dict[int, list[int]]: ...
     @property
     def position_cost(self) -> float: ...  # seconds a drafted position costs (one draft decode)
     def prefetch(self, histories: Mapping[int, Seq[int]]) -> None: ...
+    def observe(self, entries: Seq[BatchEntry]) -> None: ...
     def forget(self, seq_ids: Iterable[int] | None = None) -> None: ...
 
 

@@ -102,6 +102,9 @@ class DraftModel:
             active = {e.seq_id: e.row for e in entries}
         return {s: d for s, d in drafts.items() if d}
 
+    def observe(self, entries: Seq[BatchEntry]) -> None:
+        """Nothing to take from the target's decode: the draft reads token ids (:meth:`prefetch`)."""
+
     def prefetch(self, histories: Mapping[int, Seq[int]]) -> None:
         """Read the prompt chunks the target has just prefilled, in the same step (no draft yet), so
         that drafting starts without a long catch-up when the first token comes."""

@@ -47,6 +47,7 @@ class Drafting:
         """The draft model reads the prompt chunks the target just prefilled, before their first
         token is sampled: its cost lands in the time to first token, not as a stall after it."""
         assert self.draft is not None
+        self.draft.observe(entries)
         reading = {}
         for e in entries:
             seq = self.table.running[e.seq_id]

@@ -1,9 +1,10 @@
 """Speculative decoding: draft tokens cheaply, verify them in the step's batch, keep what the target
 model would have produced anyway.
 
-Two drafters propose: prompt lookup (below), and a draft model (:mod:`~edge_qwen.runtime.engine.draft`, a
-smaller model with the same vocabulary proposing its greedy continuation). Both drafts are
-deterministic given the history (a point mass q), so the acceptance argument below holds for both.
+Three drafters propose: prompt lookup (below), a draft model (:mod:`~edge_qwen.runtime.engine.draft`, a
+smaller model with the same vocabulary proposing its greedy continuation) and the model's own MTP
+head (:mod:`~edge_qwen.runtime.engine.mtp`, Qwen3.5 and Qwen3-Next). All drafts are deterministic
+given the history (a point mass q), so the acceptance argument below holds for each.
 
 Drafting (:class:`LookupDrafter`): the last ``n`` tokens of the sequence (prompt plus output so far)
 are looked up among their earlier occurrences, and the up to ``k`` tokens that followed the latest
@@ -35,8 +36,9 @@ from typing import Any
 
 from ...errors import ConfigError
 
-MODES = ("lookup", "draft", "off")
+MODES = ("lookup", "draft", "mtp", "off")
 DRAFT_K = 6  # draft-model default: each drafted token costs a draft decode, unlike a lookup
+MTP_K = 3  # one MTP block predicts one token ahead; chained further its drafts fade
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,12 @@ class SpecConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.mode in ("lookup", "draft")
+        return self.mode in ("lookup", "draft", "mtp")
 
 
 LOOKUP = SpecConfig()
 DRAFT = SpecConfig(mode="draft", k=DRAFT_K)
+MTP = SpecConfig(mode="mtp", k=MTP_K)
 OFF = SpecConfig(mode="off")
 
 
@@ -80,20 +83,16 @@ def spec_config(value: Any) -> SpecConfig | None:
     if isinstance(value, str):
         value = {"mode": value}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"speculative= takes 'lookup', 'draft', 'off' or a dict like {{'mode': 'lookup', "
-                          f"'k': 8}}, not {type(value).__name__}")  # fmt: skip
+        raise ConfigError(f"speculative= takes 'lookup', 'draft', 'mtp', 'off' or a dict like "
+                          f"{{'mode': 'lookup', 'k': 8}}, not {type(value).__name__}")  # fmt: skip
     names = {f.name for f in fields(SpecConfig)}
     unknown = sorted(set(value) - names)
     if unknown:
         raise ConfigError(f"unknown speculative option(s) {unknown}; known: {sorted(names)}")
     mode = value.get("mode", "lookup")
-    if mode == "mtp":
-        raise ConfigError("speculative mode 'mtp' (drafting with a Qwen3.5 GGUF's own MTP head) is not "
-                          "supported yet; use 'lookup', or 'draft' with a smaller model of the same "
-                          "vocabulary (Model.load(..., draft=FILE))")  # fmt: skip
     if mode not in MODES:
         raise ConfigError(f"speculative mode {mode!r} is not one of {MODES}")
-    config = replace(DRAFT if mode == "draft" else LOOKUP, **value)
+    config = replace({"draft": DRAFT, "mtp": MTP}.get(mode, LOOKUP), **value)
     if not (1 <= config.n_min <= config.n) or config.k < 1 or config.max_pause < 0:
         raise ConfigError(f"speculative sizes need 1 <= n_min <= n and k >= 1 (got n={config.n}, "
                           f"n_min={config.n_min}, k={config.k})")  # fmt: skip
@@ -125,7 +124,8 @@ class Drafter:
 
     @property
     def uses_model(self) -> bool:
-        return self.config.mode == "draft"
+        """Whether the engine's draft source (a draft model, or the MTP head) drafts for it."""
+        return self.config.mode in ("draft", "mtp")
 
     def limit(self, room: int) -> int:
         """Tokens to draft this step, at most ``room`` (0 while paused)."""
