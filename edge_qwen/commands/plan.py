@@ -42,6 +42,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a GGUF LoRA adapter loaded next to the model (counted in the total); repeatable",
     )  # fmt: skip
     parser.add_argument(
+        "--mtp", action="store_true",
+        help="count the MTP head a Qwen3.5 / Qwen3-Next model drafts with (run --mtp)",
+    )
+    parser.add_argument(
         "--device-memory", metavar="SIZE",
         help="free GPU memory (e.g. 8GiB): how many layers offload, and the host/device split",
     )  # fmt: skip
@@ -71,7 +75,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     shape = _shape(args.model)
     settings = ModelSettings(
         n_ctx=args.ctx, n_ubatch=args.ubatch, cache_type_k=args.kv, cache_type_v=args.kv, n_gpu_layers=0,
-        parallel=args.parallel,
+        parallel=args.parallel, mtp=args.mtp,
         adapters=tuple((f"lora{i}", path) for i, path in enumerate(args.lora)),
     )  # fmt: skip
     if args.device:
@@ -144,13 +148,14 @@ def format_plan(plan: dict[str, Any]) -> str:
          f"fixed state of the recurrent layers for {s['parallel']} sequences (and their rollback "
          "snapshots), whatever the context"),
         ("checkpts", est["checkpoint_bytes"], "host copies of that state for prefix reuse (ctx_checkpoints)"),
+        ("mtp", est["mtp_weights_bytes"] + est["mtp_kv_bytes"], "the MTP head's layer and its K/V (--mtp)"),
         ("output", est["output_bytes"], f"logits rows of {s['parallel']} sequences"),
         ("compute", est["compute_resident_bytes"], f"of {est['compute_bytes'] / MiB:,.1f} MiB reserved"),
         ("overhead", est["overhead_bytes"], "tokenizer tables, context"),
         ("adapters", est["adapter_bytes"], "LoRA adapters"),
     ]  # fmt: skip
     lines = [f"{plan['model']} on {plan['device']} (budget {plan['budget_bytes'] / MiB:,.0f} MiB)"]
-    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "recurrent", "checkpts")]
+    shown = [row for row in rows if row[1] or row[0] not in ("adapters", "recurrent", "checkpts", "mtp")]
     lines += [f"  {name:<9}{_mib(value)}   {note}" for name, value, note in shown]
     lines.append(
         f"  {'total':<9}{_mib(est['total_bytes'])}   committed {est['committed_bytes'] / MiB:,.1f} MiB"

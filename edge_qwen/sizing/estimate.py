@@ -13,7 +13,8 @@ size``, ``compute buffer size``, ``output buffer size``), then says which of it 
 * **recurrent state** — a hybrid's other layers keep f32 conv + SSM state per sequence, times
   ``1 + n_rs_seq`` where llama.cpp keeps rollback snapshots (``RS buffer size``), whatever the
   context; the runtime's **checkpoints** of that state (``ctx_checkpoints`` per slot) live in host
-  memory beside it.
+  memory beside it. With ``mtp=True`` the MTP head's layer is loaded and its own context keeps one
+  attention layer of K/V over the same cells.
 * **compute buffer** — llama.cpp reserves it for the worst case (every token of a ``n_ubatch`` batch
   asking for logits, and without flash attention the full ``n_ctx × n_ubatch × n_head`` scores).
   edge-qwen's runtime only ever asks for the last token's logits, so only the activations of a
@@ -135,6 +136,8 @@ class MemoryEstimate:
     prompt_cache_bytes: int = 0  # host copies of K/V the slots gave up (its budget, charged whole)
     recurrent_bytes: int = 0  # a hybrid's recurrent layers: conv + SSM state per sequence and snapshot
     checkpoint_bytes: int = 0  # a hybrid's state checkpoints in host memory (ctx_checkpoints per slot)
+    mtp_weights_bytes: int = 0  # mtp=True: the MTP head's layer, loaded beside the trunk
+    mtp_kv_bytes: int = 0  # mtp=True: the MTP context's K/V (one attention layer per head layer)
 
     @property
     def total_bytes(self) -> int:
@@ -148,6 +151,8 @@ class MemoryEstimate:
             + self.kv_bytes
             + self.recurrent_bytes
             + self.checkpoint_bytes
+            + self.mtp_weights_bytes
+            + self.mtp_kv_bytes
             + self.compute_resident_bytes
             + self.output_bytes
             + self.overhead_bytes
@@ -196,6 +201,18 @@ def recurrent_state_bytes(
     sequence (``n_seq_max`` cells) and per rollback snapshot (``n_rs_seq``), whatever the context."""
     per_layer = (shape.state_r_elements + shape.state_s_elements) * 4 * max(1, sequences) * (1 + snapshots)
     return sum(per_layer for i in layers if shape.recurrent and shape.recurrent[i])
+
+
+def mtp_bytes(shape: ModelShape, settings: ModelSettings, n_ctx: int) -> tuple[int, int]:
+    """(weights, K/V) of the MTP head when ``settings.mtp`` loads it: the nextn layers' tensors, and
+    the MTP context's cache of one attention layer each over the target's ``n_ctx`` cells."""
+    if not settings.mtp or shape.n_nextn <= 0:
+        return 0, 0
+    weights = sum(t.n_bytes for t in shape.tensors if (_layer_of(t.name) or 0) >= shape.n_layer)
+    kb, kt = KV_TYPES[settings.cache_type_k]
+    vb, vt = KV_TYPES[settings.cache_type_v]
+    per_layer = n_ctx * shape.n_head_kv[-1] * (shape.key_length * kt // kb + shape.value_length * vt // vb)
+    return weights, shape.n_nextn * per_layer
 
 
 def rollback_snapshots(shape: ModelShape, settings: ModelSettings) -> int:
@@ -349,6 +366,7 @@ def estimate(
     compute = compute_buffer_bytes(shape, kv_ctx, n_ubatch, flash, quantized_kv)
     resident = compute_resident_bytes(shape, kv_ctx, n_ubatch, flash)
     snapshots, all_layers = rollback_snapshots(shape, settings), range(shape.n_layer)
+    mtp_weights, mtp_kv = mtp_bytes(shape, settings, kv_ctx)
     return MemoryEstimate(
         n_ctx=n_ctx,
         parallel=parallel,
@@ -372,6 +390,8 @@ def estimate(
         prompt_cache_bytes=max(0, settings.prompt_cache),
         recurrent_bytes=recurrent_state_bytes(shape, parallel, host_layers, snapshots),
         checkpoint_bytes=recurrent_state_bytes(shape, parallel, all_layers) * settings.ctx_checkpoints,
+        mtp_weights_bytes=mtp_weights,
+        mtp_kv_bytes=mtp_kv,
     )
 
 

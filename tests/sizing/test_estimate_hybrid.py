@@ -51,3 +51,17 @@ def test_checkpoints_are_charged_as_copies_of_the_state(hybrid: Path) -> None:
     state = 3 * (384 + 1024) * 4  # one sequence's recurrent state: what a checkpoint holds
     assert estimate_memory(hybrid, parallel=2, ctx_checkpoints=4).checkpoint_bytes == 2 * 4 * state
     assert estimate_memory(hybrid, parallel=2, ctx_checkpoints=0).checkpoint_bytes == 0
+
+
+def test_the_mtp_head_is_its_layer_and_one_layer_of_kv(hybrid_gguf) -> None:
+    """With mtp=True llama.cpp loads the nextn layer and creates the MTP context: the model buffer
+    grows by that layer's tensors, the K/V by one attention layer over the same cells."""
+    path = hybrid_gguf("qwen35")
+    settings = {"n_ctx": 2048, "parallel": 2}
+    off = estimate_memory(path, **settings)
+    on = estimate_memory(path, mtp=True, **settings)
+    reported = reported_buffers(path, n_threads=1, mtp=True, **settings)
+    assert off.mtp_weights_bytes == off.mtp_kv_bytes == 0
+    assert on.mtp_kv_bytes == off.kv_bytes  # the trunk of this tiny model has one attention layer too
+    assert (on.kv_bytes + on.mtp_kv_bytes) / MiB == pytest.approx(reported["KV"], abs=0.011)
+    assert (on.weights_bytes + on.mtp_weights_bytes) / MiB == pytest.approx(reported["model"], rel=0.03)
