@@ -198,7 +198,10 @@ def test_choose_slot_prefers_longest_prefix_then_empty_then_least_recent():
     assert choose_slot([a, b], [7, 7], allow_copy=False).slot is b  # the least recently used
     a.busy = True
     placed = choose_slot([a, b, c], [1, 2, 3, 4, 5], allow_copy=True)
-    assert placed.slot is b and placed.donor is a and placed.cached == 4
+    assert placed.slot is c and placed.donor is a and placed.cached == 4  # b's conversation stays
+    placed = choose_slot([b, c], [1, 2, 7], allow_copy=True)  # another turn after b's shared prefix
+    assert placed.slot is c and placed.donor is b and placed.cached == 2
+    assert choose_slot([b], [1, 2, 7], allow_copy=True).slot is b  # no empty slot: b is cut back
     assert choose_slot([a], [1], allow_copy=True) is None
 
 

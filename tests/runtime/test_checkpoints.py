@@ -80,6 +80,23 @@ def test_a_shared_system_prompt_is_reused_from_its_checkpoint():
     assert out_tokens(sink) == solo(second, 6)
 
 
+def test_users_sharing_a_system_prompt_keep_their_own_conversations_cached():
+    """With slots to spare, the second user borrows the system prompt into an empty slot instead of
+    cutting the first user's conversation back to it: each user's next turn continues its own."""
+    engine, _ = hybrid(parallel=2)
+    sinks = {}
+    for q in (60, 61):
+        _, sinks[q] = submit(engine, chat(q), max_tokens=ANSWER)
+        run(engine)
+    assert sinks[61].result().usage.cached_tokens == len(SYSTEM)  # borrowed from the first slot
+    for q in (60, 61):
+        turn = chat(q) + out_tokens(sinks[q]) + [13, START, 3, *[62] * 18, START, 5]
+        _, sink = submit(engine, turn, max_tokens=6)
+        run(engine)
+        assert sink.result().usage.cached_tokens >= len(chat(q))  # its own conversation, still cached
+        assert out_tokens(sink) == solo(turn, 6)
+
+
 def test_the_next_chat_turn_is_reused_from_the_end_of_the_previous_prompt_when_the_reply_is_re_rendered():
     engine, _ = hybrid(parallel=1)
     first = chat(60)

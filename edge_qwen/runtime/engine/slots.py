@@ -97,7 +97,8 @@ def choose_slot(
 
     At least one prompt token is always left to evaluate (its logits give the first output token).
     With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
-    is borrowed instead of recomputed. Only caches computed under the same adapter set (``key``)
+    is borrowed instead of recomputed, and a prompt that shares only part of a free slot's cache
+    goes to an empty slot with that part borrowed, so the other conversation stays cached. Only caches computed under the same adapter set (``key``)
     count: K/V computed with LoRA A must never be reused for B. On a hybrid model only a prefix
     ending at a checkpoint counts (:meth:`Slot.reusable`; a donor's live state is not lent).
     """
@@ -116,6 +117,11 @@ def choose_slot(
 
     slot = max(free, key=score)
     reuse = cached(slot)
+    empty = next((s for s in free if not s.tokens), None)
+    if allow_copy and empty is not None and 0 < reuse < len(slot.tokens):
+        # the best slot holds another conversation past the shared prefix: keep it cached and take
+        # an empty slot, borrowing the prefix (another user after the same system prompt)
+        slot, reuse = empty, 0
     if allow_copy:
         donors = [(cached(s, live=False), s) for s in slots if s is not slot]
         best = max(donors, key=lambda d: d[0], default=(0, None))
