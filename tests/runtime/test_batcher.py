@@ -201,7 +201,10 @@ def test_choose_slot_prefers_longest_prefix_then_empty_then_least_recent():
     assert placed.slot is c and placed.donor is a and placed.cached == 4  # b's conversation stays
     placed = choose_slot([b, c], [1, 2, 7], allow_copy=True)  # another turn after b's shared prefix
     assert placed.slot is c and placed.donor is b and placed.cached == 2
-    assert choose_slot([b], [1, 2, 7], allow_copy=True).slot is b  # no empty slot: b is cut back
+    assert choose_slot([b], [1, 2, 7], allow_copy=True).slot is b  # no other slot: b is cut back
+    old = Slot(3, [5, 5], last_used=0.5)  # an older conversation goes before b's is cut
+    assert choose_slot([b, old], [1, 2, 7], allow_copy=True).slot is old
+    assert choose_slot([b, Slot(4, [5], last_used=3.0)], [1, 2, 7], allow_copy=True).slot is b
     assert choose_slot([a], [1], allow_copy=True) is None
 
 

@@ -81,9 +81,12 @@ def test_a_shared_system_prompt_is_reused_from_its_checkpoint():
 
 
 def test_users_sharing_a_system_prompt_keep_their_own_conversations_cached():
-    """With slots to spare, the second user borrows the system prompt into an empty slot instead of
-    cutting the first user's conversation back to it: each user's next turn continues its own."""
+    """The second user borrows the system prompt into another slot (here the one an older, unrelated
+    request left) instead of cutting the first user's conversation back to it: each user's next
+    turn continues its own."""
     engine, _ = hybrid(parallel=2)
+    submit(engine, [START, 7, 8, 9, START, 5], max_tokens=4)  # a warm-up, unrelated
+    run(engine)
     sinks = {}
     for q in (60, 61):
         _, sinks[q] = submit(engine, chat(q), max_tokens=ANSWER)

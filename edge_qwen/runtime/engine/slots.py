@@ -98,7 +98,8 @@ def choose_slot(
     At least one prompt token is always left to evaluate (its logits give the first output token).
     With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
     is borrowed instead of recomputed, and a prompt that shares only part of a free slot's cache
-    goes to an empty slot with that part borrowed, so the other conversation stays cached. Only caches computed under the same adapter set (``key``)
+    goes to an empty slot (else one used less recently) with that part borrowed, so the other
+    conversation stays cached. Only caches computed under the same adapter set (``key``)
     count: K/V computed with LoRA A must never be reused for B. On a hybrid model only a prefix
     ending at a checkpoint counts (:meth:`Slot.reusable`; a donor's live state is not lent).
     """
@@ -117,11 +118,13 @@ def choose_slot(
 
     slot = max(free, key=score)
     reuse = cached(slot)
-    empty = next((s for s in free if not s.tokens), None)
-    if allow_copy and empty is not None and 0 < reuse < len(slot.tokens):
-        # the best slot holds another conversation past the shared prefix: keep it cached and take
-        # an empty slot, borrowing the prefix (another user after the same system prompt)
-        slot, reuse = empty, 0
+    others = [s for s in free if s is not slot]
+    victim = min(others, key=lambda s: (bool(s.tokens), s.last_used), default=None)
+    if allow_copy and victim is not None and 0 < reuse < len(slot.tokens):
+        if not victim.tokens or victim.last_used < slot.last_used:
+            # the best slot holds another conversation past the shared prefix: keep it cached, and
+            # take an empty slot (else the least recently used one), borrowing the prefix
+            slot, reuse = victim, 0
     if allow_copy:
         donors = [(cached(s, live=False), s) for s in slots if s is not slot]
         best = max(donors, key=lambda d: d[0], default=(0, None))
