@@ -111,23 +111,27 @@ def chi_square_p(counts_a: Counter[tuple[int, ...]], counts_b: Counter[tuple[int
     return 0.5 * math.erfc(z / math.sqrt(2)), df
 
 
-def test_sampled_tokens_follow_the_target_distribution(tiny_qwen3_gguf: Path) -> None:
-    n = 2000
+Draws = Counter[tuple[int, ...]]
+
+
+def seeded_draws(model: Model, speculative: object, n: int) -> tuple[Draws, Draws, int, int]:
+    """The 2nd and 3rd tokens of ``n`` seeded samples without speculation and of ``n`` with it
+    (other seeds), and how many tokens the speculative ones drafted and accepted."""
     sampling = {"temperature": 1.0, "top_k": 4, "top_p": 1.0, "min_p": 0.0, "max_tokens": 3}
-    draws: dict[str, Counter[tuple[int, ...]]] = {}
-    drafted = accepted = 0
+    draws = []
+    for mode, seeds in (("off", range(n)), (speculative, range(n, 2 * n))):
+        streams = [model.stream("The weather today is", seed=seed, speculative=mode, **sampling)
+                   for seed in seeds]  # fmt: skip
+        results = [drain(s) for s in streams]
+        draws.append(Counter(r.token_ids[1:3] for r in results if len(r.token_ids) == 3))
+    assert sum(draws[0].values()) > 0.95 * n and sum(draws[1].values()) > 0.95 * n
+    drafted = sum(r.timings.drafted_tokens for r in results)
+    return draws[0], draws[1], drafted, sum(r.timings.accepted_tokens for r in results)
+
+
+def test_sampled_tokens_follow_the_target_distribution(tiny_qwen3_gguf: Path) -> None:
     with Model.load(tiny_qwen3_gguf, n_ctx=4096, parallel=16, n_threads=2, draft=tiny_qwen3_gguf) as tiny:
-        for mode, seeds in (("off", range(n)), ({**ALWAYS, "p_min": 0.0}, range(n, 2 * n))):
-            streams = [
-                tiny.stream("The weather today is", seed=seed, speculative=mode, **sampling) for seed in seeds
-            ]
-            results = [drain(s) for s in streams]
-            draws[str(mode)] = Counter(r.token_ids[1:3] for r in results if len(r.token_ids) == 3)
-            if mode != "off":
-                drafted = sum(r.timings.drafted_tokens for r in results)
-                accepted = sum(r.timings.accepted_tokens for r in results)
-    plain, speculative = draws.values()
-    assert sum(plain.values()) > 0.95 * n and sum(speculative.values()) > 0.95 * n
+        plain, speculative, drafted, accepted = seeded_draws(tiny, {**ALWAYS, "p_min": 0.0}, 2000)
     assert 0.1 * drafted < accepted < 0.9 * drafted, (drafted, accepted)  # drafts kept and rejected
     p, df = chi_square_p(plain, speculative)
     assert df >= 8, "enough distinct outcomes for the test to mean something"

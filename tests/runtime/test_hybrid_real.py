@@ -145,3 +145,17 @@ def test_a_preempted_hybrid_sequence_resumes_with_the_same_answer(hybrid_gguf: C
     assert preempted > 0
     for prompt, a, b in zip(prompts, alone, together, strict=True):
         assert_same_or_near_tie(path, prompt, a, b)
+
+
+@pytest.mark.slow
+def test_sampling_with_speculation_keeps_the_targets_distribution(hybrid_gguf: Callable[..., Path]) -> None:
+    """Seeded sampling on Qwen3.5 with its Q8_0 copy drafting: the 2nd and 3rd tokens drawn with
+    speculation (drafts kept and rolled back) follow the distribution drawn without it."""
+    from test_draft_real import chi_square_p, seeded_draws
+
+    with Model.load(hybrid_gguf("qwen35"), n_ctx=4096, parallel=16, n_threads=2,
+                    draft=hybrid_gguf("qwen35", "q8_0")) as model:  # fmt: skip
+        plain, speculative, drafted, accepted = seeded_draws(model, DRAFT, 2000)
+    assert 0.05 * drafted < accepted < 0.95 * drafted, (drafted, accepted)  # drafts kept and rejected
+    p, df = chi_square_p(plain, speculative)
+    assert df >= 8 and p > 0.001, (p, df)
