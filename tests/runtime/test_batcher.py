@@ -202,9 +202,11 @@ def test_choose_slot_prefers_longest_prefix_then_empty_then_least_recent():
     placed = choose_slot([b, c], [1, 2, 7], allow_copy=True)  # another turn after b's shared prefix
     assert placed.slot is c and placed.donor is b and placed.cached == 2
     assert choose_slot([b], [1, 2, 7], allow_copy=True).slot is b  # no other slot: b is cut back
-    old = Slot(3, [5, 5], last_used=0.5)  # an older conversation goes before b's is cut
-    assert choose_slot([b, old], [1, 2, 7], allow_copy=True).slot is old
-    assert choose_slot([b, Slot(4, [5], last_used=3.0)], [1, 2, 7], allow_copy=True).slot is b
+    other = Slot(5, [1, 2, 9, 9, 9], last_used=1.0)  # another user's conversation after [1, 2]
+    old = Slot(3, [5, 5], last_used=0.5)  # an older conversation goes before that one is cut
+    assert choose_slot([other, old], [1, 2, 7], allow_copy=True).slot is old
+    assert choose_slot([other, Slot(4, [5], last_used=3.0)], [1, 2, 7], allow_copy=True).slot is other
+    assert choose_slot([b, old], [1, 2, 7], allow_copy=True).slot is b  # most of b: its own new turn
     assert choose_slot([a], [1], allow_copy=True) is None
 
 
@@ -221,3 +223,5 @@ def test_idle_caches_are_dropped_least_recent_first():
     assert idle_caches_to_drop([keep, old, new, busy], keep, need=15, free=10) == [old]
     assert idle_caches_to_drop([keep, old, new, busy], keep, need=5, free=10) == []
     assert idle_caches_to_drop([keep, old, new, busy], keep, need=40, free=10) is None
+    # the slot lending its prefix to the new prompt is never dropped to make room for it
+    assert idle_caches_to_drop([keep, old, new, busy], keep, need=15, free=10, also_keep=old) == [new]

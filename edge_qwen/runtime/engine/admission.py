@@ -53,7 +53,8 @@ class Admission:
             saved, n_saved = self._saved_prefix(item.tokens, key, placement)
             cached = max(placement.cached, n_saved)
             restore = len(saved.tokens) if saved is not None else 0
-            if self.unified and not self._room_for(item.tokens, cached, slot, restore):
+            donor = placement.donor if saved is None else None
+            if self.unified and not self._room_for(item.tokens, cached, slot, restore, donor):
                 return
             waiting.popleft()
             seq = item if isinstance(item, Sequence) else self._start(item)
@@ -91,15 +92,18 @@ class Admission:
             return True
         return False
 
-    def _room_for(self, tokens: Seq[int], cached: int, slot: Slot, restore: int = 0) -> bool:
-        """Make (by dropping idle caches) or find room for the prompt's new cells plus one; with
-        ``restore``, for a saved cache of that many cells written into the emptied slot first."""
+    def _room_for(
+        self, tokens: Seq[int], cached: int, slot: Slot, restore: int = 0, donor: Slot | None = None
+    ) -> bool:
+        """Make (by dropping idle caches, never the ``donor`` that lends the prefix) or find room for
+        the prompt's new cells plus one; with ``restore``, for a saved cache of that many cells
+        written into the emptied slot first."""
         if restore:
             freed, need = slot.own_cells, max(restore, len(tokens) + 1)
         else:
             freed, need = max(0, slot.own_cells - max(0, cached - slot.shared)), len(tokens) - cached + 1
         free = self.n_ctx - self.table.committed_cells() + freed
-        drop = idle_caches_to_drop(self.table.slots, slot, need, free)
+        drop = idle_caches_to_drop(self.table.slots, slot, need, free, also_keep=donor)
         if drop is None:
             return False
         for other in drop:

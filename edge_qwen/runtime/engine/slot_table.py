@@ -238,6 +238,8 @@ class SlotTable:
         cells, media ones included), on a hybrid model with the recurrent state of the donor's
         checkpoint there; returns how many tokens the slot then holds (``n_tokens``, or 0)."""
         self.evict(slot)
+        if donor.tokens[:n_tokens] != tokens[:n_tokens]:  # the donor's cache went meanwhile
+            return 0
         self.decoder.seq_cp(donor.seq_id, slot.seq_id, n_tokens)
         if slot.recurrent:
             checkpoint = latest(donor.checkpoints, n_tokens)

@@ -98,10 +98,11 @@ def choose_slot(
     At least one prompt token is always left to evaluate (its logits give the first output token).
     With ``allow_copy`` (unified KV cache) a longer prefix held by any other sequence, busy or not,
     is borrowed instead of recomputed, and a prompt that shares only part of a free slot's cache
-    goes to an empty slot (else one used less recently) with that part borrowed, so the other
-    conversation stays cached. Only caches computed under the same adapter set (``key``)
-    count: K/V computed with LoRA A must never be reused for B. On a hybrid model only a prefix
-    ending at a checkpoint counts (:meth:`Slot.reusable`; a donor's live state is not lent).
+    goes to an empty slot (else, when it shares at most half of that cache, one used less recently)
+    with that part borrowed, so the other conversation stays cached. Only caches computed under
+    the same adapter set (``key``) count: K/V computed with LoRA A must never be reused for B. On
+    a hybrid model only a prefix ending at a checkpoint counts (:meth:`Slot.reusable`; a donor's
+    live state is not lent).
     """
     free = [s for s in slots if not s.busy]
     if not free or not prompt:
@@ -121,7 +122,9 @@ def choose_slot(
     others = [s for s in free if s is not slot]
     victim = min(others, key=lambda s: (bool(s.tokens), s.last_used), default=None)
     if allow_copy and victim is not None and 0 < reuse < len(slot.tokens):
-        if not victim.tokens or victim.last_used < slot.last_used:
+        # an empty slot always; an older one only when the prompt shares at most half of this
+        # conversation (another user), not when it regenerates, edits or re-renders its own turn
+        if not victim.tokens or (victim.last_used < slot.last_used and 2 * reuse <= len(slot.tokens)):
             # the best slot holds another conversation past the shared prefix: keep it cached, and
             # take an empty slot (else the least recently used one), borrowing the prefix
             slot, reuse = victim, 0
@@ -139,13 +142,15 @@ def used_cells(slots: Sequence[Slot]) -> int:
     return sum(s.own_cells for s in slots)
 
 
-def idle_caches_to_drop(slots: Sequence[Slot], keep: Slot, need: int, free: int) -> list[Slot] | None:
+def idle_caches_to_drop(
+    slots: Sequence[Slot], keep: Slot, need: int, free: int, also_keep: Slot | None = None
+) -> list[Slot] | None:
     """Idle slots whose caches to drop (least recently used first) so ``need`` cells fit in ``free``;
     None when even dropping every idle cache is not enough (the request must wait)."""
     if need <= free:
         return []
     chosen: list[Slot] = []
-    idle = [s for s in slots if not s.busy and s is not keep and s.tokens]
+    idle = [s for s in slots if not s.busy and s is not keep and s is not also_keep and s.tokens]
     for s in sorted(idle, key=lambda s: s.last_used):
         chosen.append(s)
         free += s.own_cells
