@@ -26,7 +26,7 @@ from .engine.batcher import BatchEngine
 from .engine.compute import ComputeThread
 from .engine.decoder import NativeDecoder
 from .engine.draft import DraftModel
-from .engine.mtp import MtpHead
+from .engine.mtp import MtpHead, check_staging
 from .engine.prompt_cache import PromptCache
 from .engine.threads import ThreadGovernor
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
@@ -151,6 +151,7 @@ class Model:
             if config.draft is not None:
                 draft = load_draft(Path(config.draft), config, model)
             if config.mtp:
+                check_staging()  # a build without the MTP staging API fails here, freeing everything
                 mtp_ctx = load_mtp(config, model, ctx)
             if config.mmproj is not None:
                 media = load_media(config, model, ctx)

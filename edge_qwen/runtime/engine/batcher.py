@@ -288,7 +288,8 @@ class BatchEngine:
         detail = self.decoder.last_error() or "no details"
         for entry in entries:
             seq_id = entry.seq_id
-            self.table.discard_unwritten(self.slots[seq_id])
+            if rc != 1:  # code 1 (no cells) writes nothing: the cache, a hybrid's state too, stays
+                self.table.discard_unwritten(self.slots[seq_id])
             if seq_id not in self.running:
                 continue
             if rc == 1:  # the single remaining sequence has no room to grow: the context is full

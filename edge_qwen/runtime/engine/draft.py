@@ -142,7 +142,12 @@ class DraftModel:
                 self.cached[entry.seq_id].extend(entry.tokens)
             return 0
         for entry in entries:  # undo whatever part of the batch llama.cpp wrote
-            self.decoder.seq_rm(entry.seq_id, len(self.cached[entry.seq_id]))
+            if self.decoder.recurrent and rc != 1:  # its state may have moved on: start it afresh
+                self.decoder.seq_rm(entry.seq_id, 0)
+                self.cached[entry.seq_id].clear()
+                self.marks.pop(entry.seq_id, None)
+            else:
+                self.decoder.seq_rm(entry.seq_id, len(self.cached[entry.seq_id]))
         if rc == 1:  # no cells: forget the caches of sequences not in this batch, for next time
             busy = {e.seq_id for e in entries}
             for seq_id in range(len(self.cached)):

@@ -73,6 +73,12 @@ def staging(name: str) -> Any:
     return fn
 
 
+def check_staging() -> None:
+    """Raise :class:`ConfigError` now when this llama.cpp build lacks any of the MTP staging calls."""
+    for name in _STAGING:
+        staging(name)
+
+
 class _Rows:
     """A sequence's hidden-state rows from its last target decode: positions ``start …``."""
 
@@ -94,7 +100,7 @@ class MtpHead:
         self.target, self.ctx = target_ctx, mtp_ctx
         self.memory = L.llama_get_memory(mtp_ctx)
         self.n_vocab = n_vocab
-        self.n_embd = int(L.llama_model_n_embd(L.llama_get_model(target_ctx)))
+        self.n_embd = int(L.llama_model_n_embd_out(L.llama_get_model(target_ctx)))  # the h_nextn width
         self.n_batch = int(L.llama_n_batch(mtp_ctx))
         self._hidden = staging("llama_get_embeddings_nextn")
         self._hidden_ith = staging("llama_get_embeddings_nextn_ith")
@@ -202,11 +208,14 @@ class MtpHead:
         row = np.ascontiguousarray(h, dtype=np.float32)
         self._keep.append(row)
         idx = int(L.llama_batch_ext_add_token(self.batch, seq_id, token))
+        if idx < 0:
+            raise RuntimeError(f"llama_batch_ext_add_token refused the MTP entry (code {idx})")
         p = L.llama_pos(pos)
-        L.llama_batch_ext_set_pos(self.batch, idx, ctypes.byref(p))
         embd = L.llama_embd(row.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), 1, self.n_embd)
-        L.llama_batch_ext_set_embd_token(self.batch, idx, embd)
-        L.llama_batch_ext_set_output_logits(self.batch, idx, output)
+        ok = L.llama_batch_ext_set_pos(self.batch, idx, ctypes.byref(p))
+        ok = ok and L.llama_batch_ext_set_embd_token(self.batch, idx, embd)
+        if not (ok and L.llama_batch_ext_set_output_logits(self.batch, idx, output)):
+            raise RuntimeError("llama.cpp refused the MTP entry's position, state row or output flag")
         return idx
 
     def _clear(self) -> None:
