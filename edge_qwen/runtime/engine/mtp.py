@@ -138,13 +138,19 @@ class MtpHead:
             rows = hidden[offset : offset + k].copy()
             offset += k
             before = self.rows.get(seq_id)
+            first = before.at(entry.pos - 1) if before else None  # the state the first token pairs with
             L.llama_memory_seq_rm(self.memory, seq_id, entry.pos, -1)
             for j, token in enumerate(entry.tokens):
                 pos = entry.pos + j
-                h = rows[j - 1] if j else (before.at(pos - 1) if before else None)
+                h = rows[j - 1] if j else first
                 if h is not None and pos > 0 and self._room():
                     self._add(seq_id, token, pos, h, output=False)
-            self.rows[seq_id] = _Rows(entry.pos, rows)
+            # keep the row before the entry too: a rollback to the state saved before this decode
+            # refeeds from entry.pos, and its first token pairs with that row
+            if first is not None:
+                self.rows[seq_id] = _Rows(entry.pos - 1, np.vstack([first, rows]))
+            else:
+                self.rows[seq_id] = _Rows(entry.pos, rows)
         self._process()
 
     def prefetch(self, histories: Mapping[int, Seq[int]]) -> None:
