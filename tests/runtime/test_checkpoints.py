@@ -18,6 +18,7 @@ from edge_qwen.runtime.engine.checkpoints import (
 START = 96  # the fake vocabulary's "<|im_start|>"
 SYSTEM = [START, *range(10, 50), 13]  # a 42-token system message
 ANSWER = 24
+NEXT_QUESTION = [13, START, 3, *[62] * 18, START, 5]  # a reply's end, a question, the next opening
 
 
 def chat(*questions: int) -> list[int]:
@@ -93,21 +94,26 @@ def test_users_sharing_a_system_prompt_keep_their_own_conversations_cached():
         run(engine)
     assert sinks[61].result().usage.cached_tokens == len(SYSTEM)  # borrowed from the first slot
     for q in (60, 61):
-        turn = chat(q) + out_tokens(sinks[q]) + [13, START, 3, *[62] * 18, START, 5]
+        turn = chat(q) + out_tokens(sinks[q]) + NEXT_QUESTION
         _, sink = submit(engine, turn, max_tokens=6)
         run(engine)
         assert sink.result().usage.cached_tokens >= len(chat(q))  # its own conversation, still cached
         assert out_tokens(sink) == solo(turn, 6)
 
 
+def answered(engine, prompt: list[int]) -> list[int]:
+    """Run ``prompt`` to its full answer and return the answer's tokens."""
+    _, sink = submit(engine, prompt, max_tokens=ANSWER)
+    run(engine)
+    return out_tokens(sink)
+
+
 def test_the_next_chat_turn_is_reused_from_the_end_of_the_previous_prompt_when_the_reply_is_re_rendered():
     engine, _ = hybrid(parallel=1)
     first = chat(60)
-    _, sink = submit(engine, first, max_tokens=ANSWER)
-    run(engine)
-    reply = out_tokens(sink)
+    reply = answered(engine, first)
     # the template renders the reply differently (Qwen3 drops <think>): the prefix ends at the prompt
-    second = first + [reply[0] + 1, *reply[1:], 13, START, 3, *[62] * 18, START, 5]
+    second = first + [reply[0] + 1, *reply[1:]] + NEXT_QUESTION
     _, sink = submit(engine, second, max_tokens=6)
     run(engine)
     assert sink.result().usage.cached_tokens == len(first)
@@ -117,10 +123,8 @@ def test_the_next_chat_turn_is_reused_from_the_end_of_the_previous_prompt_when_t
 def test_a_turn_that_continues_the_cache_exactly_needs_no_checkpoint():
     engine, decoder = hybrid(parallel=1)
     first = chat(60)
-    _, sink = submit(engine, first, max_tokens=ANSWER)
-    run(engine)
-    reply = out_tokens(sink)
-    second = first + reply + [13, START, 3, *[62] * 18, START, 5]
+    reply = answered(engine, first)
+    second = first + reply + NEXT_QUESTION
     _, sink = submit(engine, second, max_tokens=6)
     run(engine)
     assert sink.result().usage.cached_tokens == len(first) + len(reply) - 1  # the last was never decoded

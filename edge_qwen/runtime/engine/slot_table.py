@@ -246,11 +246,9 @@ class SlotTable:
             if checkpoint is None or checkpoint.n_tokens != n_tokens:
                 self.decoder.seq_rm(slot.seq_id, 0)
                 return 0
-            if not self.decoder.load_partial_state(slot.seq_id, checkpoint.state):
+            if not self._restore(slot, checkpoint):
                 return 0
-            self.decoder.seq_rm(slot.seq_id, n_tokens)
             slot.checkpoints = [c for c in donor.checkpoints if c.n_tokens <= n_tokens]
-            self.checkpoint_stats.restored += 1
         slot.tokens = tokens[:n_tokens]
         slot.shared = n_tokens
         return n_tokens
