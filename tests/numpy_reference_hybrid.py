@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_checkpoints import read_checkpoint  # noqa: E402
 from numpy_reference import linear, mlp, rms_norm, silu, softmax  # noqa: E402
 
+MRope = tuple[np.ndarray, list[int]]  # (positions [3, n], mrope_section)
 Weights = dict[str, np.ndarray]
 
 # architecture -> the model_type of its text config, whose config-class defaults apply
@@ -169,12 +170,21 @@ def l2norm(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return x / np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps)
 
 
-def partial_rope(x: np.ndarray, rot_dim: int, theta: float) -> np.ndarray:
+def partial_rope(x: np.ndarray, rot_dim: int, theta: float, mrope: MRope | None = None) -> np.ndarray:
     """NEOX rotate_half RoPE on the first ``rot_dim`` dims of ``x`` [tokens, heads, head_dim]; the
-    rest passes through. Positions are 0..n-1."""
+    rest passes through. Positions are 0..n-1, or ``mrope``'s: Qwen3.5's interleaved M-RoPE
+    (``apply_interleaved_mrope``), where frequency j takes the height position at j = 1, 4, 7… and
+    the width one at 2, 5, 8… within their sections' reach, the temporal one elsewhere."""
     n = x.shape[0]
     inv_freq = theta ** (-np.arange(0, rot_dim, 2, dtype=np.float64) / rot_dim)
-    angles = np.arange(n, dtype=np.float64)[:, None] * inv_freq[None, :]
+    if mrope is None:
+        angles = np.arange(n, dtype=np.float64)[:, None] * inv_freq[None, :]
+    else:
+        positions, sections = mrope
+        which = np.zeros(rot_dim // 2, dtype=np.int64)
+        for dim in (1, 2):
+            which[dim : sections[dim] * 3 : 3] = dim
+        angles = positions[which].T.astype(np.float64) * inv_freq[None, :]
     cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
     sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
     rot, rest = x[..., :rot_dim], x[..., rot_dim:]
@@ -241,7 +251,7 @@ def linear_attention(h: np.ndarray, w: Weights, p: str, s: Spec) -> np.ndarray:
     return linear(out.reshape(n, nv * dv), w, f"{p}.out_proj")
 
 
-def full_attention(h: np.ndarray, w: Weights, p: str, s: Spec) -> np.ndarray:
+def full_attention(h: np.ndarray, w: Weights, p: str, s: Spec, mrope: MRope | None = None) -> np.ndarray:
     """Gated attention (``Qwen3_5Attention`` / ``Qwen3NextAttention``)."""
     n, hd = h.shape[0], s.head_dim
     # q_proj rows per head are [query (head_dim) | gate (head_dim)]: view(n, H, 2·hd).chunk(2, -1)
@@ -251,7 +261,7 @@ def full_attention(h: np.ndarray, w: Weights, p: str, s: Spec) -> np.ndarray:
     v = linear(h, w, f"{p}.v_proj", s.attn_bias).reshape(n, s.n_kv, hd)
     q = zc_rms_norm(q, w[f"{p}.q_norm.weight"], s.eps)
     k = zc_rms_norm(k, w[f"{p}.k_norm.weight"], s.eps)
-    q, k = partial_rope(q, s.rot_dim, s.theta), partial_rope(k, s.rot_dim, s.theta)
+    q, k = partial_rope(q, s.rot_dim, s.theta, mrope), partial_rope(k, s.rot_dim, s.theta, mrope)
     group = s.n_head // s.n_kv  # GQA: query head i reads kv head i // group
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
     scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
@@ -286,13 +296,20 @@ def moe(h: np.ndarray, w: Weights, p: str, s: Spec, margins: list[np.ndarray] | 
 
 
 def decoder_layer(
-    x: np.ndarray, w: Weights, p: str, kind: str, sparse: bool, s: Spec, margins: list[np.ndarray] | None
+    x: np.ndarray,
+    w: Weights,
+    p: str,
+    kind: str,
+    sparse: bool,
+    s: Spec,
+    margins: list[np.ndarray] | None,
+    mrope: MRope | None = None,
 ) -> np.ndarray:
     h = zc_rms_norm(x, w[f"{p}.input_layernorm.weight"], s.eps)
     if kind == "linear_attention":
         x = x + linear_attention(h, w, f"{p}.linear_attn", s)
     else:
-        x = x + full_attention(h, w, f"{p}.self_attn", s)
+        x = x + full_attention(h, w, f"{p}.self_attn", s, mrope)
     h = zc_rms_norm(x, w[f"{p}.post_attention_layernorm.weight"], s.eps)
     return x + (moe(h, w, f"{p}.mlp", s, margins) if sparse else mlp(h, w, f"{p}.mlp"))
 
@@ -311,9 +328,19 @@ def _trunk(
     s: Spec, w: Weights, prefix: str, tokens: Sequence[int], margins: list[np.ndarray] | None = None
 ) -> np.ndarray:
     """The final-normed hidden states [tokens, hidden] (the input of lm_head)."""
-    x = w[f"{prefix}.embed_tokens.weight"][np.asarray(tokens)]
+    return _layers(s, w, prefix, w[f"{prefix}.embed_tokens.weight"][np.asarray(tokens)], margins)
+
+
+def _layers(
+    s: Spec,
+    w: Weights,
+    prefix: str,
+    x: np.ndarray,
+    margins: list[np.ndarray] | None = None,
+    mrope: MRope | None = None,
+) -> np.ndarray:
     for i, (kind, sparse) in enumerate(zip(s.layer_types, s.moe_layers, strict=True)):
-        x = decoder_layer(x, w, f"{prefix}.layers.{i}", kind, sparse, s, margins)
+        x = decoder_layer(x, w, f"{prefix}.layers.{i}", kind, sparse, s, margins, mrope)
     return zc_rms_norm(x, w[f"{prefix}.norm.weight"], s.eps)
 
 
@@ -326,6 +353,19 @@ def reference_logits(checkpoint_dir: str | os.PathLike[str], token_ids: Sequence
     them (in exact arithmetic on the stored weights)."""
     s, w, prefix = _load(Path(checkpoint_dir))
     return _trunk(s, w, prefix, token_ids) @ _head(s, w, prefix).T
+
+
+def logits_from_embeddings(
+    checkpoint_dir: str | os.PathLike[str], embeddings: np.ndarray, positions: np.ndarray
+) -> np.ndarray:
+    """float64 logits of the language model over input embeddings (text and image rows) at M-RoPE
+    positions [3, n], with the sections of config.json's ``mrope_section``."""
+    folder = Path(checkpoint_dir)
+    s, w, prefix = _load(folder)
+    text = json.loads((folder / "config.json").read_text())
+    text = text.get("text_config") or text
+    sections = list((text.get("rope_parameters") or text.get("rope_scaling") or {})["mrope_section"])
+    return _layers(s, w, prefix, embeddings, None, (positions, sections)) @ _head(s, w, prefix).T
 
 
 def router_margins(checkpoint_dir: str | os.PathLike[str], token_ids: Sequence[int]) -> np.ndarray:

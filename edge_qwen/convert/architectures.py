@@ -63,6 +63,9 @@ class Architecture:
     family: str = "transformer"
     # Tensors live under model.language_model.* (a vision checkpoint's text half).
     nested_text: bool = False
+    # Qwen3-VL: the vision tower's DeepStack outputs are added after the first language-model
+    # layers (``n_deepstack_layers``, see .vision_qwen3).
+    deepstack: bool = False
 
     @property
     def multimodal(self) -> bool:
@@ -107,6 +110,16 @@ ARCHITECTURES: dict[str, Architecture] = {
             f32_tensors=_HYBRID_F32,
         ),
         Architecture(
+            "Qwen3VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN3VL, vision=True, deepstack=True
+        ),
+        Architecture(
+            "Qwen3_5ForConditionalGeneration",
+            gguf.MODEL_ARCH.QWEN35,
+            vision=True,
+            family="hybrid",
+            f32_tensors=_HYBRID_F32,
+        ),
+        Architecture(
             "Qwen3NextForCausalLM",
             gguf.MODEL_ARCH.QWEN3NEXT,
             moe=True,
@@ -120,12 +133,8 @@ ARCHITECTURES: dict[str, Architecture] = {
 NOT_YET_SUPPORTED = (
     "Qwen2_5OmniForConditionalGeneration",
     "Qwen2_5OmniModel",
-    "Qwen3VLForConditionalGeneration",
     "Qwen3VLMoeForConditionalGeneration",
     "Qwen3OmniMoeForConditionalGeneration",
-    # the text half converts (the hybrid family reads model.language_model.*); the vision
-    # projector (qwen3vl_merger with deepstack) is not written yet
-    "Qwen3_5ForConditionalGeneration",
     "Qwen3_5MoeForConditionalGeneration",
 )
 
@@ -158,6 +167,7 @@ class HParams:
     n_ff_exp: int = 0
     n_ff_shexp: int = 0
     mrope_sections: tuple[int, ...] = ()  # Qwen-VL: rotary frequencies per (t, h, w, -) position
+    n_deepstack: int = 0  # Qwen3-VL: layers that add a DeepStack image embedding
     hybrid: Hybrid | None = None  # layer kinds, linear attention, MTP (hybrid families only)
 
     @property
@@ -223,13 +233,26 @@ def load_hparams(folder: Path) -> HParams:
     )
     if arch.moe:
         _check_moe(path, hp)
-    if arch.vision:
-        hp = replace(hp, mrope_sections=mrope_sections(folder, cfg, hp.head_dim))
+    if arch.vision and arch.family != "hybrid":
+        sections = mrope_sections(folder, cfg, hp.head_dim, interleaved=arch.deepstack)
+        hp = replace(hp, mrope_sections=sections)
+    if arch.deepstack:
+        hp = replace(hp, n_deepstack=_deepstack_layers(path, cfg, hp.n_layer))
     if arch.family == "hybrid":
         needs_sections = arch.gguf_arch in (gguf.MODEL_ARCH.QWEN35, gguf.MODEL_ARCH.QWEN35MOE)
         hybrid = read_hybrid(cfg, path, hp.n_layer, hp.head_dim, needs_sections)
         hp = replace(hp, hybrid=hybrid, mrope_sections=hybrid.mrope_sections)
     return hp
+
+
+def _deepstack_layers(path: Path, cfg: dict[str, Any], n_layer: int) -> int:
+    indexes = (cfg.get("vision_config") or {}).get("deepstack_visual_indexes") or []
+    if not isinstance(indexes, list) or len(indexes) > n_layer:
+        raise CheckpointError(
+            f"{path}: vision_config deepstack_visual_indexes {indexes!r} must list at most "
+            f"num_hidden_layers ({n_layer}) blocks: one language-model layer takes each"
+        )
+    return len(indexes)
 
 
 def _default_head_dim(arch: Architecture, n_embd: int, n_head: int) -> int:

@@ -46,6 +46,8 @@ def add_hparams(writer: gguf.GGUFWriter, hp: HParams, ctx: int | None) -> int:
     if hp.mrope_sections:
         writer.add_rope_dimension_sections(list(hp.mrope_sections))
     writer.add_layer_norm_rms_eps(hp.rms_eps)
+    if hp.arch.deepstack:
+        writer.add_num_deepstack_layers(hp.n_deepstack)
     if hp.arch.moe:
         writer.add_expert_count(hp.n_expert)
         writer.add_expert_used_count(hp.n_expert_used)

@@ -26,7 +26,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..errors import CheckpointError
 from ..manifest import Manifest, write_manifest
-from . import audio
+from . import audio, vision_qwen3
 from ._io import HashingFile, write_hashed
 from .metadata import Source
 from .mmproj_tensor import MMPROJ_TYPES, MmprojTensor, mmproj_ggml_type, tensor_shape
@@ -194,6 +194,12 @@ def prepare_mmproj(
         ac = audio.load_audio_config(source.folder, raw, n_embd_text)
         tensors = audio.plan_audio(refs, ac, mmproj_type)
         return MmprojPlan(path, ac.projector, lambda w: audio.add_audio_metadata(w, ac), tensors, mmproj_type)
+    tower = (raw.get("vision_config") or {}).get("model_type", raw.get("model_type"))
+    if str(tower) in vision_qwen3.MODEL_TYPES:
+        q3 = vision_qwen3.load_qwen3_vision(source.folder, raw, n_embd_text)
+        planned = vision_qwen3.plan_qwen3_mmproj(refs, q3, mmproj_type)
+        add = lambda w: vision_qwen3.add_qwen3_vision_metadata(w, q3)  # noqa: E731
+        return MmprojPlan(path, q3.projector, add, planned, mmproj_type)
     vc = load_vision_config(source.folder, raw, n_embd_text)
     tensors = plan_mmproj(refs, vc, mmproj_type)
     return MmprojPlan(path, vc.projector, lambda w: add_vision_metadata(w, vc), tensors, mmproj_type)

@@ -103,7 +103,8 @@ def convert(
     if hp.arch.multimodal:  # checked before anything is written
         refs, vision_refs = split_checkpoint(refs)
         mm_type = mmproj_type or default_mmproj_type(outtype)
-        mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)
+        if hp.hybrid is None or not hp.hybrid.mtp_only:  # a drafting head needs no projector
+            mmproj = prepare_mmproj(source, hp.n_embd, vision_refs, Path(outdir), mm_type)
     planned = plan_tensors(refs, hp, outtype, mtp)
     kind = "-mtp" if hp.hybrid is not None and hp.hybrid.mtp_only else ""
     out = Path(outdir) / f"{source.name.lower()}{kind}-{outtype}.gguf"

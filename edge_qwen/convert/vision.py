@@ -79,7 +79,7 @@ def load_vision_config(folder: Path, raw: dict[str, Any], n_embd_text: int) -> V
         return v[key]
 
     width, depth = int(need("hidden_size" if qwen25 else "embed_dim")), int(need("depth"))
-    mean, std = _preprocessor(folder)
+    mean, std = preprocessor_stats(folder)
     n_wa_pattern, window = _window_layout(folder, v, depth) if qwen25 else (0, 0)
     cfg = VisionConfig(
         model_type=model_type,
@@ -99,7 +99,7 @@ def load_vision_config(folder: Path, raw: dict[str, Any], n_embd_text: int) -> V
     return cfg
 
 
-def _preprocessor(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def preprocessor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         raise CheckpointError(
@@ -154,9 +154,29 @@ def _check_layout(folder: Path, v: dict[str, Any], cfg: VisionConfig, act: str, 
         )
 
 
-def mrope_sections(folder: Path, raw: dict[str, Any], head_dim: int) -> tuple[int, int, int, int]:
-    """``rope_scaling.mrope_section`` (temporal, height, width), padded to llama.cpp's four."""
-    sections = list((raw.get("rope_scaling") or {}).get("mrope_section") or [])
+# transformers' Qwen3VLTextRotaryEmbedding when rope_scaling names no sections (head_dim 128)
+QWEN3VL_DEFAULT_SECTIONS = [24, 20, 20]
+
+
+def mrope_sections(
+    folder: Path, raw: dict[str, Any], head_dim: int, *, interleaved: bool = False
+) -> tuple[int, int, int, int]:
+    """``rope_scaling.mrope_section`` (temporal, height, width), padded to llama.cpp's four.
+
+    ``interleaved``: Qwen3-VL, whose frequencies alternate t/h/w (llama.cpp's qwen3vl graph always
+    does); a config that says ``mrope_interleaved: false`` is refused, and with no sections the
+    model's default applies where it fits the head size.
+    """
+    scaling = raw.get("rope_scaling") or {}
+    sections = list(scaling.get("mrope_section") or [])
+    if interleaved:
+        if scaling.get("mrope_interleaved") is False:
+            raise CheckpointError(
+                f"{folder}/config.json: rope_scaling.mrope_interleaved is false, but llama.cpp's Qwen3-VL "
+                "graph interleaves the M-RoPE sections; the converted model would compute something else"
+            )
+        if not sections and sum(QWEN3VL_DEFAULT_SECTIONS) == head_dim // 2:
+            sections = list(QWEN3VL_DEFAULT_SECTIONS)
     if len(sections) != 3 or sum(sections) != head_dim // 2:
         raise CheckpointError(
             f"{folder}/config.json: rope_scaling.mrope_section {sections} must be three sizes summing to "

@@ -41,8 +41,11 @@ from ..errors import GGUFFileError
 from ..gguf_header import GGUFHeader, read_header
 
 CV, CA = gguf.Keys.ClipVision, gguf.Keys.ClipAudio
-QWEN_VL = {gguf.VisionProjectorType.QWEN2VL, gguf.VisionProjectorType.QWEN25VL}
-QWEN_VL_MAX_TOKENS = 4096  # clip.cpp: set_limit_image_tokens(8, 4096) for Qwen2/2.5-VL
+# Qwen2-VL, 2.5-VL and Qwen3-VL / Qwen3.5 (qwen3vl_merger: full attention like Qwen2-VL, plus
+# DeepStack outputs appended to each token's embedding)
+VPT = gguf.VisionProjectorType
+QWEN_VL = {VPT.QWEN2VL, VPT.QWEN25VL, VPT.QWEN3VL}
+QWEN_VL_MAX_TOKENS = 4096  # clip.cpp: set_limit_image_tokens(8, 4096) for Qwen2/2.5/3-VL
 DEFAULT_MERGE = 2  # clip.cpp's Qwen-VL default when spatial_merge_size is absent
 AUDIO_CHUNK_SECONDS = 30  # Whisper's window; mtmd splits longer clips into chunks
 AUDIO_FRAMES_PER_CHUNK = 3000  # 16 kHz, hop 160
@@ -86,7 +89,8 @@ def mmproj_memory(
     weights = sum(t.n_bytes for t in header.tensors)
     if header.metadata.get(gguf.Keys.Clip.HAS_VISION_ENCODER):
         compute, tokens = _vision(header, max_image_tokens, flash_attn)
-        n_embd_lm = int(header.metadata[CV.PROJECTION_DIM])
+        deepstack = sum(bool(b) for b in header.metadata.get(CV.IS_DEEPSTACK_LAYERS) or [])
+        n_embd_lm = int(header.metadata[CV.PROJECTION_DIM]) * (1 + deepstack)
     elif header.metadata.get(gguf.Keys.Clip.HAS_AUDIO_ENCODER):
         compute, tokens = _audio(header, max_audio_seconds, flash_attn)
         n_embd_lm = int(header.metadata[CA.PROJECTION_DIM])

@@ -249,5 +249,5 @@ def test_vision_checkpoints_are_refused_with_the_way_out(writable, tmp_path: Pat
     from edge_qwen.errors import MultimodalNotSupportedError
 
     src = writable()
-    edit_config(src, architectures=["Qwen3_5ForConditionalGeneration"])
+    edit_config(src, architectures=["Qwen3_5MoeForConditionalGeneration"])
     convert_fails(src, tmp_path, MultimodalNotSupportedError, "not supported yet.*convert_hf_to_gguf")

@@ -248,12 +248,12 @@ def _edited(src: Path, dst: Path, edit) -> Path:  # noqa: ANN001
 def test_other_multimodal_architectures_are_named_not_supported(
     checkpoints: dict[str, Path], tmp_path: Path
 ) -> None:
-    def qwen3vl(cfg: dict) -> None:
-        cfg["architectures"] = ["Qwen3VLForConditionalGeneration"]
+    def omni(cfg: dict) -> None:
+        cfg["architectures"] = ["Qwen3OmniMoeForConditionalGeneration"]
 
-    folder = _edited(checkpoints["qwen2vl"], tmp_path / "qwen3vl", qwen3vl)
+    folder = _edited(checkpoints["qwen2vl"], tmp_path / "omni", omni)
     with pytest.raises(
-        MultimodalNotSupportedError, match="Qwen3VLForConditionalGeneration is not supported yet"
+        MultimodalNotSupportedError, match="Qwen3OmniMoeForConditionalGeneration is not supported yet"
     ):
         convert(folder, tmp_path / "out", quiet=True)
 
