@@ -11,8 +11,8 @@ for Qwen3-VL the DeepStack mergers (``deepstack_merger_list.J``, norm after the 
 outputs are added to the first language-model layers.
 
 * ``qwen3vl``: Qwen3VLForConditionalGeneration, a Qwen3 language model with interleaved M-RoPE.
-* ``qwen35vl``: Qwen3_5ForConditionalGeneration, the Qwen3.5 hybrid language model of
-  ``make_tiny_hybrid.py`` (its MTP head included) with the same tower, no DeepStack.
+* ``qwen35vl`` / ``qwen35moevl``: Qwen3_5(Moe)ForConditionalGeneration, the Qwen3.5 (MoE) hybrid
+  language model of ``make_tiny_hybrid.py`` (its MTP head included) with the same tower, no DeepStack.
 
 ``layout`` picks how config.json says it: ``v4`` (transformers 4.57: ``rope_theta`` and
 ``rope_scaling``) or ``v5`` (``rope_parameters``).
@@ -47,16 +47,21 @@ from make_tiny_checkpoints import (  # noqa: E402
 )
 from make_tiny_multimodal import _init_vision, random_image  # noqa: E402
 
-ARCHS = ("qwen3vl", "qwen35vl")
+ARCHS = ("qwen3vl", "qwen35vl", "qwen35moevl")
 LAYOUTS = ("v4", "v5")
-HF_ARCHS = {"qwen3vl": "Qwen3VLForConditionalGeneration", "qwen35vl": "Qwen3_5ForConditionalGeneration"}
-MODEL_TYPES = {"qwen3vl": "qwen3_vl", "qwen35vl": "qwen3_5"}
+HF_ARCHS = {
+    "qwen3vl": "Qwen3VLForConditionalGeneration",
+    "qwen35vl": "Qwen3_5ForConditionalGeneration",
+    "qwen35moevl": "Qwen3_5MoeForConditionalGeneration",
+}
+MODEL_TYPES = {"qwen3vl": "qwen3_vl", "qwen35vl": "qwen3_5", "qwen35moevl": "qwen3_5_moe"}
+HYBRID_TEXT = {"qwen35vl": "qwen35", "qwen35moevl": "qwen35moe"}  # make_tiny_hybrid's arch
 # Real special ids: vision start / end, image pad, video pad (Qwen3 vocabulary, then Qwen3.5's).
 TOKEN_IDS = {
     "qwen3vl": {"vision_start_token_id": 151652, "vision_end_token_id": 151653,
                 "image_token_id": 151655, "video_token_id": 151656},
-    "qwen35vl": {"vision_start_token_id": 248053, "vision_end_token_id": 248054,
-                 "image_token_id": 248056, "video_token_id": 248057},
+    **{a: {"vision_start_token_id": 248053, "vision_end_token_id": 248054,
+                 "image_token_id": 248056, "video_token_id": 248057} for a in HYBRID_TEXT},
 }  # fmt: skip
 
 _QWEN3VL_TEXT: dict[str, Any] = {
@@ -118,13 +123,14 @@ def build_config(arch: str, dtype: str, layout: str = "v4", **text_overrides: An
             text.update(rope_scaling=dict(_QWEN3VL_ROPE), rope_theta=_QWEN3VL_THETA)
         tied = False
     else:
-        vision.update(model_type="qwen3_5", deepstack_visual_indexes=[])
+        vision.update(model_type=MODEL_TYPES[arch], deepstack_visual_indexes=[])
         # rope base 10 instead of 1e7, for the same reason as Qwen3-VL's; sections [2, 1, 1] cover
         # the 4 rotary frequencies exactly
         rope = {**make_tiny_hybrid._QWEN35_ROPE, "rope_theta": _QWEN3VL_THETA}
-        text = make_tiny_hybrid.build_config("qwen35", dtype, {"rope_parameters": rope, **text_overrides})
+        overrides = {"rope_parameters": rope, **text_overrides}
+        text = make_tiny_hybrid.build_config(HYBRID_TEXT[arch], dtype, overrides)
         text.pop("architectures")
-        text["model_type"] = "qwen3_5_text"
+        text["model_type"] = f"{MODEL_TYPES[arch]}_text"
         tied = bool(text["tie_word_embeddings"])
     vision["out_hidden_size"] = text["hidden_size"]
     config = {
@@ -184,7 +190,7 @@ def make_tensors(arch: str, config: dict[str, Any], seed: int, *, mtp: bool) -> 
         ):
             tensors[_nested(name)] = init_tensor(name, shape, rng)
     else:
-        for name, shape in make_tiny_hybrid.tensor_shapes("qwen35", text, mtp=mtp, fused=False):
+        for name, shape in make_tiny_hybrid.tensor_shapes(HYBRID_TEXT[arch], text, mtp=mtp, fused=False):
             tensors[_nested(name)] = make_tiny_hybrid.init_tensor(name, shape, rng)
     for name, shape in vision_shapes(config["vision_config"]):
         if name.endswith("pos_embed.weight"):
@@ -232,7 +238,7 @@ def make_qwen3vl_checkpoint(
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} exists; remove it or pass overwrite=True")
     config = build_config(arch, dtype, layout, **text_overrides)
-    if arch == "qwen35vl" and not mtp:
+    if arch in HYBRID_TEXT and not mtp:
         config["text_config"].pop("mtp_num_hidden_layers", None)
     tensors = make_tensors(arch, config, seed, mtp=mtp)
     log = lambda msg: None  # noqa: E731

@@ -120,6 +120,15 @@ ARCHITECTURES: dict[str, Architecture] = {
             f32_tensors=_HYBRID_F32,
         ),
         Architecture(
+            "Qwen3_5MoeForConditionalGeneration",
+            gguf.MODEL_ARCH.QWEN35MOE,
+            moe=True,
+            llama_norm_topk=True,
+            vision=True,
+            family="hybrid",
+            f32_tensors=_HYBRID_F32,
+        ),
+        Architecture(
             "Qwen3NextForCausalLM",
             gguf.MODEL_ARCH.QWEN3NEXT,
             moe=True,
@@ -135,14 +144,17 @@ NOT_YET_SUPPORTED = (
     "Qwen2_5OmniModel",
     "Qwen3VLMoeForConditionalGeneration",
     "Qwen3OmniMoeForConditionalGeneration",
-    "Qwen3_5MoeForConditionalGeneration",
 )
 
 
 HYBRID_HEAD_DIM = 256  # Qwen3_5TextConfig / Qwen3NextConfig's default head_dim
 # transformers' norm_topk_prob when config.json has none: False for Qwen2/Qwen3 MoE; Qwen3-Next
 # defaults to True and Qwen3.5-MoE's router always renormalizes (the key does not exist there).
-NORM_TOPK_DEFAULTS: dict[str, bool] = {"Qwen3NextForCausalLM": True, "Qwen3_5MoeForCausalLM": True}
+NORM_TOPK_DEFAULTS: dict[str, bool] = {
+    "Qwen3NextForCausalLM": True,
+    "Qwen3_5MoeForCausalLM": True,
+    "Qwen3_5MoeForConditionalGeneration": True,
+}
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,12 @@ ROPE_THETA_DEFAULTS: dict[str, float] = {
     # RotaryEmbeddingConfigMixin.default_theta (transformers 5.25): the hybrid configs set none
     "Qwen3_5ForCausalLM": 10000.0,
     "Qwen3_5MoeForCausalLM": 10000.0,
+    "Qwen3_5ForConditionalGeneration": 10000.0,  # the same Qwen3_5TextConfig under text_config
+    "Qwen3_5MoeForConditionalGeneration": 10000.0,
     "Qwen3NextForCausalLM": 10000.0,
 }
+# No Qwen3-VL entry on purpose: Qwen3VLTextConfig's default base is 5,000,000 in transformers 4.57
+# and 500,000 in 5.x, so a Qwen3-VL config without one is refused rather than guessed.
 # transformers 5 name -> the name the converter reads (transformers 4's)
 RENAMED_KEYS: dict[str, str] = {"num_local_experts": "num_experts"}
 
