@@ -21,7 +21,7 @@ from edge_qwen.convert.architectures import load_hparams
 from edge_qwen.errors import CheckpointError
 
 DATA = Path(__file__).with_name("data") / "transformers"
-FAMILIES = ["qwen2", "qwen3", "qwen2moe", "qwen3moe", "qwen25vl"]
+FAMILIES = ["qwen2", "qwen3", "qwen2moe", "qwen3moe", "qwen25vl", "qwen3vl"]
 
 
 def config_folder(tmp_path: Path, version: str, family: str) -> Path:
@@ -36,9 +36,10 @@ def test_both_layouts_give_the_same_hyperparameters(family: str, tmp_path: Path)
     v4 = load_hparams(config_folder(tmp_path, "v4", family))
     v5 = load_hparams(config_folder(tmp_path, "v5", family))
     fields = ("n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_ctx", "rope_theta", "rms_eps",
-              "tied", "n_expert", "n_expert_used", "n_ff_exp", "n_ff_shexp", "mrope_sections")  # fmt: skip
+              "tied", "n_expert", "n_expert_used", "n_ff_exp", "n_ff_shexp", "mrope_sections",
+              "n_deepstack")  # fmt: skip
     assert {f: getattr(v5, f) for f in fields} == {f: getattr(v4, f) for f in fields}
-    assert v5.rope_theta == (10.0 if family == "qwen25vl" else 1_000_000.0)  # as saved, not 10,000
+    assert v5.rope_theta == (10.0 if family.endswith("vl") else 1_000_000.0)  # as saved, not 10,000
     if family.endswith("moe"):
         assert v5.n_expert == (8 if family == "qwen3moe" else 6)
 
@@ -81,3 +82,14 @@ def test_no_rope_base_means_the_transformers_default_of_the_family(tmp_path: Pat
                 holder["rope_scaling"] = {"type": "mrope", "mrope_section": [2, 3, 3]}
         (folder / "config.json").write_text(json.dumps(cfg))
         assert load_hparams(folder).rope_theta == default
+
+
+def test_qwen3vl_without_a_rope_base_is_refused_not_guessed(tmp_path: Path) -> None:
+    """Qwen3VLTextConfig's default base is 5,000,000 in transformers 4.57.6 and 500,000 in 5.25.0:
+    no single default is the transformers one, so the converter asks for the value."""
+    folder = config_folder(tmp_path, "v5", "qwen3vl")
+    cfg = json.loads((folder / "config.json").read_text())
+    del cfg["text_config"]["rope_parameters"]["rope_theta"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="rope_theta"):
+        load_hparams(folder)
