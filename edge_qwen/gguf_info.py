@@ -32,6 +32,11 @@ All metadata keys come from gguf-py's ``gguf.Keys`` constants.
     hybrid                {"recurrent_layers": int, "attention_layers": int, "mtp_layers": int}
                           | null   Gated DeltaNet hybrids (Qwen3.5, Qwen3-Next): the trunk's
                           recurrent and full-attention blocks, and the MTP blocks after them
+    vision                {"mrope_sections": [int], "deepstack_layers": int} | null   a language
+                          model that reads images (Qwen-VL M-RoPE; Qwen3-VL's DeepStack layers)
+    projector             {"kind": "vision" | "audio", "type", "blocks", "width", "heads",
+                           "patch_size", "image_size", "projection_dim", "deepstack_layers"} | null
+                          an mmproj GGUF (its language-model keys above are then null)
     estimated_file_sizes  {quant name: bytes}  size after quantizing to each
                           edge_qwen.quantize.QUANT_TYPES type, as llama.cpp's quantizer computes
                           it for this file's tensors (a dry run: its mixes and row-size fallbacks);
@@ -185,6 +190,36 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "chat_template": {"present": template is not None, "length": len(template or "")},
         "estimated_file_sizes": estimated_file_sizes(header, p),
         "hybrid": _hybrid(header),
+        "vision": _vision(header),
+        "projector": _projector(header),
+    }
+
+
+def _vision(header: GGUFHeader) -> dict[str, Any] | None:
+    sections = header.arch_value(K.Rope.DIMENSION_SECTIONS)
+    if sections is None:
+        return None
+    deepstack = int(header.arch_value(K.LLM.NUM_DEEPSTACK_LAYERS) or 0)
+    return {"mrope_sections": [int(x) for x in sections], "deepstack_layers": deepstack}
+
+
+def _projector(header: GGUFHeader) -> dict[str, Any] | None:
+    m = header.metadata
+    if m.get(K.General.TYPE) != gguf.GGUFType.MMPROJ and header.architecture != "clip":
+        return None
+    vision = bool(m.get(K.Clip.HAS_VISION_ENCODER))
+    ck = K.ClipVision if vision else K.ClipAudio
+    kind_type = m.get(K.ClipVision.PROJECTOR_TYPE if vision else K.ClipAudio.PROJECTOR_TYPE)
+    return {
+        "kind": "vision" if vision else "audio",
+        "type": kind_type or m.get(K.Clip.PROJECTOR_TYPE),
+        "blocks": m.get(ck.BLOCK_COUNT),
+        "width": m.get(ck.EMBEDDING_LENGTH),
+        "heads": m.get(ck.Attention.HEAD_COUNT),
+        "patch_size": m.get(K.ClipVision.PATCH_SIZE) if vision else None,
+        "image_size": m.get(K.ClipVision.IMAGE_SIZE) if vision else None,
+        "projection_dim": m.get(ck.PROJECTION_DIM),
+        "deepstack_layers": sum(bool(b) for b in m.get(K.ClipVision.IS_DEEPSTACK_LAYERS) or []),
     }
 
 

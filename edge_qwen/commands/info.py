@@ -34,8 +34,35 @@ def _params(n: int) -> str:
     return f"{n / 1e9:.2f} B" if n >= 1e9 else f"{n / 1e6:.0f} M"
 
 
+def _format_projector(info: dict[str, Any]) -> str:
+    pr = info["projector"]
+    image = (
+        f", patch {pr['patch_size']}, nominal image {pr['image_size']} px" if pr["kind"] == "vision" else ""
+    )
+    deepstack = f", {pr['deepstack_layers']} DeepStack mergers" if pr["deepstack_layers"] else ""
+    lines = [
+        ("file", f"{info['path']} ({_mib(info['file_size_bytes'])}, GGUF v{info['gguf_version']})"),
+        (
+            "projector",
+            f"{info['name'] or '?'} — {pr['kind']} mmproj, {pr['type']}, "
+            f"{_params(info['parameter_count'])} params",
+        ),
+        ("file type", f"{info['file_type'] or '?'} ({info['bits_per_weight']} bits/weight overall)"),
+        ("encoder", f"{pr['blocks']} blocks, width {pr['width']}, {pr['heads']} heads{image}{deepstack}"),
+        ("output", f"{pr['projection_dim']} values per token (the language model's hidden size)"),
+    ]
+    width = max(len(label) for label, _ in lines)
+    out = [f"{label:>{width}}: {value}" for label, value in lines]
+    out.append(f"{'tensors':>{width}}: {info['tensor_count']}")
+    for name, row in info["quant_mix"].items():
+        out.append(f"{'':>{width}}  {name:<6} ×{row['count']:<4} {_mib(row['bytes']):>12}")
+    return "\n".join(out)
+
+
 def format_info(info: dict[str, Any]) -> str:
     """Human summary: one ``label: value`` line per fact, the quant mix as an indented table."""
+    if info.get("projector"):
+        return _format_projector(info)
     tok = info["tokenizer"]
     rope = info["rope"]
     scaling = f", {rope['scaling_type']} scaling ×{rope['scaling_factor']}" if rope["scaling_type"] else ""
@@ -63,6 +90,12 @@ def format_info(info: dict[str, Any]) -> str:
                 f"{hybrid['attention_layers']} full-attention layers{mtp}",
             )
         )
+    vision = info.get("vision")
+    if vision:
+        deepstack = (
+            f", DeepStack into {vision['deepstack_layers']} layers" if vision["deepstack_layers"] else ""
+        )
+        lines.append(("images", f"M-RoPE sections {vision['mrope_sections']}{deepstack}; needs its mmproj"))
     if info["expert_count"]:
         lines.append(("experts", f"{info['expert_count']} ({info['expert_used_count']} used per token)"))
     lines += [

@@ -38,5 +38,5 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 print(f"    {q['quant']:<8} {_size(q['size_bytes']):>10}  {where}")
             if not row["quants"]:
-                print(f"    (no GGUF listed; edge-qwen convert {row['hf_checkpoint']})")
+                print(f"    (no GGUF listed; `edge-qwen pull {row['name']}` converts {row['hf_checkpoint']})")
     return {"models": rows}

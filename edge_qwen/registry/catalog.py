@@ -19,9 +19,11 @@ import yaml
 from .._data import data_path
 from ..errors import RegistryError, UnknownModelError
 
-TASKS = ("chat", "code", "math", "reasoning", "multilingual")
+TASKS = ("chat", "code", "math", "reasoning", "multilingual", "vision")
 LICENSES = ("apache-2.0", "qwen", "qwen-research")
-GGUF_ARCHS = ("qwen2", "qwen3", "qwen3moe")
+GGUF_ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen35", "qwen35moe", "qwen3next", "qwen3vl", "qwen3vlmoe")
+# Gated DeltaNet hybrids: a recurrent state per sequence, K/V only in every n-th layer
+HYBRID_ARCHS = ("qwen35", "qwen35moe", "qwen3next")
 DEFAULT_QUANT_ORDER = ("q4_k_m", "q5_k_m", "q6_k", "q8_0")  # what a bare name means, best first
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _QUANT = re.compile(r"^[a-z0-9_]+$")
@@ -96,6 +98,26 @@ class ArchShape:
     tied_embeddings: bool = False
     experts: int | None = None
     experts_used: int | None = None
+    # hybrids (Qwen3.5, Qwen3-Next): every ``full_attention_interval``-th layer attends, the others
+    # are Gated DeltaNet layers with ``linear_key_heads`` x ``linear_key_head_dim`` keys and
+    # ``linear_value_heads`` x ``linear_value_head_dim`` values (conv kernel ``linear_conv``)
+    full_attention_interval: int | None = None
+    linear_key_heads: int | None = None
+    linear_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv: int = 4
+    mtp_layers: int = 0  # a multi-token-prediction head written after the trunk
+
+    @property
+    def hybrid(self) -> bool:
+        return self.full_attention_interval is not None
+
+    def recurrent(self) -> tuple[bool, ...]:
+        """Which layers are recurrent (llama.cpp's default pattern for a Gated DeltaNet hybrid)."""
+        if self.full_attention_interval is None:
+            return ()
+        return tuple((i + 1) % self.full_attention_interval != 0 for i in range(self.layers))
 
 
 @dataclass(frozen=True)
@@ -271,13 +293,24 @@ def _entry_problems(raw: Any) -> list[str]:
         out.append("params_active: must be below params_total (MoE)")
     if raw["max_context"] is not None and raw["max_context"] < raw["native_context"]:
         out.append("max_context: below native_context")
-    out += _arch_problems(raw["arch"], moe=raw.get("params_active") is not None)
+    out += _arch_problems(
+        raw["arch"], moe=raw.get("params_active") is not None, hybrid=raw["gguf_arch"] in HYBRID_ARCHS
+    )
     for quant, src in raw["gguf"].items():
         out += [f"gguf.{quant}.{p}" for p in _quant_problems(quant, src)]
     return out
 
 
-def _arch_problems(arch: dict[str, Any], moe: bool) -> list[str]:
+_HYBRID_FIELDS = (
+    "full_attention_interval",
+    "linear_key_heads",
+    "linear_value_heads",
+    "linear_key_head_dim",
+    "linear_value_head_dim",
+)
+
+
+def _arch_problems(arch: dict[str, Any], moe: bool, hybrid: bool = False) -> list[str]:
     out = [f"arch.{k}: missing or not a positive int" for k in _ARCH_FIELDS if not _pos_int(arch.get(k))]
     if out:
         return out
@@ -285,7 +318,10 @@ def _arch_problems(arch: dict[str, Any], moe: bool) -> list[str]:
         out.append("arch: heads must be a multiple of kv_heads (GQA)")
     if moe and not (_pos_int(arch.get("experts")) and _pos_int(arch.get("experts_used"))):
         out.append("arch: a MoE entry needs experts and experts_used")
-    unknown = set(arch) - {*_ARCH_FIELDS, "tied_embeddings", "experts", "experts_used"}
+    if hybrid and not all(_pos_int(arch.get(k)) for k in _HYBRID_FIELDS):
+        out.append(f"arch: a hybrid ({', '.join(HYBRID_ARCHS)}) entry needs {', '.join(_HYBRID_FIELDS)}")
+    unknown = set(arch) - {*_ARCH_FIELDS, *_HYBRID_FIELDS, "tied_embeddings", "experts", "experts_used"}
+    unknown -= {"linear_conv", "mtp_layers"}
     out += [f"arch.{k}: unknown field" for k in sorted(unknown)]
     return out
 

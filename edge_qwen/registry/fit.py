@@ -73,6 +73,16 @@ def registry_shape(entry: ModelEntry, quant: str) -> object:
     weights = TensorInfo("blk.0.weights", int(MAIN_TYPE[quant]), (a.hidden, 8 * a.layers), n_bytes, 0)
     # an explicit output tensor (size 0) so the estimator does not add a tied-embedding copy twice
     output = TensorInfo("output.weight", int(Q.F32), (0,), 0, n_bytes)
+    hybrid: dict[str, object] = {}
+    if a.hybrid:  # the state llama.cpp keeps per sequence (see sizing.shape._hybrid)
+        d_inner = (a.linear_value_heads or 0) * (a.linear_value_head_dim or 0)
+        d_state, groups = a.linear_key_head_dim or 0, a.linear_key_heads or 0
+        hybrid = {
+            "recurrent": a.recurrent(),
+            "state_r_elements": (a.linear_conv - 1) * (d_inner + 2 * groups * d_state),
+            "state_s_elements": d_state * d_inner,
+            "n_nextn": a.mtp_layers,
+        }
     return ModelShape(
         architecture=entry.gguf_arch,
         n_layer=a.layers,
@@ -87,6 +97,7 @@ def registry_shape(entry: ModelEntry, quant: str) -> object:
         n_ctx_train=entry.max_context or entry.native_context,
         tensors=(weights, output),
         file_size=n_bytes,
+        **hybrid,  # type: ignore[arg-type]
     )
 
 

@@ -3,13 +3,16 @@
 The rules (the seed's model-selection guide):
 
 1. Only models that do the task (``tasks`` in models.yaml) and whose context reaches ``n_ctx``
-   (native, or with YaRN where the card offers it) are candidates; only quants with a GGUF listed.
+   (native, or with YaRN where the card offers it) are candidates; only quants with a GGUF listed,
+   or for a current-generation entry listed by checkpoint, the quant ``pull`` converts it to.
 2. A candidate fits when the memory estimate at ``n_ctx`` is within the budget.
 3. When the target's speed is known (a device profile, or this machine), a candidate must also be
    usable: its estimated decode speed (:mod:`edge_qwen.sizing.speed`) reaches the task's floor
    (:data:`SPEED_FLOORS`, or ``min_tok_s``). A model that fits but would answer at 1 tok/s is no
    recommendation; when nothing reaches the floor, the fastest that fits is chosen, and said so.
-4. Among those, more capability wins: effective parameters first — a dense model's
+4. Among those, the current generation (:data:`CURRENT`: Qwen3.5, Qwen3-VL) first — what users
+   pick today, and a newer model of the same size answers better — then more capability:
+   effective parameters — a dense model's
    parameters, a MoE's geometric mean of total and active (a common rule of thumb for the dense
    size it performs like: Qwen3-30B-A3B ≈ 10B) — so a bigger model at 4 bits beats a smaller one
    at 8 bits; then the task specialist (Coder for code, Math for math); then the newer family;
@@ -30,7 +33,11 @@ from ..sizing.speed import Throughput
 from .catalog import ModelEntry, Registry
 from .fit import Estimator, bits_per_weight, token_cost
 
-GENERATION = {"qwen2.5": 2.5, "qwen2.5-coder": 2.5, "qwen2.5-math": 2.5, "qwen3": 3.0}
+GENERATION = {
+    "qwen2.5": 2.5, "qwen2.5-coder": 2.5, "qwen2.5-math": 2.5, "qwen3": 3.0, "qwen3-vl": 3.0, "qwen3.5": 3.5,
+}  # fmt: skip
+# Families of the current generation: preferred to older ones whenever one fits (rule 4).
+CURRENT = frozenset({"qwen3.5", "qwen3-vl"})
 # decode tok/s below which a model is not worth recommending for the task (reasoning writes long
 # chains of thought before its answer, so it needs more; maths answers are short)
 SPEED_FLOORS: dict[str | None, float] = {
@@ -58,8 +65,9 @@ class Candidate:
     decode_tok_s: float | None = None  # estimated, on the target (None: speed not judged)
     prefill_tok_s: float | None = None
 
-    def key(self, task: str | None) -> tuple[float, bool, float, float]:
+    def key(self, task: str | None) -> tuple[bool, float, bool, float, float]:
         return (
+            self.entry.family in CURRENT,
             effective_params(self.entry),
             _specialist(self.entry, task),
             GENERATION.get(self.entry.family, 0.0),
@@ -94,7 +102,7 @@ def candidates(
             continue
         if n_ctx > (entry.max_context or entry.native_context):
             continue
-        for quant in entry.gguf:
+        for quant in entry.gguf or _convertible(entry):
             need = estimate(entry, quant, n_ctx)
             decode = prefill = None
             if speed is not None:
@@ -102,6 +110,14 @@ def candidates(
                 decode, prefill = speed.decode_tok_s(read, flops), speed.prefill_tok_s(flops)
             out.append(Candidate(entry.name, quant, need, need <= budget, entry, decode, prefill))
     return out
+
+
+def _convertible(entry: ModelEntry) -> tuple[str, ...]:
+    """A current-generation entry listed by its checkpoint alone (no GGUF whose hash could be
+    confirmed): the quant ``pull`` converts it to. Older entries without a GGUF stay out, as before."""
+    from .store import CHECKPOINT_QUANT
+
+    return (CHECKPOINT_QUANT,) if entry.hf_checkpoint and entry.family in CURRENT else ()
 
 
 def recommend(
@@ -141,7 +157,9 @@ def recommend(
         (c for c in found if not c.fits and c.key(task) > best.key(task)), key=lambda c: c.estimate_bytes
     )
     slower = sorted(
-        (c for c in fits if c not in usable and c.key(task) > best.key(task)), key=lambda c: -c.key(task)[0]
+        (c for c in fits if c not in usable and c.key(task) > best.key(task)),
+        key=lambda c: c.key(task),
+        reverse=True,
     )
     judged = speed is not None and not too_slow
     reasons = _reasons(best, runner, bigger[0] if bigger else None, budget, task, judged)
@@ -205,9 +223,13 @@ def _reasons(
         + (" at a usable speed" if speed_judged else "")
         + (f" for {task}" if task else "")
     ]
+    if e.family in CURRENT:
+        out.append(f"{e.family} is the current Qwen generation: preferred to older families that fit")
     if runner is not None:
         why = "fewer effective parameters"
-        if effective_params(runner.entry) == effective_params(e):
+        if e.family in CURRENT and runner.entry.family not in CURRENT:
+            why = "an older generation"
+        elif effective_params(runner.entry) == effective_params(e):
             why = (
                 "same size, but not the task specialist"
                 if _specialist(e, task)

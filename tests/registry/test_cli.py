@@ -53,16 +53,17 @@ def test_rm_removes_only_this_models_files(
 
 
 def test_recommend_explains_its_choice(capsys: pytest.CaptureFixture[str]) -> None:
-    """On a Pi 4, Qwen3-4B fits but would crawl (~1.6 tok/s estimated): a usable model is chosen,
-    and ``--min-speed`` moves the floor."""
+    """On a Pi 4, Qwen3.5-2B fits but would crawl (~3.8 tok/s estimated): the current generation's
+    usable model is chosen, and ``--min-speed`` moves the floor."""
     code, data = run_json(capsys, "recommend", "--device", "raspberry-pi-4-4gb", "--task", "code")
     assert code == 0 and data["target"] == "raspberry-pi-4-4gb"
-    assert data["choice"]["spec"] == "qwen3-0.6b:q8_0" and data["choice"]["decode_tok_s"] >= 5
+    assert data["choice"]["spec"] == "qwen3.5-0.8b:q4_k_m" and data["choice"]["decode_tok_s"] >= 5
     assert data["runner_up"] is not None and len(data["reasons"]) >= 3
     assert "raspberry-pi-4-4gb" in data["speed_basis"]
+    assert any("current Qwen generation" in r for r in data["reasons"])
     pi4 = ("recommend", "--device", "raspberry-pi-4-4gb", "--task", "code")
     code, data = run_json(capsys, *pi4, "--min-speed", "1")
-    assert code == 0 and data["choice"]["spec"] == "qwen3-4b:q4_k_m"
+    assert code == 0 and data["choice"]["spec"] == "qwen3.5-2b:q4_k_m"
 
 
 def test_run_names_the_pull_command_for_a_model_not_downloaded(
