@@ -28,6 +28,7 @@ from numpy_reference_vision import mrope_positions, token_embeddings
 from edge_qwen.convert import convert
 from edge_qwen.errors import CheckpointError
 from edge_qwen.gguf_header import read_header
+from edge_qwen.gguf_info import gguf_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
@@ -87,6 +88,11 @@ def test_pair_carries_what_llama_cpp_reads(converted: dict) -> None:
     } <= names  # fmt: skip
     assert not any(n.startswith("v.deepstack.2") for n in names)
     assert not any(t.name.startswith(("v.", "mm.")) for t in lm.tensors)
+    # `edge-qwen info` says what each file is
+    assert gguf_info(converted["gguf"])["vision"] == {"mrope_sections": [3, 3, 2, 0], "deepstack_layers": 2}
+    projector = gguf_info(converted["mmproj"]["path"])["projector"]
+    assert projector["type"] == "qwen3vl_merger" and projector["deepstack_layers"] == 2
+    assert (projector["blocks"], projector["width"], projector["projection_dim"]) == (3, 64, N_EMBD)
 
 
 def test_image_embeddings_match_reference(checkpoint: Path, converted: dict, image: np.ndarray) -> None:
