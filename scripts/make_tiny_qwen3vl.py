@@ -10,7 +10,9 @@ fused ``attn.qkv`` and a GELU MLP, the patch merger (``merger.norm`` before the 
 for Qwen3-VL the DeepStack mergers (``deepstack_merger_list.J``, norm after the shuffle) whose
 outputs are added to the first language-model layers.
 
-* ``qwen3vl``: Qwen3VLForConditionalGeneration, a Qwen3 language model with interleaved M-RoPE.
+* ``qwen3vl``: Qwen3VLForConditionalGeneration, a Qwen3 language model with interleaved M-RoPE;
+  ``qwen3vlmoe`` (Qwen3VLMoeForConditionalGeneration) the same with MoE layers whose experts are
+  packed as the release stores them (``experts.gate_up_proj`` [E, hidden, 2 x ff]).
 * ``qwen35vl`` / ``qwen35moevl``: Qwen3_5(Moe)ForConditionalGeneration, the Qwen3.5 (MoE) hybrid
   language model of ``make_tiny_hybrid.py`` (its MTP head included) with the same tower, no DeepStack.
 
@@ -47,19 +49,25 @@ from make_tiny_checkpoints import (  # noqa: E402
 )
 from make_tiny_multimodal import _init_vision, random_image  # noqa: E402
 
-ARCHS = ("qwen3vl", "qwen35vl", "qwen35moevl")
+ARCHS = ("qwen3vl", "qwen3vlmoe", "qwen35vl", "qwen35moevl")
 LAYOUTS = ("v4", "v5")
 HF_ARCHS = {
     "qwen3vl": "Qwen3VLForConditionalGeneration",
+    "qwen3vlmoe": "Qwen3VLMoeForConditionalGeneration",
     "qwen35vl": "Qwen3_5ForConditionalGeneration",
     "qwen35moevl": "Qwen3_5MoeForConditionalGeneration",
 }
-MODEL_TYPES = {"qwen3vl": "qwen3_vl", "qwen35vl": "qwen3_5", "qwen35moevl": "qwen3_5_moe"}
+MODEL_TYPES = {
+    "qwen3vl": "qwen3_vl",
+    "qwen3vlmoe": "qwen3_vl_moe",
+    "qwen35vl": "qwen3_5",
+    "qwen35moevl": "qwen3_5_moe",
+}
 HYBRID_TEXT = {"qwen35vl": "qwen35", "qwen35moevl": "qwen35moe"}  # make_tiny_hybrid's arch
 # Real special ids: vision start / end, image pad, video pad (Qwen3 vocabulary, then Qwen3.5's).
 TOKEN_IDS = {
-    "qwen3vl": {"vision_start_token_id": 151652, "vision_end_token_id": 151653,
-                "image_token_id": 151655, "video_token_id": 151656},
+    **{a: {"vision_start_token_id": 151652, "vision_end_token_id": 151653,
+           "image_token_id": 151655, "video_token_id": 151656} for a in ("qwen3vl", "qwen3vlmoe")},
     **{a: {"vision_start_token_id": 248053, "vision_end_token_id": 248054,
                  "image_token_id": 248056, "video_token_id": 248057} for a in HYBRID_TEXT},
 }  # fmt: skip
@@ -108,15 +116,21 @@ VISION: dict[str, Any] = {
     "temporal_patch_size": 2,
 }
 DEEPSTACK = [0, 1]  # Qwen3-VL-2B: [5, 11, 17] of 24 blocks
+# Qwen3-VL-30B-A3B's MoE keys, tiny (the router always renormalizes its top k)
+_QWEN3VL_MOE = {"decoder_sparse_step": 1, "mlp_only_layers": [], "moe_intermediate_size": 32,
+                "norm_topk_prob": True, "num_experts": 8, "num_experts_per_tok": 2}  # fmt: skip
 
 
 def build_config(arch: str, dtype: str, layout: str = "v4", **text_overrides: Any) -> dict[str, Any]:
     if arch not in ARCHS or layout not in LAYOUTS:
         raise ValueError(f"arch must be one of {ARCHS} and layout one of {LAYOUTS}")
     vision = dict(VISION)
-    if arch == "qwen3vl":
+    if arch in ("qwen3vl", "qwen3vlmoe"):
         vision["deepstack_visual_indexes"] = list(DEEPSTACK)
+        vision["model_type"] = MODEL_TYPES[arch]
         text = {**_QWEN3VL_TEXT, "torch_dtype": TORCH_DTYPES[dtype], **text_overrides}
+        if arch == "qwen3vlmoe":
+            text.update(_QWEN3VL_MOE, model_type="qwen3_vl_moe_text")
         if layout == "v5":
             text["rope_parameters"] = {**_QWEN3VL_ROPE, "rope_theta": _QWEN3VL_THETA}
         else:
@@ -184,11 +198,15 @@ def make_tensors(arch: str, config: dict[str, Any], seed: int, *, mtp: bool) -> 
     rng = np.random.default_rng(seed)
     text = config["text_config"]
     tensors: dict[str, np.ndarray] = {}
-    if arch == "qwen3vl":
+    if arch in ("qwen3vl", "qwen3vlmoe"):
         for name, shape in tensor_shapes(
             "qwen3", {**text, "tie_word_embeddings": config["tie_word_embeddings"]}
         ):
+            if arch == "qwen3vlmoe" and ".mlp." in name:
+                continue
             tensors[_nested(name)] = init_tensor(name, shape, rng)
+        if arch == "qwen3vlmoe":
+            tensors.update(_packed_experts(text, rng))
     else:
         for name, shape in make_tiny_hybrid.tensor_shapes(HYBRID_TEXT[arch], text, mtp=mtp, fused=False):
             tensors[_nested(name)] = make_tiny_hybrid.init_tensor(name, shape, rng)
@@ -198,6 +216,21 @@ def make_tensors(arch: str, config: dict[str, Any], seed: int, *, mtp: bool) -> 
         else:
             tensors[name] = _init_vision(name.replace(".norm.weight", ".ln_q.weight"), shape, rng)
     return tensors
+
+
+def _packed_experts(text: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Qwen3-VL-MoE's layout: per layer a router and the experts packed as gate_up_proj
+    [E, hidden, 2 x ff] and down_proj [E, ff, hidden] (parameters, no ``.weight``)."""
+    e, d, f = text["num_experts"], text["hidden_size"], text["moe_intermediate_size"]
+    out: dict[str, np.ndarray] = {}
+    for i in range(text["num_hidden_layers"]):
+        p = f"model.language_model.layers.{i}.mlp"
+        out[f"{p}.gate.weight"] = (2.0 * rng.standard_normal((e, d)) / np.sqrt(d)).astype(np.float32)
+        out[f"{p}.experts.gate_up_proj"] = (rng.standard_normal((e, d, 2 * f)) / np.sqrt(d)).astype(
+            np.float32
+        )
+        out[f"{p}.experts.down_proj"] = (rng.standard_normal((e, f, d)) / np.sqrt(f)).astype(np.float32)
+    return out
 
 
 def preprocessor_config(v: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +277,7 @@ def make_qwen3vl_checkpoint(
     log = lambda msg: None  # noqa: E731
     tok = (
         default_tokenizer_dir()
-        if arch == "qwen3vl"
+        if arch not in HYBRID_TEXT
         else Path(make_tiny_hybrid.fetch_assets.fetch_qwen35_tokenizer(log=log))
     )
     text = config["text_config"]

@@ -167,6 +167,21 @@ def imrope(x: np.ndarray, positions: np.ndarray, sections: list[int], theta: flo
     return x * np.cos(emb) + rotate_half(x) * np.sin(emb)
 
 
+def packed_moe(h: np.ndarray, w: Weights, p: str, top_k: int) -> np.ndarray:
+    """Qwen3VLMoeTextSparseMoeBlock: softmax router, top k renormalized, experts packed as the
+    checkpoint stores them (``gate_up_proj`` [E, hidden, 2 x ff], ``down_proj`` [E, ff, hidden])."""
+    probs = softmax(h @ w[f"{p}.gate.weight"].T)
+    gate_up, down = w[f"{p}.experts.gate_up_proj"], w[f"{p}.experts.down_proj"]
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        top = np.argsort(-probs[t], kind="stable")[:top_k]
+        weights = probs[t, top] / probs[t, top].sum()
+        for e, g in zip(top, weights, strict=True):
+            gate, up = np.split(h[t] @ gate_up[e], 2)
+            out[t] += g * ((silu(gate) * up) @ down[e])
+    return out
+
+
 def lm_logits(
     folder: str | os.PathLike[str],
     embeddings: np.ndarray,
@@ -201,11 +216,11 @@ def lm_logits(
         attn = (softmax(scores) @ v.transpose(1, 0, 2)).transpose(1, 0, 2).reshape(n, n_head * hd)
         x = x + linear(attn, w, f"{p}.self_attn.o_proj")
         h = rms_norm(x, w[f"{p}.post_attention_layernorm.weight"], eps)
-        x = x + linear(
-            silu(linear(h, w, f"{p}.mlp.gate_proj")) * linear(h, w, f"{p}.mlp.up_proj"),
-            w,
-            f"{p}.mlp.down_proj",
-        )
+        if f"{p}.mlp.gate.weight" in w:  # Qwen3-VL-MoE
+            x = x + packed_moe(h, w, f"{p}.mlp", t["num_experts_per_tok"])
+        else:
+            gate, up = linear(h, w, f"{p}.mlp.gate_proj"), linear(h, w, f"{p}.mlp.up_proj")
+            x = x + linear(silu(gate) * up, w, f"{p}.mlp.down_proj")
         if deepstack is not None and visual is not None and i < len(deepstack):
             x[visual] += deepstack[i]
     x = rms_norm(x, w["model.norm.weight"], eps)

@@ -66,6 +66,9 @@ class Architecture:
     # Qwen3-VL: the vision tower's DeepStack outputs are added after the first language-model
     # layers (``n_deepstack_layers``, see .vision_qwen3).
     deepstack: bool = False
+    # Qwen3-VL-MoE: each layer's experts packed in ``experts.gate_up_proj`` / ``down_proj``,
+    # stored [E, d_in, d_out] (see .families.transformer)
+    packed_experts: bool = False
 
     @property
     def multimodal(self) -> bool:
@@ -113,6 +116,16 @@ ARCHITECTURES: dict[str, Architecture] = {
             "Qwen3VLForConditionalGeneration", gguf.MODEL_ARCH.QWEN3VL, vision=True, deepstack=True
         ),
         Architecture(
+            "Qwen3VLMoeForConditionalGeneration",
+            gguf.MODEL_ARCH.QWEN3VLMOE,
+            moe=True,
+            llama_norm_topk=True,
+            f32_tensors=frozenset({T.FFN_GATE_INP}),
+            vision=True,
+            deepstack=True,
+            packed_experts=True,
+        ),
+        Architecture(
             "Qwen3_5ForConditionalGeneration",
             gguf.MODEL_ARCH.QWEN35,
             vision=True,
@@ -142,7 +155,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 NOT_YET_SUPPORTED = (
     "Qwen2_5OmniForConditionalGeneration",
     "Qwen2_5OmniModel",
-    "Qwen3VLMoeForConditionalGeneration",
     "Qwen3OmniMoeForConditionalGeneration",
 )
 
@@ -154,6 +166,8 @@ NORM_TOPK_DEFAULTS: dict[str, bool] = {
     "Qwen3NextForCausalLM": True,
     "Qwen3_5MoeForCausalLM": True,
     "Qwen3_5MoeForConditionalGeneration": True,
+    # Qwen3VLMoeTextConfig: True in transformers 4.57; 5.x has no key and its router always does
+    "Qwen3VLMoeForConditionalGeneration": True,
 }
 
 
@@ -207,7 +221,12 @@ def load_hparams(folder: Path) -> HParams:
     if names[0] in NOT_YET_SUPPORTED:
         raise MultimodalNotSupportedError(names[0], list(ARCHITECTURES))
     if arch is not None and (arch.vision or arch.nested_text):  # newer transformers nest the text keys
+        top_tied = cfg.get("tie_word_embeddings")
         cfg = {**cfg, **(cfg.get("text_config") or {})}
+        if top_tied is not None:
+            # lm_head belongs to the composite model, whose key transformers ties by; a text_config
+            # may carry its class default instead (Qwen3-VL-MoE saved by transformers 5: True)
+            cfg["tie_word_embeddings"] = top_tied
     if arch is not None and arch.audio:  # a text_config that leans on Qwen2Config's defaults
         cfg = text_config(cfg)
     if arch is None:

@@ -77,6 +77,48 @@ class TensorView:
         return self.read_rows(0, self.n_rows).reshape(self.shape)
 
 
+@dataclass(frozen=True, eq=False)
+class ExpertColumns:
+    """Experts stored ``[E, d_in, d_out]`` (Qwen3-VL-MoE's packed ``gate_up_proj`` / ``down_proj``)
+    as the ``[E, stop - start, d_in]`` tensor llama.cpp wants: columns ``start:stop`` of each
+    expert's matrix, transposed. Streamed one expert at a time (one expert's matrix in memory)."""
+
+    ref: TensorRef
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return self.ref.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        n_expert, d_in, _ = self.ref.shape
+        return (n_expert, self.stop - self.start, d_in)
+
+    @property
+    def n_rows(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def row_blocks(self, chunk_bytes: int = CHUNK_BYTES) -> list[tuple[int, int]]:
+        per = self.shape[1]
+        return [(e * per, per) for e in range(self.shape[0])]
+
+    def read_rows(self, start: int, rows: int) -> np.ndarray:
+        """Whole experts only (the blocks :meth:`row_blocks` gives). Thread-safe."""
+        per, d_in = self.shape[1], self.shape[2]
+        if start % per or rows % per:
+            raise ValueError(f"{self.name}: reads whole experts ({per} rows each), not {start}+{rows}")
+        out = []
+        for e in range(start // per, (start + rows) // per):
+            expert = _source_rows(self.ref, e * d_in, d_in)  # [d_in, d_out]
+            out.append(expert[:, self.start : self.stop].T)
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def read(self) -> np.ndarray:
+        return self.read_rows(0, self.n_rows).reshape(self.shape)
+
+
 def _source_rows(ref: TensorRef, start: int, rows: int) -> np.ndarray:
     """Matrix rows ``start:start+rows`` of ``ref`` (its first axis may hold several of them)."""
     n_rows, row_len = matrix_shape(ref.shape)

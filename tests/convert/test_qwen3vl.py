@@ -1,7 +1,8 @@
-"""Qwen3-VL converts to a ``qwen3vl`` text GGUF + a ``qwen3vl_merger`` mmproj that compute the same
-model as transformers: llama.cpp's mtmd on the converted pair, against an independent float64 numpy
-forward pass (tests/numpy_reference_qwen3vl.py) of the checkpoint. Qwen3.5's vision tower (the same
-tower without DeepStack, beside the hybrid language model) is checked the same way.
+"""Qwen3-VL (and Qwen3-VL-MoE, experts packed as the release stores them) converts to a ``qwen3vl``
+(``qwen3vlmoe``) text GGUF + a ``qwen3vl_merger`` mmproj that compute the same model as
+transformers: llama.cpp's mtmd on the converted pair, against an independent float64 numpy forward
+pass (tests/numpy_reference_qwen3vl.py) of the checkpoint. Qwen3.5's vision tower (the same tower
+without DeepStack, beside the hybrid language model) is checked in test_qwen35_vision.py.
 
 What the comparisons cover: the learned position table resized to the image (a 4x4 table, a 12x8
 patch grid), the fused qkv, the merger's norm before the shuffle, the DeepStack mergers (their
@@ -43,9 +44,9 @@ LM_ONLY_TOLERANCE = 5e-4
 N_EMBD = 64
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_qwen3vl_checkpoint(tmp_path_factory.mktemp("q3vl") / "ck", "qwen3vl", "bf16")
+@pytest.fixture(scope="module", params=["qwen3vl", "qwen3vlmoe"])
+def checkpoint(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_qwen3vl_checkpoint(tmp_path_factory.mktemp(request.param) / "ck", request.param, "bf16")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,18 @@ def mtmd_embeddings(result: dict, img: np.ndarray) -> np.ndarray:
 
 def test_pair_carries_what_llama_cpp_reads(converted: dict) -> None:
     lm, mm = read_header(converted["gguf"]), read_header(converted["mmproj"]["path"])
-    assert lm.architecture == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3VL]
+    moe = (
+        "Moe"
+        in json.loads((Path(converted["source"]["path"]) / "config.json").read_text())["architectures"][0]
+    )
+    assert (
+        lm.architecture
+        == gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN3VLMOE if moe else gguf.MODEL_ARCH.QWEN3VL]
+    )
+    if moe:  # the packed experts as llama.cpp's stacks: [E, ff, hidden] gate/up, [E, hidden, ff] down
+        shapes = {t.name: tuple(t.shape) for t in lm.tensors}
+        assert shapes["blk.0.ffn_gate_exps.weight"] == shapes["blk.0.ffn_up_exps.weight"] == (64, 32, 8)
+        assert shapes["blk.0.ffn_down_exps.weight"] == (32, 64, 8)
     assert list(lm.arch_value(gguf.Keys.Rope.DIMENSION_SECTIONS)) == [3, 3, 2, 0]
     assert lm.arch_value(gguf.Keys.LLM.NUM_DEEPSTACK_LAYERS) == 2
     assert lm.arch_value(gguf.Keys.Rope.FREQ_BASE) == 10.0

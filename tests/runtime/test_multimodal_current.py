@@ -24,7 +24,7 @@ from make_tiny_qwen3vl import make_qwen3vl_checkpoint, random_image  # noqa: E40
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module", params=["qwen3vl", "qwen35vl", "qwen35moevl"])
+@pytest.fixture(scope="module", params=["qwen3vl", "qwen3vlmoe", "qwen35vl", "qwen35moevl"])
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp(request.param)
     ck = make_qwen3vl_checkpoint(root / "ck", request.param, "f32")

@@ -17,9 +17,9 @@ import gguf
 from ...errors import CheckpointError, ShapeMismatchError
 from ..architectures import HParams
 from ..safetensors import TensorRef
-from ..views import TensorView
+from ..views import ExpertColumns, TensorView
 
-Source = TensorRef | TensorView
+Source = TensorRef | TensorView | ExpertColumns
 # What happens to a checkpoint's multi-token-prediction head: written with the model (as
 # llama.cpp's converter does), left out, or written alone as a small drafting GGUF.
 MtpMode = Literal["keep", "drop", "only"]

@@ -10,6 +10,7 @@ import gguf
 
 from ..architectures import HParams, expected_shape
 from ..safetensors import TensorRef
+from ..views import ExpertColumns
 from .base import (
     IGNORED,
     MtpMode,
@@ -24,6 +25,8 @@ from .base import (
 )
 
 EXPERT = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(\d+)\.(\w+)\.weight$")
+# Qwen3-VL-MoE: every layer's experts packed in two tensors, [E, d_in, d_out] (transposed)
+PACKED = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up_proj|down_proj)(?:\.weight)?$")
 T = gguf.MODEL_TENSOR
 PER_LAYER = (T.ATTN_Q, T.ATTN_K, T.ATTN_V, T.ATTN_OUT, T.ATTN_NORM, T.FFN_NORM)
 
@@ -38,6 +41,8 @@ def name_tensors(refs: dict[str, TensorRef], hp: HParams, mtp: MtpMode) -> list[
     allowed = set(gguf.MODEL_TENSORS[arch])
     kept = {name: ref for name, ref in refs.items() if not IGNORED.match(name)}
     named: list[Named] = []
+    if hp.arch.packed_experts:
+        named += _packed_experts(kept, hp)
     for hf_name, sources in group_experts(kept, hp, EXPERT).items():
         if hp.tied and hf_name == "lm_head.weight":
             continue  # llama.cpp reuses token_embd when output.weight is absent
@@ -49,6 +54,26 @@ def name_tensors(refs: dict[str, TensorRef], hp: HParams, mtp: MtpMode) -> list[
         check_shape(hf_name, shape, expected_shape(kind, hp, bias=hf_name.endswith(".bias")))
         named.append(Named(hf_name, kind, name, shape, list[Source](sources)))
     return named
+
+
+def _packed_experts(refs: dict[str, TensorRef], hp: HParams) -> list[Named]:
+    """Each layer's ``experts.gate_up_proj`` [E, d, 2f] as the gate and up stacks [E, f, d], and
+    ``experts.down_proj`` [E, f, d] as the down stack [E, d, f]; removed from ``refs``."""
+    e, f, d = hp.n_expert, hp.n_ff_exp, hp.n_embd
+    out: list[Named] = []
+    for hf_name in [n for n in refs if PACKED.match(n)]:
+        m = PACKED.match(hf_name)
+        assert m is not None
+        bid, ref = int(m.group(1)), refs.pop(hf_name)
+        if m.group(2) == "gate_up_proj":
+            check_shape(hf_name, tuple(ref.shape), (e, d, 2 * f))
+            parts = [(T.FFN_GATE_EXP, ExpertColumns(ref, 0, f)), (T.FFN_UP_EXP, ExpertColumns(ref, f, 2 * f))]
+        else:
+            check_shape(hf_name, tuple(ref.shape), (e, f, d))
+            parts = [(T.FFN_DOWN_EXP, ExpertColumns(ref, 0, d))]
+        for kind, view in parts:
+            out.append(Named(hf_name, kind, gguf_name(kind, bid), view.shape, [view]))
+    return out
 
 
 def check_complete(names: set[str], hp: HParams, mtp: MtpMode) -> None:
