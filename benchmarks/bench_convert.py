@@ -5,10 +5,13 @@ same for llama.cpp's ``convert_hf_to_gguf.py`` on the same input when it is avai
     python benchmarks/bench_convert.py [--checkpoint DIR] [--runs 3] \
         [--llama-cpp DIR_WITH_convert_hf_to_gguf.py --reference-python PYTHON_WITH_TORCH]
 
-Without ``--checkpoint`` a random-weight Qwen2 checkpoint of a few hundred MB (BF16) is generated
-with the real tokenizer (scripts/make_tiny_checkpoints.py). Each run is a fresh process; peak RSS is
-that process's ru_maxrss. Prints one JSON object: medians, machine, and (when the reference ran)
-ratios plus whether every tensor's F16 bytes are identical.
+Without ``--checkpoint`` a random-weight checkpoint is generated with the real tokenizer:
+``--family qwen2`` (default) a Qwen2 of a few hundred MB (BF16, scripts/make_tiny_checkpoints.py);
+``--family qwen35`` a Qwen3.5 with Qwen3.5-0.8B's real dimensions (24 layers, 3 Gated DeltaNet : 1
+gated attention, hidden 1024, vocabulary 248,320, the MTP head; 1.5 GB BF16, scripts/make_tiny_hybrid.py).
+Each run is a fresh process; peak RSS is that process's ru_maxrss. Prints one JSON object:
+medians, machine, and (when the reference ran) ratios plus whether every tensor's F16 bytes are
+identical.
 """
 
 from __future__ import annotations
@@ -37,6 +40,28 @@ if proc.returncode:
 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps({"wall_s": wall, "peak_rss_mib": peak}))
 """
+
+
+# Qwen3.5-0.8B's text_config (public copies of its config.json; see models.yaml)
+QWEN35_08B = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 24,
+    "intermediate_size": 3584,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "head_dim": 256,
+    "linear_num_key_heads": 16,
+    "linear_num_value_heads": 16,
+    "linear_key_head_dim": 128,
+    "linear_value_head_dim": 128,
+    "rope_parameters": {
+        "rope_type": "default",
+        "rope_theta": 10000000.0,
+        "partial_rotary_factor": 0.25,
+        "mrope_section": [11, 11, 10],
+        "mrope_interleaved": True,
+    },
+}
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
@@ -95,6 +120,7 @@ def tensor_bytes_equal(a: Path, b: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: generate one)")
+    parser.add_argument("--family", choices=("qwen2", "qwen35"), default="qwen2", help="what to generate")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--hidden", type=int, default=768, help="generated checkpoint hidden size")
     parser.add_argument("--layers", type=int, default=6, help="generated checkpoint layers")
@@ -107,6 +133,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         work = Path(tmp)
         src = args.checkpoint
+        if src is None and args.family == "qwen35":
+            from make_tiny_hybrid import make_hybrid
+
+            src = make_hybrid(work / "ckpt", "qwen35", "bf16", **QWEN35_08B)
         if src is None:
             from make_tiny_checkpoints import make_checkpoint
 

@@ -87,8 +87,8 @@ def tensor_shape(
 def mmproj_ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], mmproj_type: str) -> Q:
     """Norms, biases, position tables F32; conv kernels F16 at most (ggml's convolutions, Whisper's
     conv1d always F16 as llama.cpp writes it); matrices as asked."""
-    if len(shape) <= 1 or shape[-1] == 1 or kind == T.A_ENC_EMBD_POS:
-        return Q.F32
+    if len(shape) <= 1 or shape[-1] == 1 or kind in (T.A_ENC_EMBD_POS, T.V_ENC_EMBD_POS):
+        return Q.F32  # position tables too (clip resizes Qwen3-VL's; llama.cpp writes them F32)
     want = MMPROJ_TYPES[mmproj_type][0]
     if kind == T.A_ENC_CONV1D:
         return Q.F16

@@ -253,5 +253,5 @@ def add_qwen3_vision_metadata(writer: gguf.GGUFWriter, vc: Qwen3VisionConfig) ->
     writer.add_vision_image_std(list(vc.image_std))
     writer.add_vision_spatial_merge_size(vc.merge)
     writer.add_vision_use_gelu(True)
-    if vc.deepstack:
-        writer.add_vision_is_deepstack_layers([i in vc.deepstack for i in range(vc.depth)])
+    # written for Qwen3.5 too (every block False), as llama.cpp's converter does
+    writer.add_vision_is_deepstack_layers([i in vc.deepstack for i in range(vc.depth)])

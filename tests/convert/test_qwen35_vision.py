@@ -56,7 +56,7 @@ def test_pair_is_a_hybrid_with_its_head_and_a_projector_without_deepstack(conver
     assert lm.arch_value(gguf.Keys.LLM.NEXTN_PREDICT_LAYERS) == 1  # the MTP head is kept
     assert list(lm.arch_value(gguf.Keys.Rope.DIMENSION_SECTIONS)) == [2, 1, 1, 0]
     assert mm.metadata[gguf.Keys.Clip.PROJECTOR_TYPE] == gguf.VisionProjectorType.QWEN3VL
-    assert gguf.Keys.ClipVision.IS_DEEPSTACK_LAYERS not in mm.metadata
+    assert not any(mm.metadata[gguf.Keys.ClipVision.IS_DEEPSTACK_LAYERS])  # written, all False
     assert not any(t.name.startswith("v.deepstack") for t in mm.tensors)
     assert not any(t.name.startswith(("v.", "mm.")) for t in lm.tensors)
 
