@@ -21,7 +21,7 @@ from edge_qwen.convert.architectures import load_hparams
 from edge_qwen.errors import CheckpointError
 
 DATA = Path(__file__).with_name("data") / "transformers"
-FAMILIES = ["qwen2", "qwen3", "qwen2moe", "qwen3moe", "qwen25vl", "qwen3vl", "qwen3vlmoe"]
+FAMILIES = ["qwen2", "qwen3", "qwen2moe", "qwen3moe", "qwen25vl", "qwen3vl", "qwen3vlmoe", "qwen3next"]
 
 
 def config_folder(tmp_path: Path, version: str, family: str) -> Path:
@@ -37,9 +37,10 @@ def test_both_layouts_give_the_same_hyperparameters(family: str, tmp_path: Path)
     v5 = load_hparams(config_folder(tmp_path, "v5", family))
     fields = ("n_layer", "n_embd", "n_head", "n_head_kv", "head_dim", "n_ctx", "rope_theta", "rms_eps",
               "tied", "n_expert", "n_expert_used", "n_ff_exp", "n_ff_shexp", "mrope_sections",
-              "n_deepstack")  # fmt: skip
+              "n_deepstack", "hybrid")  # fmt: skip
     assert {f: getattr(v5, f) for f in fields} == {f: getattr(v4, f) for f in fields}
-    assert v5.rope_theta == (10.0 if "vl" in family else 1_000_000.0)  # as saved, not 10,000
+    saved = {"qwen3next": 10_000_000.0}.get(family, 10.0 if "vl" in family else 1_000_000.0)
+    assert v5.rope_theta == saved  # as saved, not 10,000
     if family.endswith("moe"):
         assert v5.n_expert == (6 if family == "qwen2moe" else 8)
 
@@ -93,3 +94,14 @@ def test_qwen3vl_without_a_rope_base_is_refused_not_guessed(tmp_path: Path) -> N
     (folder / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="rope_theta"):
         load_hparams(folder)
+
+
+def test_a_qwen35_vision_config_saved_by_transformers_5_reads_like_the_tiny_generators(tmp_path: Path) -> None:
+    """Qwen3.5 exists in transformers 5 only: its saved Qwen3_5Config (layer_types written out,
+    rope_parameters with interleaved M-RoPE, the composite's tie_word_embeddings) gives the layer
+    kinds, sections and rope base the converter's tests build by hand."""
+    hp = load_hparams(config_folder(tmp_path, "v5", "qwen35vl"))
+    assert hp.arch.hf_name == "Qwen3_5ForConditionalGeneration" and hp.tied
+    assert hp.rope_theta == 10.0 and hp.mrope_sections == (2, 1, 1, 0)
+    assert hp.hybrid is not None and hp.hybrid.n_mtp_declared == 1
+    assert hp.hybrid.layer_kinds.count(hp.hybrid.layer_kinds[0]) == 3 and hp.hybrid.rope_dims == 8
