@@ -149,6 +149,27 @@ def list_devices() -> tuple[tuple[str, ...], tuple[Device, ...]]:
     return backends, tuple(devices)
 
 
+RPC_BACKEND = "RPC"  # the registry name of llama.cpp's RPC workers' devices
+
+
+def local_gpus() -> list[Device]:
+    """This machine's GPUs (RPC workers' devices also say "gpu"; they are left out)."""
+    return [d for d in list_devices()[1] if d.type in GPU_TYPES and d.backend != RPC_BACKEND]
+
+
+def local_gpu_handles() -> list[int]:
+    """ggml_backend_dev_t of :func:`local_gpus`, in ggml's order (for llama_model_params.devices)."""
+    lib = _libggml()
+    out = []
+    for i in range(lib.ggml_backend_dev_count()):
+        dev = lib.ggml_backend_dev_get(i)
+        kind = lib.ggml_backend_dev_type(dev)
+        backend = _text(lib.ggml_backend_reg_name(lib.ggml_backend_dev_backend_reg(dev)))
+        if 0 <= kind < len(DEVICE_TYPES) and DEVICE_TYPES[kind] in GPU_TYPES and backend != RPC_BACKEND:
+            out.append(dev)
+    return out
+
+
 def build_info() -> BuildInfo:
     """The installed llama.cpp's facts (loads the library; no model)."""
     import llama_cpp
@@ -169,7 +190,9 @@ def build_info() -> BuildInfo:
         features=parse_system_info(system_info),
         backends=backends,
         devices=devices,
-        gpu_offload=bool(L.llama_supports_gpu_offload()),
+        # llama.cpp says yes for any build with RPC; offload here means a GPU of this machine
+        gpu_offload=bool(L.llama_supports_gpu_offload())
+        and any(d.type in GPU_TYPES and d.backend != RPC_BACKEND for d in devices),
         rpc=bool(L.llama_supports_rpc()),
         mmap=bool(L.llama_supports_mmap()),
         max_devices=int(L.llama_max_devices()),

@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "plan": "estimate a GGUF's memory and whether it fits a budget or device",
     "doctor": "what this machine and its llama.cpp build can do (backends, devices, memory); what to fix",
     "convert-lora": "convert a PEFT LoRA adapter to a GGUF LoRA adapter for its base model",
+    "worker": "serve this machine's CPU to main hosts through llama.cpp's RPC backend (--rpc)",
 }
 
 

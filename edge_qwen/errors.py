@@ -243,3 +243,15 @@ class MediaTooLargeError(MediaError):
 
 class MediaMarkerError(MediaError):
     """Message text contains the media placeholder itself, which would misplace the media."""
+
+
+# --- RPC workers (llama.cpp's RPC backend) --------------------------------------------------------
+
+
+class RpcError(EdgeQwenError, ValueError):
+    """An RPC worker address or setting is not usable (a malformed HOST:PORT, a public bind
+    without --allow-remote, a build without llama.cpp's RPC backend)."""
+
+
+class RpcWorkerError(EdgeQwenError, ConnectionError):
+    """An RPC worker is down, busy with another main host, or speaks another protocol version."""

@@ -44,6 +44,11 @@ class ModelSettings:
     ``"draft"``, ``"mtp"``, ``"off"``, or None (``"draft"`` / ``"mtp"`` when a draft model / the MTP
     head is loaded, otherwise off).
 
+    ``rpc`` names RPC workers (``HOST:PORT``, each running ``edge-qwen worker``): their devices join
+    this machine's and the layers offloaded (``n_gpu_layers``; ``"auto"`` then means all of them) are
+    split across them in proportion to their free memory, as llama.cpp does. Each worker is probed
+    before loading; one that is down is a :class:`~edge_qwen.errors.RpcWorkerError` naming it.
+
     ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
     beside the language model): chat messages may then carry images and audio clips.
 
@@ -87,6 +92,7 @@ class ModelSettings:
     prompt_cache: int = 0
     ctx_checkpoints: int = 4
     recurrent_snapshots: int = 0
+    rpc: tuple[str, ...] = ()
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
@@ -97,6 +103,12 @@ def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
     for name in ("draft", "mmproj"):
         if given.get(name) is not None:
             given[name] = os.fspath(given[name])
+    if given.get("rpc"):
+        from .rpc import parse_endpoints
+
+        given["rpc"] = parse_endpoints(given["rpc"])
+    elif "rpc" in given:
+        given["rpc"] = ()
     try:
         return ModelSettings(**given)
     except TypeError as exc:

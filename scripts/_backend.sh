@@ -83,6 +83,8 @@ eq_cmake_args() {
         vulkan) args="-DGGML_VULKAN=on" ;;
         cpu) [ "$(uname -s)" = Darwin ] && args="-DGGML_METAL=off" ;;
     esac
+    # every build can serve as an RPC worker or use one (edge-qwen worker, --rpc)
+    args="${args:+$args }-DGGML_RPC=on"
     [ -n "${EQ_AMX_FLAGS:-}" ] && args="${args:+$args }$EQ_AMX_FLAGS"
     [ -n "${CMAKE_ARGS:-}" ] && args="${args:+$args }$CMAKE_ARGS"
     echo "$args"

@@ -50,7 +50,8 @@ def test_the_installed_build_reports_its_devices() -> None:
     assert cpu.total_bytes > 0 and 0 < cpu.free_bytes <= cpu.total_bytes
     assert info.features == backends.parse_system_info(info.system_info)
     # llama.cpp: GPU offload is supported exactly when a GPU/iGPU device (or RPC) is registered
-    assert info.gpu_offload == (bool(info.gpu_devices) or info.rpc)
+    # llama.cpp answers yes for any build with RPC (which setup.sh always adds); here it means a GPU
+    assert info.rpc and info.gpu_offload == any(d.backend != "RPC" for d in info.gpu_devices)
     assert info.has_amx == _llama.build_has_amx()
 
 
@@ -216,20 +217,21 @@ def test_cmake_args_per_backend_and_the_amx_gcc12_fix(fake_machine: Path) -> Non
         "cc",
         'case "$1" in --version) echo "cc (Debian 12.2.0) 12.2.0";; *) echo 12;; esac',
     )
+    rpc = "-DGGML_RPC=on"  # every build can be an RPC worker or use one
     assert _sh(args, fake_machine, CC="cc").splitlines() == [
-        "cpu=",
-        "cuda=-DGGML_CUDA=on",
-        "metal=-DGGML_METAL=on",
-        "vulkan=-DGGML_VULKAN=on",
-    ]  # no AMX in the CPU: nothing added
+        f"cpu={rpc}",
+        f"cuda=-DGGML_CUDA=on {rpc}",
+        f"metal=-DGGML_METAL=on {rpc}",
+        f"vulkan=-DGGML_VULKAN=on {rpc}",
+    ]  # no AMX in the CPU: nothing else added
     (fake_machine / "cpuinfo").write_text("flags\t\t: fpu avx512f amx_tile amx_int8 amx_bf16\n")
     out = _sh(args + '; echo "cc=$EQ_CC"', fake_machine, CC="cc", CMAKE_ARGS="-DLLAMA_X=1").splitlines()
-    assert out[0] == "cpu=-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8 -DLLAMA_X=1"
+    assert out[0] == f"cpu={rpc} -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8 -DLLAMA_X=1"
     assert out[-1] == "cc="
     _fake_tool(fake_machine / "bin", "gcc-13", "echo 13")
     _fake_tool(fake_machine / "bin", "g++-13", "echo 13")
     out = _sh(args + '; echo "cc=$EQ_CC/$EQ_CXX"', fake_machine, CC="cc").splitlines()
-    assert out[0] == "cpu=" and out[-1] == "cc=gcc-13/g++-13"  # a good compiler keeps AMX
+    assert out[0] == f"cpu={rpc}" and out[-1] == "cc=gcc-13/g++-13"  # a good compiler keeps AMX
 
 
 def test_installed_backend_is_read_from_the_libraries(fake_machine: Path) -> None:
@@ -287,20 +289,21 @@ def test_setup_rebuilds_only_when_the_backend_changes(tmp_path: Path, fake_machi
     root = tmp_path / "checkout"
     lib = _fake_checkout(root, ["libllama.so", "libggml-cpu.so"])
     stamp = root / ".venv/.edge-qwen-installed"
-    (first,) = _setup(root, fake_machine)  # no stamp yet: the package install builds the default
-    assert first.startswith("CMAKE_ARGS=[] -m pip install -q -e .[test]")
-    assert stamp.read_text() == "backend=cpu\ncmake_args=\n"
+    (first,) = _setup(root, fake_machine)  # no stamp yet: the package install builds it (with RPC)
+    assert first.startswith("CMAKE_ARGS=[-DGGML_RPC=on] -m pip install -q --no-cache-dir -e .[test]")
+    assert stamp.read_text() == "backend=cpu\ncmake_args=-DGGML_RPC=on\n"
     assert _setup(root, fake_machine) == []  # nothing to do
-    stamp.write_text("")  # a stamp written by the old setup.sh: the plain CPU build
-    assert _setup(root, fake_machine) == []
+    stamp.write_text("")  # a stamp written by an older setup.sh: the plain CPU build, without RPC
+    (old,) = _setup(root, fake_machine)
+    assert old.startswith("CMAKE_ARGS=[-DGGML_RPC=on] -m pip install -q --force-reinstall --no-deps")
     (rebuild,) = _setup(root, fake_machine, EDGE_QWEN_BACKEND="vulkan")
-    assert rebuild.startswith("CMAKE_ARGS=[-DGGML_VULKAN=on] -m pip install -q --force-reinstall --no-deps")
+    assert rebuild.startswith("CMAKE_ARGS=[-DGGML_VULKAN=on -DGGML_RPC=on] -m pip install -q --force")
     assert rebuild.endswith("--no-cache-dir llama-cpp-python==0.3.36")
-    assert stamp.read_text() == "backend=vulkan\ncmake_args=-DGGML_VULKAN=on\n"
+    assert stamp.read_text() == "backend=vulkan\ncmake_args=-DGGML_VULKAN=on -DGGML_RPC=on\n"
     (lib / "libggml-vulkan.so").touch()  # what the real rebuild installs
     assert _setup(root, fake_machine, EDGE_QWEN_BACKEND="vulkan") == []
     (back,) = _setup(root, fake_machine)  # auto on this fake machine is the CPU again
-    assert back.startswith("CMAKE_ARGS=[] -m pip install -q --force-reinstall")
+    assert back.startswith("CMAKE_ARGS=[-DGGML_RPC=on] -m pip install -q --force-reinstall")
 
 
 @pytest.mark.real

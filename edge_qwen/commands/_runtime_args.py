@@ -33,6 +33,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="draft with the model's own multi-token-prediction head (Qwen3.5, Qwen3-Next GGUFs converted "
         "with it; speculative decoding, same output)",
     )  # fmt: skip
+    add_rpc_argument(parser)
+
+
+def add_rpc_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+        help="RPC workers (machines running edge-qwen worker) whose devices take the model's layers, "
+        "split by their free memory",
+    )  # fmt: skip
 
 
 def add_media_arguments(parser: argparse.ArgumentParser, *, files: bool) -> None:
@@ -147,7 +156,7 @@ def load_model(args: argparse.Namespace) -> Any:
     return Model.load(
         resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files,
         draft=resolve_model(draft) if draft else None, mmproj=getattr(args, "mmproj", None),
-        mtp=getattr(args, "mtp", False),
+        mtp=getattr(args, "mtp", False), rpc=getattr(args, "rpc", None) or (),
     )  # fmt: skip
 
 

@@ -74,6 +74,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="models whose GGUF has a multi-token-prediction head (Qwen3.5, Qwen3-Next) draft with it "
         "(speculative decoding, same output); models without one are served as they are",
     )  # fmt: skip
+    from ._runtime_args import add_rpc_argument
+
+    add_rpc_argument(parser)
     parser.add_argument(
         "--mmproj", action="append", default=[], metavar="[MODEL=]FILE",
         help="the vision/audio projector GGUF of MODEL (from edge-qwen convert), so requests may carry "
@@ -316,7 +319,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
                 mtp=args.mtp and name not in drafts and has_mtp_head(path),
-                mmproj=projectors.get(name), prompt_cache=prompt_cache,
+                mmproj=projectors.get(name), prompt_cache=prompt_cache, rpc=args.rpc or (),
             )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))

@@ -6,6 +6,7 @@ split them evenly (``kv_unified=False``). See :mod:`edge_qwen.runtime.engine.slo
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 from pathlib import Path
@@ -29,6 +30,9 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     _llama.init_backend()
     _llama.take_recent_errors()
     mparams = L.llama_model_default_params()
+    devices = _devices(settings)  # kept alive until the load has copied the list
+    if devices is not None:
+        mparams.devices = ctypes.addressof(devices)
     mparams.n_gpu_layers = gpu_layers(path, settings)
     mparams.load_mode = _native.LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
     extra = settings.extra_buffers
@@ -120,6 +124,24 @@ def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, A
     return model, ctx
 
 
+def _devices(settings: ModelSettings) -> Any:
+    """``llama_model_params.devices``: this machine's GPUs and the model's own RPC workers, when any
+    worker is registered in this process (else None: llama.cpp's default, every local device).
+
+    Workers are probed before llama.cpp sees them: it aborts the process on one that is down.
+    """
+    from .. import rpc
+
+    if settings.rpc:
+        rpc.add_workers(settings.rpc)
+    if not rpc.registered():
+        return None
+    from ..backends import local_gpu_handles
+
+    chosen = local_gpu_handles() + rpc.worker_devices(settings.rpc)
+    return (ctypes.c_void_p * (len(chosen) + 1))(*chosen, None)
+
+
 AUTO_MARGIN = 256 * 2**20  # device memory left free for the driver and other programs
 
 
@@ -131,16 +153,17 @@ def gpu_layers(path: Path, settings: ModelSettings) -> int:
         return value
     if value != "auto":
         raise ConfigError(f"n_gpu_layers={value!r}; use an integer (-1: all layers) or 'auto'")
-    if not L.llama_supports_gpu_offload():
+    if settings.rpc:
+        return -1  # the workers' devices take every layer, split by their free memory
+    from ..backends import local_gpus
+
+    gpus = local_gpus()  # a build with RPC says it offloads; a GPU of this machine decides
+    if not gpus:
         return 0
-    from ..backends import list_devices
     from ..gguf_header import read_header
     from ..sizing.estimate import model_shape
     from ..sizing.offload import auto_gpu_layers
 
-    gpus = [d for d in list_devices()[1] if d.type in ("gpu", "igpu")]
-    if not gpus:
-        return 0
     shape = model_shape(read_header(path))
     return auto_gpu_layers(shape, settings, gpus[0].free_bytes, margin_bytes=AUTO_MARGIN)
 
@@ -194,8 +217,10 @@ def context_params(settings: ModelSettings) -> Any:
 def load_media(settings: ModelSettings, model: Any, ctx: Any) -> MediaSupport:
     """The projector (``settings.mmproj``) for images and audio, on the model's context."""
     assert settings.mmproj is not None
+    from ..backends import local_gpus
+
     return MediaSupport(
         settings.mmproj, model, ctx, n_batch=int(L.llama_n_batch(ctx)), threads=int(L.llama_n_threads(ctx)),
-        use_gpu=bool(L.llama_supports_gpu_offload()) and settings.n_gpu_layers != 0,
+        use_gpu=bool(local_gpus()) and settings.n_gpu_layers != 0,
         flash_attn=settings.flash_attn,  # auto: the encoder's attention scores never materialise
     )  # fmt: skip

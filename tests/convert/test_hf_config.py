@@ -96,7 +96,9 @@ def test_qwen3vl_without_a_rope_base_is_refused_not_guessed(tmp_path: Path) -> N
         load_hparams(folder)
 
 
-def test_a_qwen35_vision_config_saved_by_transformers_5_reads_like_the_tiny_generators(tmp_path: Path) -> None:
+def test_a_qwen35_vision_config_saved_by_transformers_5_reads_as_the_tiny_generators_do(
+    tmp_path: Path,
+) -> None:
     """Qwen3.5 exists in transformers 5 only: its saved Qwen3_5Config (layer_types written out,
     rope_parameters with interleaved M-RoPE, the composite's tie_word_embeddings) gives the layer
     kinds, sections and rope base the converter's tests build by hand."""

@@ -1,0 +1,42 @@
+"""One greedy answer from a GGUF, locally or split across RPC workers, as one JSON line:
+
+    python tests/rpc_main.py MODEL [HOST:PORT,...]
+    {"tokens": [...], "buffers": {"CPU_Mapped": MiB, "RPC0[127.0.0.1:50071]": MiB, ...}}
+
+A separate process: registering workers changes the process's device list for good (and a worker
+that dies mid-answer makes llama.cpp abort), so the test runner never does it itself. The weights
+are not repacked (``extra_buffers=False``) on either side: an RPC worker computes with ggml's plain
+CPU kernels, so the local run must too for the answers to be comparable token for token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+from edge_qwen._llama import capture_log
+from edge_qwen.runtime import Model
+
+BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
+PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]
+
+
+def main() -> int:
+    path, rpc = sys.argv[1], tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ()
+    buffers: dict[str, float] = {}
+
+    def on_line(_level: int, line: str) -> None:
+        if m := BUFFER.search(line):
+            buffers[m.group(1)] = float(m.group(2))
+
+    with capture_log(on_line):
+        model = Model.load(path, n_ctx=512, parallel=1, n_threads=2, rpc=rpc, extra_buffers=False)
+    with model:
+        result = model.chat(PROMPT, temperature=0, max_tokens=24)
+    print(json.dumps({"tokens": list(result.token_ids), "buffers": buffers}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

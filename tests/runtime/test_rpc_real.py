@@ -1,0 +1,119 @@
+"""Two ``edge-qwen worker`` processes on loopback and the real Qwen2.5-Coder-0.5B split across them:
+the greedy answer is the local one token for token, the main process keeps only the token
+embeddings (llama.cpp's own buffer report), and every failure is a clear error, not llama.cpp's
+abort. The main side runs in a subprocess (tests/rpc_main.py): registering workers changes a
+process's device list for good.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_qwen import rpc
+
+pytestmark = [pytest.mark.real, pytest.mark.slow]
+MAIN = Path(__file__).resolve().parents[1] / "rpc_main.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_worker(port: int, *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "edge_qwen.cli", "worker", "--port", str(port), "--threads", "1", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None or rpc.probe(f"127.0.0.1:{port}", timeout=1).reachable:
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"worker on port {port} did not come up")
+
+
+@pytest.fixture(scope="module")
+def workers() -> Iterator[list[str]]:
+    ports = [free_port(), free_port()]
+    procs = [start_worker(p) for p in ports]
+    yield [f"127.0.0.1:{p}" for p in ports]
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+
+
+def answer(model: Path, endpoints: list[str] | None = None) -> dict:
+    cmd = [sys.executable, str(MAIN), str(model)] + ([",".join(endpoints)] if endpoints else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_model_split_across_two_workers_answers_like_the_local_run(
+    real_gguf: Path, workers: list[str]
+) -> None:
+    local = answer(real_gguf)
+    split = answer(real_gguf, workers)
+    assert split["tokens"] == local["tokens"] and len(local["tokens"]) == 24
+    # llama.cpp's buffer report: the main host keeps the token embeddings, each worker a share
+    remote = {k: v for k, v in split["buffers"].items() if k.startswith("RPC")}
+    assert {k.split("[")[1].rstrip("]") for k in remote} == set(workers) and all(
+        v > 50 for v in remote.values()
+    )
+    assert split["buffers"]["CPU_Mapped"] < 0.3 * local["buffers"]["CPU_Mapped"]
+    total = split["buffers"]["CPU_Mapped"] + sum(remote.values())
+    assert abs(total - local["buffers"]["CPU_Mapped"]) < 0.05 * local["buffers"]["CPU_Mapped"]
+
+
+def run_cli(*args: str, timeout: float = 120) -> tuple[int, dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_qwen.cli", *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return out.returncode, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_worker_that_is_down_is_named_before_loading(real_gguf: Path) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    code, data = run_cli("run", str(real_gguf), "hello", "--rpc", down)
+    assert code == 2 and data["error"]["type"] == "RpcWorkerError"
+    assert down in data["error"]["message"] and "edge-qwen worker" in data["error"]["message"]
+
+
+def test_a_worker_stops_on_sigterm_and_refuses_what_is_unsafe_or_taken() -> None:
+    port = free_port()
+    proc = start_worker(port, "--json")
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and json.loads(stdout.strip().splitlines()[-1])["stopped_by"] == "SIGTERM"
+    code, data = run_cli("worker", "--host", "0.0.0.0", "--port", str(port))
+    assert (
+        code == 2 and "--allow-remote" in data["error"]["message"] and "WireGuard" in data["error"]["message"]
+    )
+    with socket.create_server(("127.0.0.1", port)):  # the port is taken
+        code, data = run_cli("worker", "--port", str(port), timeout=30)
+    assert code == 2 and "in use" in data["error"]["message"]
+
+
+def test_doctor_reports_each_worker(workers: list[str]) -> None:
+    down = f"127.0.0.1:{free_port()}"
+    code, data = run_cli("doctor", "--offline", "--rpc", f"{workers[0]},{down}")
+    assert code == 0 and data["llama_cpp"]["rpc"] is True
+    up, gone = data["rpc_workers"]
+    assert (
+        up["reachable"] and up["version"].startswith("7.") and up["free_bytes"] > 0 and up["latency_ms"] >= 0
+    )
+    assert not gone["reachable"] and "connection refused" in gone["error"]
+    assert "1 of 2 RPC worker(s) unreachable" in data["verdict"]

@@ -1,0 +1,112 @@
+"""RPC workers: addresses, the bind rule, and the protocol probe that stands between llama.cpp and a
+worker that is down (llama.cpp itself aborts the process there). The probe is checked against a fake
+worker speaking ggml's RPC protocol (HELLO, DEVICE_COUNT, GET_DEVICE_MEMORY) and, in
+tests/runtime/test_rpc_real.py, against real ``edge-qwen worker`` processes.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from edge_qwen import rpc
+from edge_qwen.errors import RpcError, RpcWorkerError
+
+
+def test_endpoints_are_host_port_pairs_in_order_without_repeats() -> None:
+    assert rpc.parse_endpoints("10.0.0.2:50052, pi5.local:50053,10.0.0.2:50052") == (
+        "10.0.0.2:50052",
+        "pi5.local:50053",
+    )
+    assert rpc.parse_endpoints(["[::1]:7000"]) == ("[::1]:7000",)
+    for bad in ("10.0.0.2", ":50052", "host:0", "host:70000", "host:port"):
+        with pytest.raises(RpcError, match="HOST:PORT"):
+            rpc.parse_endpoints(bad)
+    with pytest.raises(RpcError, match="no RPC worker"):
+        rpc.parse_endpoints(" , ")
+
+
+def test_a_public_bind_needs_allow_remote_and_then_says_the_risk() -> None:
+    assert rpc.check_bind("127.0.0.1", allow_remote=False) is None
+    assert rpc.check_bind("::1", allow_remote=False) is None
+    with pytest.raises(RpcError, match="no authentication.*--allow-remote"):
+        rpc.check_bind("0.0.0.0", allow_remote=False)
+    warning = rpc.check_bind("192.168.1.20", allow_remote=True)
+    assert warning is not None and "WireGuard" in warning and "SSH tunnel" in warning
+
+
+class FakeWorker:
+    """Answers the probe's three commands like ggml's RPC server (protocol ``version``)."""
+
+    def __init__(self, version: tuple[int, int, int] = (7, 0, 0), devices: int = 1, silent: bool = False):
+        self.version, self.devices, self.silent = version, devices, silent
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                if self.silent:
+                    conn.recv(64)
+                    threading.Event().wait(2)
+                    continue
+                self._answer(conn)
+
+    def _answer(self, conn: socket.socket) -> None:
+        while head := conn.recv(9):
+            cmd, size = struct.unpack("<BQ", head)
+            payload = conn.recv(size) if size else b""
+            if cmd == rpc.CMD_HELLO:
+                assert len(payload) == rpc.CONN_CAPS
+                reply = bytes([*self.version, 0]) + bytes(rpc.CONN_CAPS)
+            elif cmd == rpc.CMD_DEVICE_COUNT:
+                reply = struct.pack("<I", self.devices)
+            else:
+                (index,) = struct.unpack("<I", payload)
+                reply = struct.pack("<QQ", (index + 1) * 2**30, 8 * 2**30)
+            conn.sendall(struct.pack("<Q", len(reply)) + reply)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def worker() -> Iterator[FakeWorker]:
+    w = FakeWorker(devices=2)
+    yield w
+    w.close()
+
+
+def test_probe_reads_version_devices_and_free_memory(worker: FakeWorker) -> None:
+    status = rpc.probe(worker.endpoint)
+    assert status.reachable and status.version == "7.0.0" and status.latency_ms is not None
+    assert [(d.index, d.free_bytes) for d in status.devices] == [(0, 2**30), (1, 2 * 2**30)]
+    assert status.free_bytes == 3 * 2**30
+    assert status.to_dict()["devices"][1]["total_bytes"] == 8 * 2**30
+
+
+def test_workers_that_are_down_busy_or_incompatible_are_named_with_the_way_out() -> None:
+    closed = socket.create_server(("127.0.0.1", 0))
+    down = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    assert "connection refused: start `edge-qwen worker" in (rpc.probe(down).error or "")
+    old = FakeWorker(version=(6, 1, 0))
+    busy = FakeWorker(silent=True)
+    try:
+        status = rpc.probe(old.endpoint)
+        assert not status.reachable and "protocol 6.1.0" in (status.error or "")
+        assert "busy with another main host" in (rpc.probe(busy.endpoint, timeout=0.5).error or "")
+        with pytest.raises(RpcWorkerError, match=rf"{down}: connection refused.*{old.endpoint}: speaks"):
+            rpc.require_workers([down, old.endpoint])
+    finally:
+        old.close()
+        busy.close()
