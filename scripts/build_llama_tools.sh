@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build llama.cpp's reference tools (llama-bench, llama-batched-bench, llama-server) from the very
-# llama.cpp that llama-cpp-python vendors, so benchmarks compare like with like:
+# Build llama.cpp's reference tools (llama-bench, llama-batched-bench, llama-server, ggml-rpc-server) from the
+# very llama.cpp that llama-cpp-python vendors (with RPC), so benchmarks compare like with like:
 #   scripts/build_llama_tools.sh [TARGET ...]        (default: llama-bench)
 # Prints the folder holding the binaries. Source: the llama-cpp-python sdist pinned in pyproject.toml
 # (pip download); build: $EDGE_QWEN_TOOLS_DIR (default ~/.cache/edge-qwen-backends/llama-tools),
@@ -27,7 +27,7 @@ fi
 eq_amx_fix
 # shellcheck disable=SC2046  # the AMX flags are separate words
 cmake -S "$src/vendor/llama.cpp" -B "$dir/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON -DGGML_RPC=ON \
     ${EQ_CC:+-DCMAKE_C_COMPILER=$EQ_CC -DCMAKE_CXX_COMPILER=$EQ_CXX} $EQ_AMX_FLAGS >/dev/null
 nice -n 19 cmake --build "$dir/build" -j "$(nproc 2>/dev/null || sysctl -n hw.ncpu)" --target "${targets[@]}" >&2
 echo "$dir/build/bin"
