@@ -42,12 +42,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="a GGUF LoRA adapter loaded next to the model (counted in the total); repeatable",
     )  # fmt: skip
     parser.add_argument(
-        "--mtp", action="store_true",
+        "--mtp",
+        action="store_true",
         help="count the MTP head a Qwen3.5 / Qwen3-Next model drafts with (run --mtp)",
     )
     parser.add_argument(
         "--device-memory", metavar="SIZE",
         help="free GPU memory (e.g. 8GiB): how many layers offload, and the host/device split",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+        help="RPC workers to spread the model over: each one's layers, weights, KV and compute, "
+        "from its free memory",
     )  # fmt: skip
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -118,6 +124,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         result["offload"] = offload_split(
             shape, settings, device_memory, cpu_features=features, parallel=args.parallel
         )
+    if getattr(args, "rpc", None):
+        from ..rpc import parse_endpoints, require_workers
+        from ..sizing.rpc_split import rpc_split
+
+        statuses = require_workers(parse_endpoints(args.rpc))
+        workers = [(s.endpoint, s.free_bytes) for s in statuses]
+        result["rpc"] = rpc_split(shape, settings, workers, parallel=args.parallel)
     if not args.json:
         print(format_plan(result))
     return result
@@ -168,5 +181,9 @@ def format_plan(plan: dict[str, Any]) -> str:
         from ..sizing.offload import format_offload
 
         lines.append(format_offload(plan["offload"]))
+    if "rpc" in plan:
+        from ..sizing.rpc_split import format_rpc_split
+
+        lines.append(format_rpc_split(plan["rpc"]))
     lines += [f"warning: {w}" for w in plan["warnings"]]
     return "\n".join(lines)

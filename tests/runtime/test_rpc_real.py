@@ -73,6 +73,12 @@ def test_a_model_split_across_two_workers_answers_like_the_local_run(
     assert split["buffers"]["CPU_Mapped"] < 0.3 * local["buffers"]["CPU_Mapped"]
     total = split["buffers"]["CPU_Mapped"] + sum(remote.values())
     assert abs(total - local["buffers"]["CPU_Mapped"]) < 0.05 * local["buffers"]["CPU_Mapped"]
+    # plan --rpc predicted that split before loading: each worker's weights, the host's embeddings
+    code, plan = run_cli("plan", str(real_gguf), "--rpc", ",".join(workers))
+    assert code == 0 and plan["rpc"]["fits"]
+    for row in plan["rpc"]["workers"]:
+        assert abs(row["weights_bytes"] / 2**20 - remote[f"RPC0[{row['endpoint']}]"]) < 0.5
+    assert abs(plan["rpc"]["host_weights_bytes"] / 2**20 - split["buffers"]["CPU_Mapped"]) < 0.5
 
 
 def run_cli(*args: str, timeout: float = 120) -> tuple[int, dict]:
