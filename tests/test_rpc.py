@@ -110,3 +110,22 @@ def test_workers_that_are_down_busy_or_incompatible_are_named_with_the_way_out()
     finally:
         old.close()
         busy.close()
+
+
+@pytest.mark.real
+def test_the_scheduler_charges_only_the_host_share_of_a_model_on_workers(real_gguf) -> None:  # noqa: ANN001
+    """With rpc= the layers live on the workers: the budget the scheduler checks is the host's part
+    (a Pi main host with a model that only two Pis together hold must not be refused)."""
+    from edge_qwen.gguf_header import read_header
+    from edge_qwen.scheduler.planning import Entry, Planner
+    from edge_qwen.settings import ModelSettings
+    from edge_qwen.sizing.estimate import model_shape
+
+    shape = model_shape(read_header(real_gguf))
+    planner = Planner(budget=2**30, min_ctx=512, allow_kv_quantization=False, cpu_features=frozenset())
+    local = ModelSettings(n_ctx=4096)
+    split = ModelSettings(n_ctx=4096, rpc=("127.0.0.1:50052",))
+    entry = Entry("m", real_gguf, local, shape)
+    host, on_workers = planner.estimate(entry, local), planner.estimate(entry, split)
+    assert on_workers.total_bytes < 0.5 * host.total_bytes
+    assert on_workers.device_weights_bytes > 0.75 * host.weights_bytes

@@ -131,6 +131,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         statuses = require_workers(parse_endpoints(args.rpc))
         workers = [(s.endpoint, s.free_bytes) for s in statuses]
         result["rpc"] = rpc_split(shape, settings, workers, parallel=args.parallel)
+        on_workers = dataclasses.replace(settings, n_gpu_layers=-1)  # what --rpc loads
+        host = estimate(shape, on_workers, parallel=args.parallel, cpu_features=features, gpu=True)
+        result["rpc"]["host_bytes"] = host.total_bytes
+        result["rpc"]["host_fits"] = host.total_bytes <= budget
     if not args.json:
         print(format_plan(result))
     return result

@@ -63,7 +63,8 @@ class Planner:
     cpu_features: frozenset[str]
 
     def estimate(self, entry: Entry, settings: ModelSettings) -> MemoryEstimate:
-        return estimate(entry.shape, settings, cpu_features=self.cpu_features)
+        # with RPC workers the layers are theirs: only the host's share counts against this budget
+        return estimate(entry.shape, settings, cpu_features=self.cpu_features, gpu=bool(settings.rpc))
 
     def capacity(self, entry: Entry, entries: Iterable[Entry]) -> tuple[int, list[Entry]]:
         """Budget left once every evictable model is gone (pinned residents stay)."""

@@ -75,5 +75,8 @@ def format_rpc_split(split: dict[str, Any]) -> str:
             f"(weights {r['weights_bytes'] / mib:,.1f}, KV {r['kv_bytes'] / mib:,.1f}, compute "
             f"{r['compute_bytes'] / mib:,.1f}); {verdict}"
         )
-    lines.append(f"main host keeps the token embeddings: {split['host_weights_bytes'] / mib:,.1f} MiB")
+    host = f"main host keeps the token embeddings: {split['host_weights_bytes'] / mib:,.1f} MiB"
+    if "host_bytes" in split:
+        host += f"; in all {split['host_bytes'] / mib:,.1f} MiB (buffers, logits, tokenizer)"
+    lines.append(host)
     return "\n".join(lines)
