@@ -17,6 +17,7 @@ import sys
 
 from edge_qwen._llama import capture_log
 from edge_qwen.runtime import Model
+from edge_qwen.runtime.handles import drain
 
 BUFFER = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([\d.]+) MiB")
 PROMPT = [{"role": "user", "content": "Write a Python function that reverses a string."}]
@@ -31,10 +32,15 @@ def main() -> int:
             buffers[m.group(1)] = float(m.group(2))
 
     with capture_log(on_line):
-        model = Model.load(path, n_ctx=512, parallel=1, n_threads=2, rpc=rpc, extra_buffers=False)
+        model = Model.load(path, n_ctx=1024, parallel=2, n_threads=2, rpc=rpc, extra_buffers=False)
     with model:
         result = model.chat(PROMPT, temperature=0, max_tokens=24)
-    print(json.dumps({"tokens": list(result.token_ids), "buffers": buffers}), flush=True)
+        # the other request paths on the same model: prompt-lookup speculation, and two at once
+        lookup = model.chat(PROMPT, temperature=0, max_tokens=24, speculative="lookup")
+        streams = [model.chat_stream(PROMPT, temperature=0, max_tokens=24) for _ in range(2)]
+        batched = [list(drain(s).token_ids) for s in streams]
+    out = {"tokens": list(result.token_ids), "lookup": list(lookup.token_ids), "batched": batched}
+    print(json.dumps({**out, "buffers": buffers}), flush=True)
     return 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError
-from .mmproj_tensor import MmprojTensor, mmproj_ggml_type, tensor_shape
+from .mmproj_tensor import MmprojTensor, block_names, mmproj_ggml_type, require_tensors, tensor_shape
 from .safetensors import TensorRef
 
 T = gguf.MODEL_TENSOR
@@ -117,17 +117,11 @@ def _column(block: Any) -> Any:
 
 
 def _check_complete(planned: list[MmprojTensor], ac: AudioConfig) -> None:
-    names = {p.name for p in planned}
-    need = [gguf.TENSOR_NAMES[T.A_ENC_CONV1D].format(bid=b) + ".weight" for b in (1, 2)]
+    need = block_names([T.A_ENC_CONV1D], (1, 2))
     need += [gguf.TENSOR_NAMES[k] + ".weight" for k in (T.A_ENC_EMBD_POS, T.A_POST_NORM, T.A_MMPROJ_FC)]
     per_block = [T.A_ENC_ATTN_Q, T.A_ENC_ATTN_K, T.A_ENC_ATTN_V, T.A_ENC_OUTPUT, T.A_ENC_INPUT_NORM]
     per_block += [T.A_ENC_OUTPUT_NORM, T.A_ENC_FFN_UP, T.A_ENC_FFN_DOWN]
-    need += [gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in per_block for b in range(ac.depth)]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint lacks the audio tensors that become {missing[:4]}; it is incomplete"
-        )
+    require_tensors(planned, need + block_names(per_block, range(ac.depth)), "audio")
 
 
 def add_audio_metadata(writer: gguf.GGUFWriter, ac: AudioConfig) -> None:

@@ -29,9 +29,16 @@ from ..manifest import Manifest, write_manifest
 from . import audio, vision_qwen3
 from ._io import HashingFile, write_hashed
 from .metadata import Source
-from .mmproj_tensor import MMPROJ_TYPES, MmprojTensor, mmproj_ggml_type, tensor_shape
+from .mmproj_tensor import (
+    MMPROJ_TYPES,
+    MmprojTensor,
+    block_names,
+    mmproj_ggml_type,
+    require_tensors,
+    tensor_shape,
+)
 from .safetensors import TensorRef
-from .vision import NOMINAL_IMAGE_SIZE, VISION_EPS, VisionConfig, load_vision_config
+from .vision import NOMINAL_IMAGE_SIZE, VisionConfig, add_vision_keys, load_vision_config
 
 T = gguf.MODEL_TENSOR
 PATCH = gguf.TENSOR_NAMES[T.V_ENC_EMBD_PATCH] + ".weight"
@@ -95,34 +102,16 @@ def _frame(t: int) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _check_complete(planned: list[MmprojTensor], vc: VisionConfig) -> None:
-    names = {p.name for p in planned}
     need = [PATCH, PATCH + ".1", gguf.TENSOR_NAMES[T.V_POST_NORM] + ".weight"]
-    need += [gguf.TENSOR_NAMES[T.V_MMPROJ].format(bid=b) + ".weight" for b in (0, 2)]
+    need += block_names([T.V_MMPROJ], (0, 2))
     per_block = [T.V_ENC_ATTN_Q, T.V_ENC_ATTN_K, T.V_ENC_ATTN_V, T.V_ENC_ATTN_O, T.V_ENC_INPUT_NORM]
     per_block += [T.V_ENC_POST_ATTN_NORM, T.V_ENC_FFN_UP, T.V_ENC_FFN_DOWN]
-    need += [gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in per_block for b in range(vc.depth)]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint lacks the vision tensors that become {missing[:4]}; it is incomplete"
-        )
+    require_tensors(planned, need + block_names(per_block, range(vc.depth)), "vision")
 
 
 def add_vision_metadata(writer: gguf.GGUFWriter, vc: VisionConfig) -> None:
     """Every key clip.cpp reads for Qwen2-VL / Qwen2.5-VL (through gguf-py's helpers)."""
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type(vc.projector)
-    writer.add_vision_projection_dim(vc.out_dim)
-    writer.add_vision_image_size(NOMINAL_IMAGE_SIZE)
-    writer.add_vision_patch_size(vc.patch)
-    writer.add_vision_embedding_length(vc.width)
-    writer.add_vision_feed_forward_length(vc.n_ff)
-    writer.add_vision_block_count(vc.depth)
-    writer.add_vision_head_count(vc.n_head)
-    writer.add_vision_attention_layernorm_eps(VISION_EPS)
-    writer.add_vision_image_mean(list(vc.image_mean))
-    writer.add_vision_image_std(list(vc.image_std))
-    writer.add_vision_spatial_merge_size(2)
+    add_vision_keys(writer, vc, image_size=NOMINAL_IMAGE_SIZE, merge=2)
     if vc.qwen25:
         writer.add_vision_use_silu(True)
         writer.add_vision_n_wa_pattern(vc.n_wa_pattern)

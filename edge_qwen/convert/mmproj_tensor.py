@@ -3,13 +3,14 @@ shared by the vision (:mod:`.mmproj`) and audio (:mod:`.audio`) towers."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import IO
 
 import gguf
 import numpy as np
 
+from ..errors import CheckpointError
 from ._io import ordered_map
 from .safetensors import TensorRef
 
@@ -26,6 +27,7 @@ _STORAGE: dict[Q, np.dtype] = {
     Q.F16: np.dtype(np.float16),
     Q.Q8_0: np.dtype(np.uint8),
 }
+
 
 @dataclass
 class MmprojTensor:
@@ -97,3 +99,23 @@ def mmproj_ggml_type(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], mmproj_typ
     if want == Q.Q8_0 and shape[-1] % gguf.GGML_QUANT_SIZES[Q.Q8_0][0]:
         return Q.F16  # rows not a whole number of Q8_0 blocks
     return want
+
+
+def block_names(kinds: Iterable[gguf.MODEL_TENSOR], blocks: Iterable[int]) -> list[str]:
+    """``<kind>.weight`` names of every block, for a completeness check."""
+    chosen = list(blocks)
+    return [gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in kinds for b in chosen]
+
+
+def require_tensors(planned: list[MmprojTensor], need: list[str], tower: str) -> None:
+    """Every name in ``need`` is planned, or the checkpoint is incomplete.
+
+    Raises:
+        CheckpointError: naming the first missing ones.
+    """
+    names = {p.name for p in planned}
+    missing = [n for n in need if n not in names]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint lacks the {tower} tensors that become {missing[:4]}; it is incomplete"
+        )

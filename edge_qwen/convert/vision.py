@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gguf
 
@@ -211,3 +211,43 @@ def split_checkpoint(refs: dict[str, TensorRef]) -> tuple[dict[str, TensorRef], 
                 break
         (media if name.startswith(MEDIA_PREFIXES) else text)[name] = ref
     return text, media
+
+
+class TowerShape(Protocol):
+    """What every Qwen-VL vision config (:class:`VisionConfig`, ``vision_qwen3.Qwen3VisionConfig``) has."""
+
+    @property
+    def projector(self) -> str: ...
+    @property
+    def out_dim(self) -> int: ...
+    @property
+    def patch(self) -> int: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def n_ff(self) -> int: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def n_head(self) -> int: ...
+    @property
+    def image_mean(self) -> tuple[float, ...]: ...
+    @property
+    def image_std(self) -> tuple[float, ...]: ...
+
+
+def add_vision_keys(writer: gguf.GGUFWriter, vc: TowerShape, *, image_size: int, merge: int) -> None:
+    """The keys clip.cpp reads for every Qwen-VL projector (through gguf-py's helpers)."""
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_clip_projector_type(vc.projector)
+    writer.add_vision_projection_dim(vc.out_dim)
+    writer.add_vision_image_size(image_size)
+    writer.add_vision_patch_size(vc.patch)
+    writer.add_vision_embedding_length(vc.width)
+    writer.add_vision_feed_forward_length(vc.n_ff)
+    writer.add_vision_block_count(vc.depth)
+    writer.add_vision_head_count(vc.n_head)
+    writer.add_vision_attention_layernorm_eps(VISION_EPS)
+    writer.add_vision_image_mean(list(vc.image_mean))
+    writer.add_vision_image_std(list(vc.image_std))
+    writer.add_vision_spatial_merge_size(merge)

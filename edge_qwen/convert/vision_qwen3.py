@@ -26,9 +26,9 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError
-from .mmproj_tensor import MmprojTensor, mmproj_ggml_type, tensor_shape
+from .mmproj_tensor import MmprojTensor, block_names, mmproj_ggml_type, require_tensors, tensor_shape
 from .safetensors import TensorRef
-from .vision import VISION_EPS, preprocessor_stats
+from .vision import add_vision_keys, preprocessor_stats
 
 T = gguf.MODEL_TENSOR
 # Hugging Face vision_config model_type of the towers this module converts
@@ -218,40 +218,20 @@ def _frame(t: int):  # noqa: ANN202
 
 
 def _check_complete(planned: list[MmprojTensor], vc: Qwen3VisionConfig) -> None:
-    names = {p.name for p in planned}
     need = [f"{PATCH}.weight", f"{PATCH}.weight.1", f"{PATCH}.bias"]
     need += [gguf.TENSOR_NAMES[T.V_ENC_EMBD_POS] + ".weight", gguf.TENSOR_NAMES[T.V_POST_NORM] + ".weight"]
     need += [gguf.TENSOR_NAMES[T.V_MMPROJ].format(bid=b) + s for b in (0, 2) for s in (".weight", ".bias")]
     per_block = [T.V_ENC_ATTN_QKV, T.V_ENC_ATTN_O, T.V_ENC_INPUT_NORM, T.V_ENC_POST_ATTN_NORM]
     per_block += [T.V_ENC_FFN_UP, T.V_ENC_FFN_DOWN]
-    need += [gguf.TENSOR_NAMES[k].format(bid=b) + ".weight" for k in per_block for b in range(vc.depth)]
-    need += [
-        gguf.TENSOR_NAMES[k].format(bid=b) + ".weight"
-        for k in (T.V_DS_NORM, T.V_DS_FC1, T.V_DS_FC2)
-        for b in vc.deepstack
-    ]
-    missing = [n for n in need if n not in names]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint lacks the vision tensors that become {missing[:4]}; it is incomplete"
-        )
+    need += block_names(per_block, range(vc.depth)) + block_names(
+        [T.V_DS_NORM, T.V_DS_FC1, T.V_DS_FC2], vc.deepstack
+    )
+    require_tensors(planned, need, "vision")
 
 
 def add_qwen3_vision_metadata(writer: gguf.GGUFWriter, vc: Qwen3VisionConfig) -> None:
     """Every key clip.cpp reads for the qwen3vl projector (through gguf-py's helpers)."""
-    writer.add_clip_has_vision_encoder(True)
-    writer.add_clip_projector_type(vc.projector)
-    writer.add_vision_projection_dim(vc.out_dim)
-    writer.add_vision_image_size(vc.image_size)
-    writer.add_vision_patch_size(vc.patch)
-    writer.add_vision_embedding_length(vc.width)
-    writer.add_vision_feed_forward_length(vc.n_ff)
-    writer.add_vision_block_count(vc.depth)
-    writer.add_vision_head_count(vc.n_head)
-    writer.add_vision_attention_layernorm_eps(VISION_EPS)
-    writer.add_vision_image_mean(list(vc.image_mean))
-    writer.add_vision_image_std(list(vc.image_std))
-    writer.add_vision_spatial_merge_size(vc.merge)
+    add_vision_keys(writer, vc, image_size=vc.image_size, merge=vc.merge)
     writer.add_vision_use_gelu(True)
     # written for Qwen3.5 too (every block False), as llama.cpp's converter does
     writer.add_vision_is_deepstack_layers([i in vc.deepstack for i in range(vc.depth)])

@@ -58,3 +58,13 @@ def decode_all(ctx: object, model: object, tokens: tuple[int, ...], start: int) 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(np.abs(actual - expected).max() / np.abs(expected).max())
+
+
+def image_embeddings(result: dict, img: np.ndarray) -> np.ndarray:
+    """mtmd's embeddings of one image through a converted pair (``convert(...).as_dict()``)."""
+    with (
+        loaded(result["gguf"], result["mmproj"]["path"]) as (_, _, mtmd),
+        mtmd.tokenize(mtmd.marker, [img]) as chunks,
+    ):
+        (chunk,) = [c for c in chunks if c.kind == "image"]
+        return mtmd.encode(chunk)

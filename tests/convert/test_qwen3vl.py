@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 import numpy_reference_qwen3vl as ref
 import pytest
-from _mtmd import decode_all, loaded, relative_error
+from _mtmd import decode_all, image_embeddings, loaded, relative_error
 from numpy_reference_vision import mrope_positions, token_embeddings
 
 from edge_qwen.convert import convert
@@ -58,15 +58,6 @@ def converted(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return random_image(WIDTH, HEIGHT)
-
-
-def mtmd_embeddings(result: dict, img: np.ndarray) -> np.ndarray:
-    with (
-        loaded(result["gguf"], result["mmproj"]["path"]) as (_, _, mtmd),
-        mtmd.tokenize(mtmd.marker, [img]) as chunks,
-    ):
-        (chunk,) = [c for c in chunks if c.kind == "image"]
-        return mtmd.encode(chunk)
 
 
 def test_pair_carries_what_llama_cpp_reads(converted: dict) -> None:
@@ -109,7 +100,7 @@ def test_pair_carries_what_llama_cpp_reads(converted: dict) -> None:
 
 def test_image_embeddings_match_reference(checkpoint: Path, converted: dict, image: np.ndarray) -> None:
     features = ref.image_features(checkpoint, image)
-    actual = mtmd_embeddings(converted, image)
+    actual = image_embeddings(converted, image)
     expected = features.concatenated()
     assert actual.shape == expected.shape == (WIDTH // 32 * (HEIGHT // 32), 3 * N_EMBD)
     error = relative_error(actual, expected)

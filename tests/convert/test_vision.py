@@ -33,7 +33,7 @@ import llama_cpp
 import numpy as np
 import numpy_reference_vision as ref
 import pytest
-from _mtmd import decode_all, loaded, relative_error
+from _mtmd import decode_all, image_embeddings, loaded, relative_error
 
 from edge_qwen import cli
 from edge_qwen.convert import convert
@@ -79,15 +79,6 @@ def image() -> np.ndarray:
     return random_image(WIDTH, HEIGHT)
 
 
-def mtmd_embeddings(result: dict, img: np.ndarray) -> np.ndarray:
-    with (
-        loaded(result["gguf"], result["mmproj"]["path"]) as (_, _, mtmd),
-        mtmd.tokenize(mtmd.marker, [img]) as chunks,
-    ):
-        (chunk,) = [c for c in chunks if c.kind == "image"]
-        return mtmd.encode(chunk)
-
-
 # --- the files --------------------------------------------------------------------------------
 
 
@@ -125,7 +116,7 @@ def test_image_embeddings_match_reference(
     arch: str, checkpoints: dict[str, Path], converted: dict[str, dict], image: np.ndarray
 ) -> None:
     expected = ref.image_embeddings(checkpoints[arch], image)
-    actual = mtmd_embeddings(converted[arch], image)
+    actual = image_embeddings(converted[arch], image)
     assert actual.shape == expected.shape == (WIDTH // 28 * (HEIGHT // 28), 64)
     error = relative_error(actual, expected)
     assert error <= EMBD_F32_TOLERANCE, f"max |mtmd - reference| / max |reference| = {error:.3g}"
@@ -138,7 +129,7 @@ def test_window_attention_is_really_exercised(
     windowed = ref.image_embeddings(checkpoints["qwen25vl"], image)
     full = ref.image_embeddings(checkpoints["qwen25vl"], image, full_attention=True)
     assert relative_error(full, windowed) > 20 * EMBD_F32_TOLERANCE
-    assert relative_error(mtmd_embeddings(converted["qwen25vl"], image), full) > 20 * EMBD_F32_TOLERANCE
+    assert relative_error(image_embeddings(converted["qwen25vl"], image), full) > 20 * EMBD_F32_TOLERANCE
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -206,7 +197,7 @@ def test_image_token_count_matches_grid(width: int, height: int, converted: dict
 def test_quantized_model_gets_f16_mmproj_and_q8_stays_close(
     checkpoints: dict[str, Path], converted: dict[str, dict], image: np.ndarray, tmp_path: Path, capsys
 ) -> None:
-    exact = mtmd_embeddings(converted["qwen2vl"], image)
+    exact = image_embeddings(converted["qwen2vl"], image)
     f16 = convert(
         checkpoints["qwen2vl"], tmp_path / "f16", quants=["q8_0"], evaluate=False, quiet=True
     ).as_dict()
@@ -215,12 +206,12 @@ def test_quantized_model_gets_f16_mmproj_and_q8_stays_close(
     assert (
         json.loads(Path(f16["outputs"][1]["path"] + ".json").read_text())["mmproj"] == f16["mmproj"]["path"]
     )
-    assert relative_error(mtmd_embeddings(f16, image), exact) <= 5e-3
+    assert relative_error(image_embeddings(f16, image), exact) <= 5e-3
     args = ["convert", str(checkpoints["qwen2vl"]), "-o", str(tmp_path / "q8"), "--mmproj-type", "q8_0"]
     assert cli.main([*args, "--no-eval", "--json"]) == 0
     q8 = json.loads(capsys.readouterr().out)
     assert q8["mmproj"]["quant_type"] == "Q8_0" and q8["mmproj"]["tensor_types"]["Q8_0"] > 0
-    assert relative_error(mtmd_embeddings(q8, image), exact) <= 3e-2
+    assert relative_error(image_embeddings(q8, image), exact) <= 3e-2
 
 
 # --- refusals ---------------------------------------------------------------------------------

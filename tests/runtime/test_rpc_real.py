@@ -65,6 +65,8 @@ def test_a_model_split_across_two_workers_answers_like_the_local_run(
     local = answer(real_gguf)
     split = answer(real_gguf, workers)
     assert split["tokens"] == local["tokens"] and len(local["tokens"]) == 24
+    # speculation and continuous batching on the split model give the same answer
+    assert split["lookup"] == split["batched"][0] == split["batched"][1] == local["tokens"]
     # llama.cpp's buffer report: the main host keeps the token embeddings, each worker a share
     remote = {k: v for k, v in split["buffers"].items() if k.startswith("RPC")}
     assert {k.split("[")[1].rstrip("]") for k in remote} == set(workers) and all(
