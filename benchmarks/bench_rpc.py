@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 MAIN = r"""
 import json, sys
 from edge_qwen.runtime import Model
-path, rpc, runs = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3])
+path, rpc, runs, threads = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
 DECODE = "Count from 1 to 1000, separated by commas: 1, 2, 3,"  # as bench_runtime: never ends early
-with Model.load(path, n_ctx=1024, parallel=1, rpc=rpc, extra_buffers=False) as m:
+with Model.load(path, n_ctx=1024, parallel=1, rpc=rpc, extra_buffers=False, n_threads=threads) as m:
     prompt = m.tokenize(" ".join(f"word{i}" for i in range(200)))[:128]
     m.generate(prompt, temperature=0, max_tokens=4)
     out = {"prefill_tok_s": [], "decode_tok_s": []}
@@ -107,7 +107,8 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
     procs, endpoints = workers(cmd, 2)
     try:
         out = subprocess.run(
-            [sys.executable, "-c", MAIN, str(args.model), ",".join(endpoints), str(args.runs)],
+            [sys.executable, "-c", MAIN, str(args.model), ",".join(endpoints), str(args.runs),
+             str(args.main_threads)],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip
     finally:
@@ -121,7 +122,8 @@ def theirs(args: argparse.Namespace) -> dict[str, float]:
     procs, endpoints = workers([server, "-p", "{port}", "-t", str(args.worker_threads)], 2)
     try:
         cmd = [str(args.tools / "llama-bench"), "-m", str(args.model), "--rpc", ",".join(endpoints),
-               "-ngl", "99", "-p", "128", "-n", "32", "-r", str(args.runs), "-o", "json"]  # fmt: skip
+               "-ngl", "99", "-p", "128", "-n", "32", "-r", str(args.runs), "-o", "json",
+               "-t", str(args.main_threads)]  # fmt: skip
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     finally:
         stop(procs)
@@ -151,12 +153,16 @@ def main() -> None:
     parser.add_argument("--tools", type=Path, default=default_tools, help="llama-bench + ggml-rpc-server")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker-threads", type=int, default=1)
+    parser.add_argument(
+        "--main-threads", type=int, default=os.cpu_count() or 1, help="the main host's threads"
+    )
     args = parser.parse_args()
     a, b = ours(args), theirs(args)
     report = {
         "model": str(args.model),
         "workers": 2,
         "worker_threads": args.worker_threads,
+        "main_threads": args.main_threads,
         "machine": machine(),
         "edge_qwen": a,
         "llama_cpp": b,
