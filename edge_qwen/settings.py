@@ -48,6 +48,8 @@ class ModelSettings:
     this machine's and the layers offloaded (``n_gpu_layers``; ``"auto"`` then means all of them) are
     split across them in proportion to their free memory, as llama.cpp does. Each worker is probed
     before loading; one that is down is a :class:`~edge_qwen.errors.RpcWorkerError` naming it.
+    ``tensor_split`` overrides that split: one share per device, this machine's GPUs first, then the
+    workers in ``rpc`` order (``(1, 3)``: a quarter of the layers on the first, the rest on the second).
 
     ``mmproj`` is the projector GGUF of a vision or audio model (written by ``edge-qwen convert``
     beside the language model): chat messages may then carry images and audio clips.
@@ -93,6 +95,25 @@ class ModelSettings:
     ctx_checkpoints: int = 4
     recurrent_snapshots: int = 0
     rpc: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+
+
+def parse_tensor_split(value: Any) -> tuple[float, ...]:
+    """``"1,3"`` or a sequence of numbers -> shares; refused when not non-negative numbers with one above 0.
+
+    Raises:
+        ConfigError: naming the value.
+    """
+    parts = value.split(",") if isinstance(value, str) else list(value)
+    try:
+        shares = tuple(float(p) for p in parts if str(p).strip())
+    except (TypeError, ValueError):
+        raise ConfigError(f"tensor_split {value!r}: give one number per device, e.g. 1,3") from None
+    if not shares or any(not (x >= 0) or x == float("inf") for x in shares) or not any(shares):
+        raise ConfigError(f"tensor_split {value!r}: shares must be finite, not negative, and not all 0")
+    if len(shares) > 16:  # llama_max_devices()
+        raise ConfigError(f"tensor_split {value!r}: at most 16 devices")
+    return shares
 
 
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
@@ -109,6 +130,8 @@ def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
         given["rpc"] = parse_endpoints(given["rpc"])
     elif "rpc" in given:
         given["rpc"] = ()
+    if given.get("tensor_split") is not None:
+        given["tensor_split"] = parse_tensor_split(given["tensor_split"])
     try:
         return ModelSettings(**given)
     except TypeError as exc:

@@ -1,6 +1,6 @@
 """One greedy answer from a GGUF, locally or split across RPC workers, as one JSON line:
 
-    python tests/rpc_main.py MODEL [HOST:PORT,...]
+    python tests/rpc_main.py MODEL [HOST:PORT,... [SHARE,SHARE...]]
     {"tokens": [...], "buffers": {"CPU_Mapped": MiB, "RPC0[127.0.0.1:50071]": MiB, ...}}
 
 A separate process: registering workers changes the process's device list for good (and a worker
@@ -25,6 +25,7 @@ PROMPT = [{"role": "user", "content": "Write a Python function that reverses a s
 
 def main() -> int:
     path, rpc = sys.argv[1], tuple(sys.argv[2].split(",")) if len(sys.argv) > 2 else ()
+    split = sys.argv[3] if len(sys.argv) > 3 else None
     buffers: dict[str, float] = {}
 
     def on_line(_level: int, line: str) -> None:
@@ -32,7 +33,9 @@ def main() -> int:
             buffers[m.group(1)] = float(m.group(2))
 
     with capture_log(on_line):
-        model = Model.load(path, n_ctx=1024, parallel=2, n_threads=2, rpc=rpc, extra_buffers=False)
+        model = Model.load(
+            path, n_ctx=1024, parallel=2, n_threads=2, rpc=rpc, extra_buffers=False, tensor_split=split
+        )
     with model:
         result = model.chat(PROMPT, temperature=0, max_tokens=24)
         # the other request paths on the same model: prompt-lookup speculation, and two at once

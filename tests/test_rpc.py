@@ -129,3 +129,13 @@ def test_the_scheduler_charges_only_the_host_share_of_a_model_on_workers(real_gg
     host, on_workers = planner.estimate(entry, local), planner.estimate(entry, split)
     assert on_workers.total_bytes < 0.5 * host.total_bytes
     assert on_workers.device_weights_bytes > 0.75 * host.weights_bytes
+
+
+def test_tensor_split_shares_are_checked() -> None:
+    from edge_qwen.errors import ConfigError
+    from edge_qwen.settings import parse_tensor_split
+
+    assert parse_tensor_split("1,3") == (1.0, 3.0) and parse_tensor_split([0, 2.5]) == (0.0, 2.5)
+    for bad in ("1,x", "0,0", "-1,2", "inf,1", ""):
+        with pytest.raises(ConfigError, match="tensor_split"):
+            parse_tensor_split(bad)

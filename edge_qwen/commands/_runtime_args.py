@@ -42,6 +42,10 @@ def add_rpc_argument(parser: argparse.ArgumentParser) -> None:
         help="RPC workers (machines running edge-qwen worker) whose devices take the model's layers, "
         "split by their free memory",
     )  # fmt: skip
+    parser.add_argument(
+        "--tensor-split", default=None, metavar="SHARE,SHARE...",
+        help="split the layers by these shares instead: this machine's GPUs first, then the --rpc workers",
+    )  # fmt: skip
 
 
 def add_media_arguments(parser: argparse.ArgumentParser, *, files: bool) -> None:
@@ -157,6 +161,7 @@ def load_model(args: argparse.Namespace) -> Any:
         resolve_model(args.model), n_ctx=args.ctx, n_threads=args.threads, adapters=files,
         draft=resolve_model(draft) if draft else None, mmproj=getattr(args, "mmproj", None),
         mtp=getattr(args, "mtp", False), rpc=getattr(args, "rpc", None) or (),
+        tensor_split=getattr(args, "tensor_split", None),
     )  # fmt: skip
 
 

@@ -55,6 +55,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="RPC workers to spread the model over: each one's layers, weights, KV and compute, "
         "from its free memory",
     )  # fmt: skip
+    parser.add_argument(
+        "--tensor-split", default=None, metavar="SHARE,SHARE...",
+        help="with --rpc: split by these shares (one per worker) instead of free memory",
+    )  # fmt: skip
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--budget", help="memory budget, e.g. 3.5GB or 3000MiB (default: available minus headroom)"
@@ -126,11 +130,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
     if getattr(args, "rpc", None):
         from ..rpc import parse_endpoints, require_workers
+        from ..settings import parse_tensor_split
         from ..sizing.rpc_split import rpc_split
 
         statuses = require_workers(parse_endpoints(args.rpc))
         workers = [(s.endpoint, s.free_bytes) for s in statuses]
-        result["rpc"] = rpc_split(shape, settings, workers, parallel=args.parallel)
+        shares = parse_tensor_split(args.tensor_split) if args.tensor_split else None
+        result["rpc"] = rpc_split(shape, settings, workers, parallel=args.parallel, shares=shares)
         on_workers = dataclasses.replace(settings, n_gpu_layers=-1)  # what --rpc loads
         host = estimate(shape, on_workers, parallel=args.parallel, cpu_features=features, gpu=True)
         result["rpc"]["host_bytes"] = host.total_bytes

@@ -320,6 +320,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
                 mtp=args.mtp and name not in drafts and has_mtp_head(path),
                 mmproj=projectors.get(name), prompt_cache=prompt_cache, rpc=args.rpc or (),
+                tensor_split=args.tensor_split,
             )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))

@@ -33,6 +33,9 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     devices = _devices(settings)  # kept alive until the load has copied the list
     if devices is not None:
         mparams.devices = ctypes.addressof(devices)
+    split = _tensor_split(settings, devices)  # likewise
+    if split is not None:
+        mparams.tensor_split = ctypes.cast(split, ctypes.POINTER(ctypes.c_float))
     mparams.n_gpu_layers = gpu_layers(path, settings)
     mparams.load_mode = _native.LOAD_MODES[(settings.use_mmap, settings.use_mlock)]
     extra = settings.extra_buffers
@@ -140,6 +143,30 @@ def _devices(settings: ModelSettings) -> Any:
 
     chosen = local_gpu_handles() + rpc.worker_devices(settings.rpc)
     return (ctypes.c_void_p * (len(chosen) + 1))(*chosen, None)
+
+
+def _tensor_split(settings: ModelSettings, devices: Any) -> Any:
+    """``llama_model_params.tensor_split`` from ``settings.tensor_split`` (one share per device in
+    use), or None for llama.cpp's split by free memory.
+
+    Raises:
+        ConfigError: more shares than devices the model is loaded on.
+    """
+    if not settings.tensor_split:
+        return None
+    n_devices = len(devices) - 1 if devices is not None else len(_local_gpus())
+    if len(settings.tensor_split) > n_devices:
+        raise ConfigError(
+            f"tensor_split has {len(settings.tensor_split)} shares but the model is loaded on {n_devices} "
+            "device(s) (this machine's GPUs, then the RPC workers in --rpc order); give one share per device"
+        )
+    return (ctypes.c_float * int(L.llama_max_devices()))(*settings.tensor_split)
+
+
+def _local_gpus() -> list[Any]:
+    from ..backends import local_gpus
+
+    return local_gpus()
 
 
 AUTO_MARGIN = 256 * 2**20  # device memory left free for the driver and other programs

@@ -19,12 +19,13 @@ from .estimate import ModelShape
 from .offload import offload_inputs
 
 
-def layer_devices(n_layers: int, free_bytes: Sequence[int]) -> list[int]:
+def layer_devices(n_layers: int, free_bytes: Sequence[float]) -> list[int]:
     """The device index of each of ``n_layers + 1`` layers (the last is the output layer)."""
     total = sum(free_bytes)
     if not free_bytes or total <= 0:
         raise ValueError("no device with free memory to split over")
-    cumulative, running = [], 0
+    cumulative: list[float] = []
+    running = 0.0
     for free in free_bytes:
         running += free
         cumulative.append(running / total)
@@ -40,11 +41,20 @@ def rpc_split(
     workers: Sequence[tuple[str, int]],
     *,
     parallel: int | None = None,
+    shares: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Per worker (``(endpoint, free bytes)``, in ``--rpc`` order): layers, weights, K/V, compute,
-    the total and whether it fits its free memory; and what the main host keeps."""
+    the total and whether it fits its free memory; and what the main host keeps. ``shares`` (a
+    ``--tensor-split``) replaces the free memory as the weights of the split.
+
+    Raises:
+        ValueError: more shares than workers.
+    """
+    if shares is not None and len(shares) > len(workers):
+        raise ValueError(f"{len(shares)} tensor-split shares for {len(workers)} worker(s)")
+    weights_of = list(shares) + [0.0] * (len(workers) - len(shares)) if shares else [f for _, f in workers]
     inputs = offload_inputs(shape, settings, parallel=parallel)
-    owner = layer_devices(inputs.n_layers, [free for _, free in workers])
+    owner = layer_devices(inputs.n_layers, weights_of)
     rows = []
     for d, (endpoint, free) in enumerate(workers):
         layers = [il for il in range(inputs.n_layers) if owner[il] == d]

@@ -52,8 +52,9 @@ def workers() -> Iterator[list[str]]:
         p.wait(timeout=10)
 
 
-def answer(model: Path, endpoints: list[str] | None = None) -> dict:
+def answer(model: Path, endpoints: list[str] | None = None, split: str | None = None) -> dict:
     cmd = [sys.executable, str(MAIN), str(model)] + ([",".join(endpoints)] if endpoints else [])
+    cmd += [split] if split else []
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -125,3 +126,13 @@ def test_doctor_reports_each_worker(workers: list[str]) -> None:
     )
     assert not gone["reachable"] and "connection refused" in gone["error"]
     assert "1 of 2 RPC worker(s) unreachable" in data["verdict"]
+
+
+def test_a_tensor_split_moves_the_layers_as_plan_predicts(real_gguf: Path, workers: list[str]) -> None:
+    code, plan = run_cli("plan", str(real_gguf), "--rpc", ",".join(workers), "--tensor-split", "1,3")
+    assert code == 0 and [r["layers"] for r in plan["rpc"]["workers"]] == [7, 17]  # + the output on the 2nd
+    loaded = answer(real_gguf, workers, "1,3")
+    for row in plan["rpc"]["workers"]:
+        assert abs(row["weights_bytes"] / 2**20 - loaded["buffers"][f"RPC0[{row['endpoint']}]"]) < 0.5
+    code, data = run_cli("run", str(real_gguf), "hi", "--rpc", workers[0], "--tensor-split", "1,1,1")
+    assert code == 2 and "3 shares but the model is loaded on 1 device" in data["error"]["message"]
