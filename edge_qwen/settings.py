@@ -130,8 +130,10 @@ def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
         given["rpc"] = parse_endpoints(given["rpc"])
     elif "rpc" in given:
         given["rpc"] = ()
-    if given.get("tensor_split") is not None:
+    if given.get("tensor_split"):  # () / None: llama.cpp's split by free memory
         given["tensor_split"] = parse_tensor_split(given["tensor_split"])
+    elif "tensor_split" in given:
+        given["tensor_split"] = ()
     try:
         return ModelSettings(**given)
     except TypeError as exc:
