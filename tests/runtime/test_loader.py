@@ -16,10 +16,15 @@ from edge_qwen.sizing.offload import auto_gpu_layers
 
 
 def test_auto_on_a_cpu_build_offloads_nothing(real_gguf: Path) -> None:
+    """Even though llama.cpp says a build with RPC "supports GPU offload": a GPU of this machine
+    decides (``backends.local_gpus``), and every build here has RPC."""
     import llama_cpp.llama_cpp as L
 
-    if L.llama_supports_gpu_offload():
-        pytest.skip("this build has a GPU backend")
+    from edge_qwen.backends import local_gpus
+
+    if local_gpus():
+        pytest.skip("this machine has a GPU")
+    assert L.llama_supports_gpu_offload() and L.llama_supports_rpc()
     assert gpu_layers(real_gguf, ModelSettings()) == 0
     assert gpu_layers(real_gguf, ModelSettings(n_gpu_layers=12)) == 12
 
