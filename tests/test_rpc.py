@@ -42,8 +42,14 @@ def test_a_public_bind_needs_allow_remote_and_then_says_the_risk() -> None:
 class FakeWorker:
     """Answers the probe's three commands like ggml's RPC server (protocol ``version``)."""
 
-    def __init__(self, version: tuple[int, int, int] = (7, 0, 0), devices: int = 1, silent: bool = False):
-        self.version, self.devices, self.silent = version, devices, silent
+    def __init__(
+        self,
+        version: tuple[int, int, int] = (7, 0, 0),
+        devices: int = 1,
+        silent: bool = False,
+        gib: float = 1.0,
+    ):
+        self.version, self.devices, self.silent, self.gib = version, devices, silent, gib
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.endpoint = f"127.0.0.1:{self.sock.getsockname()[1]}"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -72,7 +78,7 @@ class FakeWorker:
                 reply = struct.pack("<I", self.devices)
             else:
                 (index,) = struct.unpack("<I", payload)
-                reply = struct.pack("<QQ", (index + 1) * 2**30, 8 * 2**30)
+                reply = struct.pack("<QQ", int((index + 1) * self.gib * 2**30), 8 * 2**30)
             conn.sendall(struct.pack("<Q", len(reply)) + reply)
 
     def close(self) -> None:
@@ -139,3 +145,23 @@ def test_tensor_split_shares_are_checked() -> None:
     for bad in ("1,x", "0,0", "-1,2", "inf,1", ""):
         with pytest.raises(ConfigError, match="tensor_split"):
             parse_tensor_split(bad)
+
+
+@pytest.mark.real
+def test_a_model_too_big_for_its_workers_is_refused_with_the_numbers_before_anything_is_sent(
+    real_gguf,
+) -> None:  # noqa: ANN001
+    """Two workers with 150 MiB free each cannot hold the 0.5B's ~370 MiB of layers: refused from
+    the probe's numbers, before llama.cpp connects (nothing registered)."""
+    from edge_qwen.errors import BudgetExceededError
+    from edge_qwen.runtime import Model
+
+    small = [FakeWorker(gib=150 / 1024), FakeWorker(gib=150 / 1024)]
+    try:
+        endpoints = [w.endpoint for w in small]
+        with pytest.raises(BudgetExceededError, match=rf"RPC worker {endpoints[0]}.*150 MiB.*--tensor-split"):
+            Model.load(real_gguf, rpc=endpoints, n_ctx=512)
+        assert not rpc.registered()
+    finally:
+        for w in small:
+            w.close()

@@ -15,7 +15,7 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from .. import _llama
-from ..errors import ConfigError, DraftModelError, ModelLoadError
+from ..errors import BudgetExceededError, ConfigError, DraftModelError, ModelLoadError
 from ..gguf_header import path_problem
 from ..settings import ModelSettings, draft_settings
 from . import _native
@@ -30,7 +30,7 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
     _llama.init_backend()
     _llama.take_recent_errors()
     mparams = L.llama_model_default_params()
-    devices = _devices(settings)  # kept alive until the load has copied the list
+    devices = _devices(path, settings)  # kept alive until the load has copied the list
     if devices is not None:
         mparams.devices = ctypes.addressof(devices)
     split = _tensor_split(settings, devices)  # likewise
@@ -127,15 +127,19 @@ def load_draft(path: Path, settings: ModelSettings, target: Any) -> tuple[Any, A
     return model, ctx
 
 
-def _devices(settings: ModelSettings) -> Any:
+def _devices(path: Path, settings: ModelSettings) -> Any:
     """``llama_model_params.devices``: this machine's GPUs and the model's own RPC workers, when any
     worker is registered in this process (else None: llama.cpp's default, every local device).
 
-    Workers are probed before llama.cpp sees them: it aborts the process on one that is down.
+    Workers are probed before llama.cpp sees them (it aborts the process on one that is down), and
+    each must hold its share of the model (:func:`check_worker_shares`).
     """
     from .. import rpc
 
     if settings.rpc:
+        statuses = rpc.require_workers(settings.rpc)
+        if not settings.tensor_split or len(settings.tensor_split) <= len(statuses):
+            check_worker_shares(path, settings, [(s.endpoint, s.free_bytes) for s in statuses])
         rpc.add_workers(settings.rpc)
     if not rpc.registered():
         return None
@@ -143,6 +147,37 @@ def _devices(settings: ModelSettings) -> Any:
 
     chosen = local_gpu_handles() + rpc.worker_devices(settings.rpc)
     return (ctypes.c_void_p * (len(chosen) + 1))(*chosen, None)
+
+
+def check_worker_shares(path: Path, settings: ModelSettings, workers: list[tuple[str, int]]) -> None:
+    """Refuse, before anything is sent, a split in which a worker gets more than its free memory
+    (the plan ``plan --rpc`` shows; llama.cpp would fail the allocation on the worker).
+
+    Raises:
+        BudgetExceededError: naming the worker, what it would need and what it has.
+    """
+    from ..gguf_header import read_header
+    from ..sizing.estimate import model_shape
+    from ..sizing.rpc_split import rpc_split
+
+    if _local_gpus():
+        return  # local GPUs share the split; the per-worker prediction covers workers alone
+    shares = settings.tensor_split or None
+    split = rpc_split(model_shape(read_header(path)), settings, workers, shares=shares)
+    for row in split["workers"]:
+        if not row["fits"]:
+            raise BudgetExceededError(
+                f"{path.name}'s share on RPC worker {row['endpoint']} ({row['layers']} layers: weights, "
+                "K/V and compute buffer)",
+                row["total_bytes"],
+                row["free_bytes"],
+                [
+                    "add a worker (--rpc)",
+                    "move layers to the workers with more free memory (--tensor-split)",
+                    "lower --ctx",
+                    "or use a smaller quant",
+                ],
+            )
 
 
 def _tensor_split(settings: ModelSettings, devices: Any) -> Any:
