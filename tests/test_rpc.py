@@ -165,3 +165,11 @@ def test_a_model_too_big_for_its_workers_is_refused_with_the_numbers_before_anyt
     finally:
         for w in small:
             w.close()
+
+
+def test_the_server_answers_a_worker_that_is_down_with_503_naming_it() -> None:
+    from edge_qwen.server.http_errors import api_error
+
+    err = api_error(RpcWorkerError("RPC worker unavailable: 10.0.0.2:50052: connection refused"))
+    assert (err.status, err.code) == (503, "rpc_worker_unavailable") and "10.0.0.2:50052" in err.message
+    assert err.headers == {"Retry-After": "1"}

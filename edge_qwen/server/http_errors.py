@@ -20,6 +20,8 @@ from ..errors import (
     ModelLoadError,
     QueueFullError,
     QueueTimeoutError,
+    RpcError,
+    RpcWorkerError,
     UnknownModelError,
 )
 
@@ -65,6 +67,8 @@ _ERRORS: dict[type[Exception], tuple[int, str, str]] = {
     BudgetExceededError: (503, "server_error", "insufficient_memory"),
     ModelClosedError: (503, "server_error", "model_unavailable"),
     ModelLoadError: (503, "server_error", "model_unavailable"),
+    RpcWorkerError: (503, "server_error", "rpc_worker_unavailable"),  # the model's worker is down or busy
+    RpcError: (503, "server_error", "rpc_unavailable"),
     GenerationError: (500, "server_error", "generation_failed"),
 }
 
