@@ -173,3 +173,22 @@ def test_the_server_answers_a_worker_that_is_down_with_503_naming_it() -> None:
     err = api_error(RpcWorkerError("RPC worker unavailable: 10.0.0.2:50052: connection refused"))
     assert (err.status, err.code) == (503, "rpc_worker_unavailable") and "10.0.0.2:50052" in err.message
     assert err.headers == {"Retry-After": "1"}
+
+
+@pytest.mark.real
+def test_a_model_whose_worker_is_down_is_unavailable_in_the_snapshot_while_others_serve(real_gguf) -> None:  # noqa: ANN001
+    """What /health shows: the failed model with its reason, the other model answering."""
+    from edge_qwen.scheduler import Scheduler
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    down = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    with Scheduler(budget="2GiB") as s:
+        s.add("split", real_gguf, n_ctx=512, rpc=[down])
+        s.add("local", real_gguf, n_ctx=512)
+        with pytest.raises(RpcWorkerError, match=down):
+            s.generate("split", "def add(x, y):", max_tokens=2)
+        assert s.generate("local", "def add(x, y):", max_tokens=2).usage.completion_tokens == 2
+        status = {m.name: m.to_dict() for m in s.snapshot().models}
+    assert status["split"]["available"] is False and down in status["split"]["load_error"]
+    assert status["local"]["available"] is True and status["local"]["load_error"] is None

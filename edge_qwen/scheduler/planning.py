@@ -42,6 +42,7 @@ class Entry:
     measured_bytes: int | None = None
     loads: int = 0
     freeing: int = 0  # bytes of an unloaded model the compute thread has not freed yet
+    load_error: str | None = None  # why the last load failed (a worker down, a bad file), until one works
 
     @property
     def charged(self) -> int:

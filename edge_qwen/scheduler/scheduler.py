@@ -164,13 +164,17 @@ class Scheduler:
         entry.loading, entry.estimate, entry.effective, entry.adjustments = True, est, settings, notes
         self._peak_charged = max(self._peak_charged, sum(e.charged for e in self._entries.values()))
         self._cond.release()
+        failed: str | None = None
         try:
             before = process_rss()
             model = self._loader(entry.path, **dataclasses.asdict(settings))
             measured = process_rss() - before
+        except Exception as exc:
+            failed = f"{type(exc).__name__}: {exc}"  # shown in /health until a load succeeds
+            raise
         finally:
             self._cond.acquire()
-            entry.loading = False
+            entry.loading, entry.load_error = False, failed
             self._cond.notify_all()
         entry.model, entry.measured_bytes = model, measured
         entry.loads += 1

@@ -41,6 +41,12 @@ class ModelStatus:
     adjustments: tuple[str, ...]
     loads: int
     slots: SlotUsage
+    load_error: str | None = None  # why the last load failed (e.g. its RPC worker is down)
+
+    @property
+    def available(self) -> bool:
+        """Whether a request can expect an answer: resident, or its last load did not fail."""
+        return self.resident or self.load_error is None
 
     @classmethod
     def of(cls, entry: Entry, now: float) -> ModelStatus:
@@ -55,11 +61,13 @@ class ModelStatus:
             idle_s=round(now - entry.last_used, 3) if resident else None,
             adjustments=tuple(entry.adjustments), loads=entry.loads,
             slots=usage() if resident and usage is not None else SlotUsage(),
+            load_error=entry.load_error,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "slots"}
         data["adjustments"] = list(self.adjustments)
+        data["available"] = self.available
         slots = self.slots
         data.update(slots_total=slots.slots_total, slots_busy=slots.slots_busy,
                     prompt_cache_bytes=slots.prompt_cache_bytes,
