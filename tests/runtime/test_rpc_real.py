@@ -136,3 +136,45 @@ def test_a_tensor_split_moves_the_layers_as_plan_predicts(real_gguf: Path, worke
         assert abs(row["weights_bytes"] / 2**20 - loaded["buffers"][f"RPC0[{row['endpoint']}]"]) < 0.5
     code, data = run_cli("run", str(real_gguf), "hi", "--rpc", workers[0], "--tensor-split", "1,1,1")
     assert code == 2 and "3 shares but the model is loaded on 1 device" in data["error"]["message"]
+
+
+MEDIA_MAIN = r"""
+import base64, io, json, sys
+from PIL import Image
+from edge_qwen.runtime import Model
+sys.path.insert(0, sys.argv[4])
+from make_tiny_qwen3vl import random_image
+buf = io.BytesIO()
+Image.fromarray(random_image(192, 128)).save(buf, format="PNG")
+url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is it?"}]
+rpc = sys.argv[3].split(",") if sys.argv[3] else ()
+exact = {"cache_type_k": "f32", "cache_type_v": "f32", "flash_attn": False, "extra_buffers": False}
+with Model.load(sys.argv[1], mmproj=sys.argv[2], n_ctx=1024, parallel=1, rpc=rpc, **exact) as m:
+    answer = m.chat([{"role": "user", "content": parts}], temperature=0, max_tokens=12)
+    print(json.dumps(list(answer.token_ids)))
+"""
+
+
+def test_an_image_question_to_a_split_qwen3_vl_is_answered_like_the_local_one(
+    workers: list[str], tmp_path: Path
+) -> None:
+    """The projector runs on the main host (mtmd), the layers with their DeepStack inputs on the workers."""
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    sys.path.insert(0, str(scripts))
+    from make_tiny_qwen3vl import make_qwen3vl_checkpoint
+
+    from edge_qwen.convert import convert
+
+    pair = convert(make_qwen3vl_checkpoint(tmp_path / "ck", "qwen3vl", "f32"), tmp_path / "out",
+                   outtype="f32", evaluate=False, quiet=True)  # fmt: skip
+    assert pair.mmproj is not None
+
+    def ask(endpoints: str) -> list[int]:
+        cmd = [sys.executable, "-c", MEDIA_MAIN, str(pair.gguf), pair.mmproj.path, endpoints, str(scripts)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    local = ask("")
+    assert ask(",".join(workers)) == local and len(local) == 12
