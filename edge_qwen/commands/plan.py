@@ -50,15 +50,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--device-memory", metavar="SIZE",
         help="free GPU memory (e.g. 8GiB): how many layers offload, and the host/device split",
     )  # fmt: skip
-    parser.add_argument(
-        "--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
-        help="RPC workers to spread the model over: each one's layers, weights, KV and compute, "
-        "from its free memory",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tensor-split", default=None, metavar="SHARE,SHARE...",
-        help="with --rpc: split by these shares (one per worker) instead of free memory",
-    )  # fmt: skip
+    from ._runtime_args import add_rpc_argument
+
+    add_rpc_argument(parser)  # --rpc and --tensor-split: the split plan shows per worker
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--budget", help="memory budget, e.g. 3.5GB or 3000MiB (default: available minus headroom)"

@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import ipaddress
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ServerBindError
+from ..rpc import is_loopback  # one rule for every listening socket
 from ._types import positive_int, tcp_port
 
 API_KEY_ENV = "EDGE_QWEN_API_KEY"
@@ -259,15 +259,6 @@ def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
     if p < 1:
         raise ConfigError(f"--parallel {p}: a model needs at least one sequence slot")
     return p, n_ctx if n_ctx is not None else max(4096, 1024 * p)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
