@@ -266,15 +266,18 @@ def worker_devices(endpoints: Iterable[str]) -> list[int]:
     return [dev for e in endpoints for dev in _ADDED.get(e, [])]
 
 
-def add_workers(endpoints: Iterable[str], timeout: float = 3.0) -> list[WorkerStatus]:
-    """Probe, then register every worker's devices with llama.cpp (once per process); a model
-    loaded afterwards with layers on GPU-like devices spreads them over these.
+def add_workers(
+    endpoints: Iterable[str], timeout: float = 3.0, *, probed: list[WorkerStatus] | None = None
+) -> list[WorkerStatus]:
+    """Probe (unless ``probed`` holds :func:`require_workers`' answer for them), then register every
+    worker's devices with llama.cpp (once per process); a model loaded afterwards with layers on
+    GPU-like devices spreads them over these.
 
     Raises:
         RpcWorkerError: a worker is down or incompatible (nothing is registered then).
         RpcError: the build has no RPC backend.
     """
-    statuses = require_workers(endpoints, timeout)
+    statuses = probed if probed is not None else require_workers(endpoints, timeout)
     rpc, ggml = _librpc(), _libggml()
     for status in statuses:
         if status.endpoint in _ADDED:

@@ -140,7 +140,7 @@ def _devices(path: Path, settings: ModelSettings) -> Any:
         statuses = rpc.require_workers(settings.rpc)
         if not settings.tensor_split or len(settings.tensor_split) <= len(statuses):
             check_worker_shares(path, settings, [(s.endpoint, s.free_bytes) for s in statuses])
-        rpc.add_workers(settings.rpc)
+        rpc.add_workers(settings.rpc, probed=statuses)  # one probe per load, not two
     if not rpc.registered():
         return None
     from ..backends import local_gpu_handles
