@@ -122,7 +122,7 @@ def _text(raw: bytes | None) -> str:
 
 def list_devices() -> tuple[tuple[str, ...], tuple[Device, ...]]:
     """(registered backend names, devices) of the loaded llama.cpp, in ggml's order."""
-    from . import _llama
+    from . import _llama, rpc
 
     _llama.init_backend()
     lib = _libggml()
@@ -133,6 +133,8 @@ def list_devices() -> tuple[tuple[str, ...], tuple[Device, ...]]:
     devices = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
+        if rpc.is_lost_device(dev):  # a dead RPC worker's: it would never answer
+            continue
         free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
         lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         kind = lib.ggml_backend_dev_type(dev)

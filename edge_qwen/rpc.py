@@ -14,6 +14,13 @@ itself in plain Python (:func:`probe`: ``HELLO`` with the version, ``DEVICE_COUN
 llama.cpp; the probe also gives ``doctor --rpc`` and ``plan`` each worker's free memory. The
 protocol has no authentication: anyone who reaches the port can run computations and read or write
 the worker's buffers, hence loopback by default (:func:`check_bind`).
+
+A worker that dies in the middle of a computation makes llama.cpp's connection thread abort the
+process too. Once a worker is added, a ggml abort callback (:func:`_on_abort`) catches exactly
+those aborts: it parks the connection thread for good (returning would abort), finds which workers
+are gone and tells the listeners (:func:`on_worker_lost`; the compute thread fails that model's
+requests and carries on with the others). llama.cpp keeps the broken connection cached, so a lost
+worker is refused for the rest of the process, with the reason.
 """
 
 from __future__ import annotations
@@ -23,8 +30,10 @@ import functools
 import ipaddress
 import socket
 import struct
+import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,6 +209,14 @@ def require_workers(endpoints: Iterable[str], timeout: float = 3.0) -> list[Work
     Raises:
         RpcWorkerError: naming each worker that is not, and why.
     """
+    endpoints = list(endpoints)
+    gone = [e for e in endpoints if e in _LOST]
+    if gone:
+        raise RpcWorkerError(
+            f"RPC worker {', '.join(gone)} died during a computation earlier in this process "
+            f"({_LOST[gone[0]]}); llama.cpp keeps that broken connection, so restart edge-qwen to use "
+            "the worker again"
+        )
     statuses = [probe(e, timeout) for e in endpoints]
     bad = [s for s in statuses if not s.reachable or not s.devices]
     if bad:
@@ -288,7 +305,81 @@ def add_workers(
         ggml.ggml_backend_register(reg)
         count = ggml.ggml_backend_reg_dev_count(reg)
         _ADDED[status.endpoint] = [ggml.ggml_backend_reg_dev_get(reg, i) for i in range(count)]
+    _guard_aborts()
     return statuses
+
+
+# --- a worker that dies mid-computation ----------------------------------------------------------
+
+_LOST: dict[str, str] = {}  # endpoint -> what llama.cpp said when it died
+_LOST_DEVICES: set[int] = set()  # their ggml devices: asking them anything would wait for ever
+_LISTENERS: list[Callable[[frozenset[str], RpcWorkerError], None]] = []
+_ABORT_PROTO = ctypes.CFUNCTYPE(None, ctypes.c_char_p)
+_GUARD: list[Any] = []  # the installed callback (kept alive for as long as llama.cpp may call it)
+
+
+def on_worker_lost(listener: Callable[[frozenset[str], RpcWorkerError], None]) -> None:
+    """Call ``listener(endpoints, error)`` from a helper thread when workers die mid-computation."""
+    _LISTENERS.append(listener)
+
+
+def lost_workers() -> dict[str, str]:
+    """The workers that died during a computation in this process, and what llama.cpp said."""
+    return dict(_LOST)
+
+
+def is_lost_device(device: int) -> bool:
+    """Whether a ggml device belongs to a worker that died (never query it: nothing answers)."""
+    return device in _LOST_DEVICES
+
+
+def _guard_aborts() -> None:
+    if _GUARD:
+        return
+    lib = _libggml()
+    lib.ggml_set_abort_callback.argtypes, lib.ggml_set_abort_callback.restype = [_ABORT_PROTO], _c
+    _GUARD.append(_ABORT_PROTO(_on_abort))
+    lib.ggml_set_abort_callback(_GUARD[0])
+
+
+def _on_abort(message: bytes | None) -> None:
+    """ggml's abort callback, on the aborting thread; abort() follows if this returns."""
+    text = (message or b"").decode(errors="replace")
+    if "ggml-rpc" not in text:
+        sys.stderr.write(text + "\n")  # what ggml prints without a callback; the process aborts
+        sys.stderr.flush()
+        return
+    threading.Thread(target=declare_lost, args=(text,), name="edge-qwen-rpc-lost", daemon=True).start()
+    threading.Event().wait()  # this llama.cpp thread never comes back; the process lives on
+
+
+def declare_lost(reason: str, timeout: float = 2.0) -> frozenset[str]:
+    """Find which added workers are gone (nothing accepts a connection there; if every one still
+    does, all of them are suspect), remember them and tell the listeners. Returns them."""
+    reason = reason.split(": ", 1)[-1].strip()  # llama.cpp's message without its source location
+    suspects = [e for e in _ADDED if e not in _LOST]
+    gone = frozenset(e for e in suspects if not _accepts(e, timeout)) or frozenset(suspects)
+    for endpoint in gone:
+        _LOST[endpoint] = reason
+        _LOST_DEVICES.update(_ADDED.get(endpoint, []))
+    error = RpcWorkerError(
+        f"RPC worker {', '.join(sorted(gone))} stopped answering during a computation (llama.cpp: "
+        f"{reason}); the models using it are unavailable until edge-qwen restarts, the others keep "
+        "serving"
+    )
+    for listener in list(_LISTENERS):
+        listener(gone, error)
+    return gone
+
+
+def _accepts(endpoint: str, timeout: float) -> bool:
+    """Whether something accepts a TCP connection there (a busy worker accepts but will not answer
+    until its current main host leaves, so only the connection is tried)."""
+    try:
+        with socket.create_connection(parse_endpoint(endpoint), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def serve(endpoint: str, *, threads: int, cache_dir: str | None = None) -> None:

@@ -119,6 +119,31 @@ def test_workers_that_are_down_busy_or_incompatible_are_named_with_the_way_out()
 
 
 @pytest.mark.real
+def test_a_worker_that_died_mid_computation_is_named_remembered_and_refused(
+    worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the abort guard does once llama.cpp's connection broke: the worker that no longer
+    accepts connections is the dead one (the busy one still accepts), every listener hears it, its
+    devices are never asked anything again, and a new load is refused with the way out."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    monkeypatch.setattr(rpc, "_ADDED", {worker.endpoint: [101], dead: [202]})
+    monkeypatch.setattr(rpc, "_LOST", {})
+    monkeypatch.setattr(rpc, "_LOST_DEVICES", set())
+    heard: list[tuple[frozenset[str], RpcWorkerError]] = []
+    monkeypatch.setattr(rpc, "_LISTENERS", [lambda gone, error: heard.append((gone, error))])
+    gone = rpc.declare_lost("/src/ggml-rpc.cpp:566: Remote RPC server crashed or returned malformed response")
+    assert gone == {dead} and heard[0][0] == {dead}
+    message = str(heard[0][1])
+    assert f"RPC worker {dead} stopped answering" in message and "ggml-rpc.cpp" not in message
+    assert rpc.is_lost_device(202) and not rpc.is_lost_device(101)
+    assert rpc.lost_workers() == {dead: "Remote RPC server crashed or returned malformed response"}
+    with pytest.raises(RpcWorkerError, match=f"{dead} died during a computation.*restart edge-qwen"):
+        rpc.require_workers([worker.endpoint, dead])
+    assert rpc.require_workers([worker.endpoint])[0].reachable  # the live one still loads
+
+
 def test_the_scheduler_charges_only_the_host_share_of_a_model_on_workers(real_gguf) -> None:  # noqa: ANN001
     """With rpc= the layers live on the workers: the budget the scheduler checks is the host's part
     (a Pi main host with a model that only two Pis together hold must not be refused)."""

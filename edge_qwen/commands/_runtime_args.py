@@ -36,12 +36,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_rpc_argument(parser)
 
 
-def add_rpc_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
-        help="RPC workers (machines running edge-qwen worker) whose devices take the model's layers, "
-        "split by their free memory",
-    )  # fmt: skip
+def add_rpc_argument(parser: argparse.ArgumentParser, *, per_model: bool = False) -> None:
+    """``--rpc`` and ``--tensor-split``; ``per_model`` (serve): ``--rpc`` repeats as ``[MODEL=]...``."""
+    workers = "RPC workers (machines running edge-qwen worker) whose devices take the model's layers"
+    if per_model:
+        parser.add_argument(
+            "--rpc", action="append", default=[], metavar="[MODEL=]HOST:PORT[,HOST:PORT...]",
+            help=f"{workers}; repeat it per model (MODEL may be left out with one model); the others "
+            "stay on this machine",
+        )  # fmt: skip
+    else:
+        parser.add_argument(
+            "--rpc", default=None, metavar="HOST:PORT[,HOST:PORT...]",
+            help=f"{workers}, split by their free memory",
+        )  # fmt: skip
     parser.add_argument(
         "--tensor-split", default=None, metavar="SHARE,SHARE...",
         help="split the layers by these shares instead: this machine's GPUs first, then the --rpc workers",

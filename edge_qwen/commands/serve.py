@@ -76,7 +76,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     from ._runtime_args import add_rpc_argument
 
-    add_rpc_argument(parser)
+    add_rpc_argument(parser, per_model=True)
     parser.add_argument(
         "--mmproj", action="append", default=[], metavar="[MODEL=]FILE",
         help="the vision/audio projector GGUF of MODEL (from edge-qwen convert), so requests may carry "
@@ -224,8 +224,10 @@ def parse_mmprojs(values: list[str], models: dict[str, Path]) -> dict[str, str]:
     return projectors
 
 
-def _model_files(option: str, values: list[str], models: dict[str, Path]) -> dict[str, str]:
-    """``[MODEL=]FILE`` items of ``option`` as {model: file}; MODEL may be left out with one model."""
+def _model_files(
+    option: str, values: list[str], models: dict[str, Path], what: str = "FILE"
+) -> dict[str, str]:
+    """``[MODEL=]VALUE`` items of ``option`` as {model: value}; MODEL may be left out with one model."""
     files: dict[str, str] = {}
     for item in values:
         name, sep, target = item.partition("=")
@@ -233,10 +235,11 @@ def _model_files(option: str, values: list[str], models: dict[str, Path]) -> dic
             name, target = (next(iter(models)) if len(models) == 1 else ""), item
         if name not in models or not target:
             raise ConfigError(
-                f"{option} {item!r}: write FILE (with one model) or MODEL=FILE, MODEL one of {sorted(models)}"
+                f"{option} {item!r}: write {what} (with one model) or MODEL={what}, MODEL one of "
+                f"{sorted(models)}"
             )
         if name in files:
-            raise ConfigError(f"{option}: model {name!r} is given two files; pass one")
+            raise ConfigError(f"{option}: model {name!r} is given two; pass one")
         files[name] = target
     return files
 
@@ -298,6 +301,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     adapters, routes = parse_loras(args.lora, models)
     drafts = parse_drafts(args.draft, models)
     projectors = parse_mmprojs(args.mmproj, models)
+    workers = _model_files("--rpc", args.rpc, models, "HOST:PORT[,HOST:PORT...]")
     for name, path in models.items():  # a converted vision/audio model brings its own projector
         partner = partner_mmproj(path) if name not in projectors else None
         if partner is not None:
@@ -310,8 +314,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 name, path, n_ctx=n_ctx, n_threads=args.threads, parallel=parallel, adapters=adapters[name],
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
                 mtp=args.mtp and name not in drafts and has_mtp_head(path),
-                mmproj=projectors.get(name), prompt_cache=prompt_cache, rpc=args.rpc or (),
-                tensor_split=args.tensor_split,
+                mmproj=projectors.get(name), prompt_cache=prompt_cache, rpc=workers.get(name, ()),
+                tensor_split=args.tensor_split if name in workers else None,
             )  # fmt: skip
         if not args.no_preload:
             scheduler.load(next(iter(models)))

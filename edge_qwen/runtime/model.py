@@ -114,13 +114,16 @@ class Model:
             prompt_cache=PromptCache(settings.prompt_cache),
             checkpoints=settings.ctx_checkpoints,
             boundary=self.vocab.special_token(MESSAGE_START),
+            endpoints=frozenset(settings.rpc),
         )
         self.n_ctx_seq = self._engine.n_ctx_seq
         self._lock = threading.Lock()
         self._freed = threading.Event()
         self._compute = ComputeThread.get()
         self._compute.register(self._engine)
-        self._lora = AdapterSlots(model, self._decoder.adapters, self._compute.call)
+        self._lora = AdapterSlots(
+            model, self._decoder.adapters, lambda fn: self._compute.call(fn, self._engine.endpoints)
+        )
         self._requests = RequestBuilder(
             self.vocab, settings, architecture=self.architecture, n_ctx_seq=self.n_ctx_seq,
             lora=self._lora, media=media,
@@ -175,14 +178,30 @@ class Model:
             already = self._closed
             self._closed = True
         if not already:
-            self._compute.submit(lambda: self._free(on_freed))
+            self._compute.submit(
+                lambda: self._free(on_freed), self._engine.endpoints, lambda _: self._leave(on_freed)
+            )
         elif on_freed is not None:
             self._compute.submit(on_freed)
         if wait and not self._compute.on_thread:
             self._freed.wait()
 
+    def _leave(self, on_freed: Callable[[], None] | None) -> None:
+        """An RPC worker died under this model: its memory cannot be freed (llama.cpp would wait on
+        the dead worker for ever), so it is left as it is and only the bookkeeping ends."""
+        self._freed.set()
+        if on_freed is not None:
+            on_freed()
+
+    @property
+    def lost(self) -> BaseException | None:
+        """Why this model stopped for good (an RPC worker it uses died mid-computation), else None."""
+        return self._engine.lost
+
     def _free(self, on_freed: Callable[[], None] | None) -> None:
         """On the compute thread: end every request, drop the engine, free the context and weights."""
+        if self._engine.lost is not None:
+            return self._leave(on_freed)
         try:
             self._engine.close()
             self._compute.unregister(self._engine)

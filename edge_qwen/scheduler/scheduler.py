@@ -143,8 +143,17 @@ class Scheduler:
             entry.freeing -= bytes_
             self._cond.notify_all()
 
+    def _drop_lost_locked(self, entry: Entry) -> None:
+        """A resident model that stopped for good (an RPC worker it uses died mid-computation) is
+        unloaded, with the reason kept as its load error: /health shows it unavailable."""
+        lost = getattr(entry.model, "lost", None)
+        if lost is not None:
+            entry.load_error = f"{type(lost).__name__}: {lost}"
+            self._unload_locked(entry)
+
     def _ensure_resident(self, entry: Entry, deadline: float | None) -> None:
         """With the lock held and the entry's turn: make its model resident (may wait, evict, load)."""
+        self._drop_lost_locked(entry)
         while entry.model is None:
             if not entry.loading:
                 settings, est, notes = self._planner.plan(entry, self._entries.values())
@@ -352,6 +361,8 @@ class Scheduler:
     def snapshot(self) -> Snapshot:
         """Resident models with estimated and measured bytes, queue depths, and budget use."""
         with self._cond:
+            for entry in self._entries.values():
+                self._drop_lost_locked(entry)
             return Snapshot.of(list(self._entries.values()), self.budget, self._peak_charged)
 
     def close(self) -> None:

@@ -52,9 +52,12 @@ def workers() -> Iterator[list[str]]:
         p.wait(timeout=10)
 
 
-def answer(model: Path, endpoints: list[str] | None = None, split: str | None = None) -> dict:
+def answer(
+    model: Path, endpoints: list[str] | None = None, split: str | None = None, adapter: Path | None = None
+) -> dict:
     cmd = [sys.executable, str(MAIN), str(model)] + ([",".join(endpoints)] if endpoints else [])
     cmd += [split] if split else []
+    cmd += ["--adapter", str(adapter)] if adapter else []
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -82,6 +85,26 @@ def test_a_model_split_across_two_workers_answers_like_the_local_run(
     for row in plan["rpc"]["workers"]:
         assert abs(row["weights_bytes"] / 2**20 - remote[f"RPC0[{row['endpoint']}]"]) < 0.5
     assert abs(plan["rpc"]["host_weights_bytes"] / 2**20 - split["buffers"]["CPU_Mapped"]) < 0.5
+
+
+def test_a_lora_adapter_on_a_split_model_answers_like_the_local_one(
+    real_gguf: Path, workers: list[str], tmp_path: Path
+) -> None:
+    """The adapter's tensors go to the devices of the layers they modify, workers included."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from make_tiny_adapters import config_from_gguf, make_adapter
+
+    from edge_qwen.convert.lora import convert_lora
+
+    shapes = tmp_path / "shapes"
+    shapes.mkdir()
+    (shapes / "config.json").write_text(json.dumps(config_from_gguf(real_gguf)))
+    peft = make_adapter(
+        tmp_path / "peft", shapes, seed=3, r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]
+    )
+    lora = convert_lora(peft, tmp_path / "lora", base=real_gguf, outtype="f16").gguf
+    local, split = answer(real_gguf, adapter=lora), answer(real_gguf, workers, adapter=lora)
+    assert split["adapter"] == local["adapter"] != local["tokens"]  # the adapter changes the answer
 
 
 def run_cli(*args: str, timeout: float = 120) -> tuple[int, dict]:
@@ -178,3 +201,68 @@ def test_an_image_question_to_a_split_qwen3_vl_is_answered_like_the_local_one(
 
     local = ask("")
     assert ask(",".join(workers)) == local and len(local) == 12
+
+
+def test_a_worker_killed_mid_answer_fails_that_model_and_the_server_serves_the_other(
+    real_gguf: Path,
+) -> None:
+    """``serve`` with the 0.5B twice: ``split`` over two workers, ``local`` on this machine. One
+    worker is killed in the middle of a streamed answer: that stream ends with an error naming it,
+    ``local`` still answers, /health shows ``split`` unavailable with the reason, a new request to
+    it is a 503 naming the worker, and SIGTERM still stops the server."""
+    import httpx
+
+    ports = [free_port(), free_port()]
+    workers = [start_worker(p) for p in ports]
+    endpoints = [f"127.0.0.1:{p}" for p in ports]
+    port = free_port()
+    cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"split={real_gguf},local={real_gguf}"]
+    cmd += ["--rpc", "split=" + ",".join(endpoints), "--ctx", "1024", "--parallel", "1", "--threads", "1"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--drain-timeout", "10"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[1][-2000:]
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.3)
+
+        def ask(model: str, stream: bool = False) -> dict:
+            return {
+                "model": model, "max_tokens": 400, "temperature": 0, "stream": stream,
+                "messages": [{"role": "user", "content": "Write a long story about a robot."}],
+            }  # fmt: skip
+
+        events, errors = [], []
+        started = time.monotonic()
+        with httpx.stream("POST", url + "/v1/chat/completions", json=ask("split", True), timeout=60) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                (errors if "error" in event else events).append(event)
+                if len(events) == 5:
+                    workers[1].kill()  # SIGKILL: the socket closes under llama.cpp mid-answer
+        took = time.monotonic() - started
+        assert len(events) < 100 and took < 60
+        assert errors and endpoints[1] in errors[0]["error"]["message"], errors
+        # the other model still answers, on the same compute thread's replacement
+        local = httpx.post(url + "/v1/chat/completions", json={**ask("local"), "max_tokens": 8}, timeout=60)
+        assert local.status_code == 200 and local.json()["choices"][0]["message"]["content"]
+        health = {m["name"]: m for m in httpx.get(url + "/health", timeout=5).json()["models"]}
+        assert not health["split"]["available"] and endpoints[1] in health["split"]["load_error"]
+        assert health["local"]["available"]
+        again = httpx.post(url + "/v1/chat/completions", json=ask("split"), timeout=30)
+        assert again.status_code == 503 and endpoints[1] in again.text, again.text
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, server.communicate()[1][-2000:]
+    finally:
+        for proc in [server, *workers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

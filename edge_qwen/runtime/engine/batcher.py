@@ -76,8 +76,11 @@ class BatchEngine:
         clock: Callable[[], float] = time.perf_counter,
         checkpoints: int = PER_SLOT,
         boundary: int | None = None,
+        endpoints: frozenset[str] = frozenset(),
     ) -> None:
         self.decoder = decoder
+        self.endpoints = endpoints  # the RPC workers its steps wait on
+        self.lost: BaseException | None = None  # set when one of them died mid-computation
         self.media = media
         self._clock = clock
         self.n_ctx_seq = n_ctx if unified else n_ctx // parallel
@@ -113,7 +116,7 @@ class BatchEngine:
 
     def submit(self, request: Request) -> None:
         if self.closed:
-            request.sink(ModelClosedError(f"{self.name} was closed before this request ran"))
+            request.sink(self.lost or ModelClosedError(f"{self.name} was closed before this request ran"))
             return
         self.waiting.append(request)
 
@@ -314,6 +317,19 @@ class BatchEngine:
             self.table.clear(slot)
         if self.drafting.draft is not None:
             self.drafting.draft.forget()
+
+    def abandon(self, exc: BaseException) -> None:
+        """An RPC worker of this context died mid-step (the thread that stepped it will never come
+        back): every request ends with ``exc``; nothing here touches llama.cpp again."""
+        self.lost, self.closed = exc, True
+        while self.waiting:
+            item = self.waiting.popleft()
+            if isinstance(item, Sequence):
+                item.fail(exc)
+            elif item.claim():
+                item.sink(exc)
+        for seq_id in list(self.running):
+            self.table.release(seq_id).fail(exc)
 
     def close(self) -> None:
         """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""
