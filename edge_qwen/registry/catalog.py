@@ -154,7 +154,7 @@ class ModelEntry:
         if chosen is None or chosen not in self.gguf:
             listed = ", ".join(self.gguf) or "none"
             raise UnknownModelError(
-                f"{self.name} has no GGUF {quant or ''} in the registry (listed: {listed}); "
+                f"{self.name} has no {quant + ' ' if quant else ''}GGUF in the registry (listed: {listed}); "
                 f"pick one of those, or convert the checkpoint: edge-qwen convert {self.hf_checkpoint}"
             )
         return self.gguf[chosen]
