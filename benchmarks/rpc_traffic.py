@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_rpc import free_port, stop, workers  # noqa: E402
+from bench_rpc import stop, workers  # noqa: E402
 
 # ggml-rpc.cpp's rpc_cmd order (protocol 7), and which commands the main host waits a reply for
 COMMANDS = (
@@ -189,7 +189,7 @@ def main() -> int:
             done = counts()
             n = r.usage.completion_tokens - 1  # the same prefill and first token, then n more
         decode = []
-        for i, proxy in enumerate(proxies):
+        for i in range(len(proxies)):
             longer, shorter = delta(done[i], one[i]), delta(one[i], warm[i])
             extra = {
                 "up": longer["up"] - shorter["up"], "down": longer["down"] - shorter["down"],
