@@ -17,6 +17,7 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
@@ -29,7 +30,7 @@ from edge_qwen.gguf_header import check_gguf_file
 DEFAULT_BATCH = 512
 _GGML_TYPE_F32 = 0
 
-__all__ = ["token_logits", "tokenize"]
+__all__ = ["fill_batch", "loaded_model", "measuring_context", "token_batch", "token_logits", "tokenize"]
 
 
 def _log_tail(log: LogCapture) -> str:
@@ -37,7 +38,7 @@ def _log_tail(log: LogCapture) -> str:
 
 
 @contextlib.contextmanager
-def _loaded_model(
+def loaded_model(
     path: Path,
     log: LogCapture,
     *,
@@ -64,9 +65,17 @@ def _loaded_model(
 
 
 @contextlib.contextmanager
-def _context(
-    model: llama_cpp.llama_model_p, log: LogCapture, *, n_ctx: int, n_batch: int, threads: int
+def measuring_context(
+    model: llama_cpp.llama_model_p,
+    log: LogCapture,
+    *,
+    n_ctx: int,
+    n_batch: int,
+    threads: int,
+    cb_eval: Any = None,
 ) -> Iterator[llama_cpp.llama_context_p]:
+    """An exact context (F32 KV, no flash attention). ``cb_eval``: a
+    ``ggml_backend_sched_eval_callback`` that sees the graph's tensors as they are computed."""
     params = llama_cpp.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = n_batch
@@ -80,6 +89,8 @@ def _context(
     params.type_v = _GGML_TYPE_F32
     params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.no_perf = True
+    if cb_eval is not None:
+        params.cb_eval = cb_eval
     ctx = llama_cpp.llama_init_from_model(model, params)
     if not ctx:
         raise ModelLoadError(
@@ -93,7 +104,7 @@ def _context(
 
 
 @contextlib.contextmanager
-def _batch(capacity: int) -> Iterator[llama_cpp.llama_batch]:
+def token_batch(capacity: int) -> Iterator[llama_cpp.llama_batch]:
     batch = llama_cpp.llama_batch_init(capacity, 0, 1)
     try:
         yield batch
@@ -101,15 +112,18 @@ def _batch(capacity: int) -> Iterator[llama_cpp.llama_batch]:
         llama_cpp.llama_batch_free(batch)
 
 
-def _fill(batch: llama_cpp.llama_batch, tokens: Sequence[int], start: int) -> None:
-    """Put ``tokens`` (positions start, start+1, …) in sequence 0, asking for every position's logits."""
+def fill_batch(
+    batch: llama_cpp.llama_batch, tokens: Sequence[int], start: int, every_logit: bool = True
+) -> None:
+    """Put ``tokens`` (positions start, start+1, …) in sequence 0, asking for every position's
+    logits (only the last one's with ``every_logit=False``)."""
     batch.n_tokens = len(tokens)
     for i, token in enumerate(tokens):
         batch.token[i] = token
         batch.pos[i] = start + i  # type: ignore[call-overload]  # llama_pos stub quirk
         batch.n_seq_id[i] = 1
         batch.seq_id[i][0] = 0
-        batch.logits[i] = 1
+        batch.logits[i] = 1 if every_logit or i == len(tokens) - 1 else 0
 
 
 def _check_tokens(tokens: Sequence[int], n_vocab: int) -> None:
@@ -155,7 +169,7 @@ def token_logits(
     with contextlib.ExitStack() as stack:
         log = stack.enter_context(capture_log())
         model = stack.enter_context(
-            _loaded_model(path, log, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers)
+            loaded_model(path, log, n_gpu_layers=n_gpu_layers, extra_buffers=extra_buffers)
         )
         vocab = llama_cpp.llama_model_get_vocab(model)
         n_vocab = int(llama_cpp.llama_vocab_n_tokens(vocab))
@@ -166,7 +180,7 @@ def token_logits(
             stack.callback(free_adapter, adapter)  # runs after the context is freed, before the model
             loaded.append((adapter, scale))
         ctx = stack.enter_context(
-            _context(
+            measuring_context(
                 model,
                 log,
                 n_ctx=n_ctx or n_tokens,
@@ -176,11 +190,11 @@ def token_logits(
         )
         if loaded:
             apply_adapters(ctx, loaded)
-        batch = stack.enter_context(_batch(n_batch))
+        batch = stack.enter_context(token_batch(n_batch))
         out = np.empty((n_tokens, n_vocab), dtype=np.float32)
         for start in range(0, n_tokens, n_batch):
             chunk = [int(t) for t in tokens[start : start + n_batch]]
-            _fill(batch, chunk, start)
+            fill_batch(batch, chunk, start)
             status = llama_cpp.llama_decode(ctx, batch)
             if status != 0:
                 raise ModelLoadError(
@@ -206,7 +220,7 @@ def tokenize(
     """
     path = check_gguf_file(gguf_path)
     data = text.encode("utf-8")
-    with capture_log() as log, _loaded_model(path, log, vocab_only=True) as model:
+    with capture_log() as log, loaded_model(path, log, vocab_only=True) as model:
         vocab = llama_cpp.llama_model_get_vocab(model)
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()

@@ -28,12 +28,13 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import gguf
+import numpy as np
 
 from ._atomic import atomic_path
 from .errors import QuantizeError, RequantizeRefusedError
@@ -201,12 +202,17 @@ def quantize(
     allow_requantize: bool = False,
     quiet: bool = False,
     verbose: bool = False,
+    imatrix: Mapping[str, np.ndarray] | None = None,
+    imatrix_source: Mapping[str, Any] | None = None,
 ) -> QuantizeResult:
     """Quantize ``in_path`` to ``quant`` and write ``out_path`` (or ``<out_dir>/<default name>``).
 
     ``threads=None`` lets llama.cpp use every core. ``quiet`` hides the progress bar; ``verbose``
     echoes llama.cpp's own log (otherwise only its tail appears, inside the error, on failure).
-    Returns a :class:`QuantizeResult`; a manifest JSON is written beside the output.
+    ``imatrix``: {weight name: mean squared input per column, one block of columns per expert}
+    (:meth:`edge_qwen.imatrix.Imatrix.quantizer_input`), which llama.cpp weighs its rounding by;
+    ``imatrix_source`` describes it in the manifest. Returns a :class:`QuantizeResult`; a
+    manifest JSON is written beside the output.
     """
     qt = quant_type(quant)
     src = Path(in_path)
@@ -219,7 +225,10 @@ def quantize(
             "original. Quantize the original GGUF instead, or opt in with --allow-requantize "
             "(allow_requantize=True) if you accept the quality loss."
         )
-    manifest = _run_quantizer(src, out, qt, threads, bool(reasons), quiet, verbose)
+    native = _native_imatrix(imatrix) if imatrix else None
+    manifest = _run_quantizer(
+        src, out, qt, threads, bool(reasons), quiet, verbose, native, dict(imatrix_source or {})
+    )
     digest, elapsed = manifest.sha256, manifest.elapsed_s or 0.0
     return QuantizeResult(
         path=out,
@@ -257,8 +266,35 @@ def dry_run_bytes(src: str | os.PathLike[str], quant: str) -> int | None:
     return int(float(match.group(1)) * 2**20) if rc == 0 and match else None
 
 
+def _native_imatrix(imatrix: Mapping[str, np.ndarray]) -> tuple[Any, list[Any]]:
+    """``llama_model_imatrix_data`` entries (ended by a null name) and what must stay alive while
+    llama.cpp reads them."""
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    keep: list[Any] = []
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        array = np.ascontiguousarray(values, dtype=np.float32).ravel()
+        if not np.all(np.isfinite(array)):
+            raise QuantizeError(f"the importance matrix of {name} holds NaN or infinite values; recompute it")
+        encoded = name.encode()
+        keep += [array, encoded]
+        entries[i].name = encoded
+        entries[i].data = array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        entries[i].size = array.size
+    return entries, keep
+
+
 def _run_quantizer(
-    src: Path, out: Path, qt: QuantType, threads: int | None, requant: bool, quiet: bool, verbose: bool
+    src: Path,
+    out: Path,
+    qt: QuantType,
+    threads: int | None,
+    requant: bool,
+    quiet: bool,
+    verbose: bool,
+    imatrix: tuple[Any, list[Any]] | None = None,
+    imatrix_source: dict[str, Any] | None = None,
 ) -> Manifest:
     """Call ``llama_model_quantize`` into a temporary sibling of ``out``; on success write the
     manifest, then rename. Returns the manifest.
@@ -274,6 +310,8 @@ def _run_quantizer(
     params.ftype = int(qt.ftype)
     params.nthread = int(threads or 0)
     params.allow_requantize = requant
+    if imatrix is not None:
+        params.imatrix = ctypes.cast(imatrix[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     bar = _progress_bar(quiet, f"{src.name} -> {qt.name}")
     start = time.perf_counter()
     try:
@@ -289,8 +327,10 @@ def _run_quantizer(
                     )
             elapsed = time.perf_counter() - start
             out.unlink(missing_ok=True)
+            extra: dict[str, Any] = {"imatrix": imatrix_source} if imatrix is not None else {}
             return write_manifest(
-                out, measure=tmp, quant_type=qt.name, source=src, elapsed_s=elapsed, requantized=requant
+                out, measure=tmp, quant_type=qt.name, source=src, elapsed_s=elapsed, requantized=requant,
+                **extra,
             )
     finally:
         if bar is not None:

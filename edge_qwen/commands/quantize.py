@@ -1,8 +1,11 @@
-"""``edge-qwen quantize IN.gguf -q q4_k_m[,q8_0…] [-o DIR] [--threads N] [--allow-requantize] [--eval]``
-``[--quiet] [--json]``
+"""``edge-qwen quantize IN.gguf -q q4_k_m[,q8_0…] [-o DIR] [--imatrix [FILE]] [--threads N]``
+``[--allow-requantize] [--eval] [--quiet] [--json]``
 
 Quantizes in-process with llama.cpp (see :mod:`edge_qwen.quantize`); each output gets a manifest
-``<output>.json``. ``--eval`` scores every output against the input (top-1 agreement, KL, PPL;
+``<output>.json``. ``--imatrix`` weighs the rounding by an importance matrix: computed in-process
+on the shipped calibration text and kept beside the input as ``IN.imatrix.gguf`` (reused while the
+input and the text are unchanged; see :mod:`edge_qwen.imatrix`), or read from ``FILE`` (also one
+made by ``llama-imatrix``). ``--eval`` scores every output against the input (top-1 agreement, KL, PPL;
 see :mod:`edge_qwen.quality`) and adds the figures to its manifest.
 
 JSON keys (``--json``)::
@@ -12,6 +15,7 @@ JSON keys (``--json``)::
                   quality: null | {path, reference, label, size, n_tokens, top1_pct, mean_kl,
                                    p99_kl, max_kl, perplexity, reference_perplexity}} ]
     evaluated  bool        whether --eval ran
+    imatrix    null | {path, chunks, chunk_size, dataset, reused}
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept an already-quantized input (quality suffers: rounding errors compound)",
     )
+    parser.add_argument(
+        "--imatrix", nargs="?", const="auto", default=None, metavar="FILE",
+        help="weigh the rounding by an importance matrix: computed on the built-in calibration text "
+        "and kept beside the input (reused), or read from FILE; helps most below 5 bits per weight",
+    )  # fmt: skip
     parser.add_argument("--eval", action="store_true", help="report top-1 agreement and KL vs the input")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -45,6 +54,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     quiet = args.quiet or args.json
     rows = parse_quant_list(args.quants)  # fail on a bad name before any work
+    weights, source = _imatrix(args, quiet) if args.imatrix else (None, None)
     results = [
         quantize(
             args.input,
@@ -53,6 +63,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             threads=args.threads,
             allow_requantize=args.allow_requantize,
             quiet=quiet,
+            imatrix=weights,
+            imatrix_source=source,
         )
         for q in rows
     ]
@@ -61,7 +73,29 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         _print_outputs(outputs)
     if args.eval:
         _evaluate(args, outputs, quiet)
-    return {"input": args.input, "outputs": outputs, "evaluated": bool(args.eval)}
+    return {"input": args.input, "outputs": outputs, "evaluated": bool(args.eval), "imatrix": source}
+
+
+def _imatrix(args: argparse.Namespace, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The importance matrix ``--imatrix`` names (computed or reused beside the input, or a file)."""
+    from ..imatrix import ensure_imatrix, load_imatrix
+
+    def progress(done: int, total: int) -> None:
+        if not quiet:
+            end = "\n" if done == total else ""
+            print(f"\rimportance matrix: chunk {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    if args.imatrix == "auto":
+        path, matrix, reused = ensure_imatrix(args.input, progress=progress, threads=args.threads)
+    else:
+        (matrix, _keys), path, reused = load_imatrix(args.imatrix), args.imatrix, True
+    source = {
+        "path": str(path), "chunks": matrix.chunks, "chunk_size": matrix.chunk_size,
+        "dataset": matrix.dataset, "reused": reused,
+    }  # fmt: skip
+    if not quiet and reused:
+        print(f"importance matrix: {path} ({matrix.chunks} chunks)", file=sys.stderr)
+    return matrix.quantizer_input(), source
 
 
 def _evaluate(args: argparse.Namespace, outputs: list[dict[str, Any]], quiet: bool) -> None:

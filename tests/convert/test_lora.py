@@ -180,7 +180,7 @@ def test_primitives_hot_swap_on_one_context_and_refuse_foreign_adapters(
     qwen3 = tiny_checkpoint("qwen3", dtype="f32")
     wrong_arch = convert_lora(make_adapter(tmp_path / "d", qwen3), tmp_path / "out", outtype="f32").gguf
 
-    with capture_log() as log, L._loaded_model(base_gguf("qwen2"), log) as model:
+    with capture_log() as log, L.loaded_model(base_gguf("qwen2"), log) as model:
         adapters = {f: load_adapter(model, f) for f in files}
         try:
             with pytest.raises(
