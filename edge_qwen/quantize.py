@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,12 @@ _TABLE = [
     QuantType("Q8_0", FT.MOSTLY_Q8_0, QT.Q8_0, "8-bit; practically lossless, ~half of F16"),
     QuantType("Q6_K", FT.MOSTLY_Q6_K, QT.Q6_K, "6-bit K-quant; near-lossless"),
     QuantType("Q5_K_M", FT.MOSTLY_Q5_K_M, QT.Q5_K, "5-bit K-quant mix; very small loss"),
+    QuantType("Q5_K_S", FT.MOSTLY_Q5_K_S, QT.Q5_K, "5-bit K-quant, smaller mix"),
     QuantType("Q4_K_M", FT.MOSTLY_Q4_K_M, QT.Q4_K, "4-bit K-quant mix; the usual default for edge devices"),
+    QuantType("Q4_K_S", FT.MOSTLY_Q4_K_S, QT.Q4_K, "4-bit K-quant, smaller mix"),
     QuantType("Q4_0", FT.MOSTLY_Q4_0, QT.Q4_0, "4-bit legacy; fastest on ARM (runtime repacking), more loss"),
+    QuantType("IQ4_NL", FT.MOSTLY_IQ4_NL, QT.IQ4_NL, "4-bit non-linear, Q4_0's size, less loss"),
+    QuantType("Q3_K_M", FT.MOSTLY_Q3_K_M, QT.Q3_K, "3-bit K-quant mix; for the tightest memory, clear loss"),
     QuantType("F16", FT.MOSTLY_F16, QT.F16, "16-bit float; unquantized reference"),
     QuantType("BF16", FT.MOSTLY_BF16, QT.BF16, "bfloat16; unquantized reference"),
 ]
@@ -204,6 +208,9 @@ def quantize(
     verbose: bool = False,
     imatrix: Mapping[str, np.ndarray] | None = None,
     imatrix_source: Mapping[str, Any] | None = None,
+    overrides: Sequence[tuple[str, int]] = (),
+    extra_manifest: Mapping[str, Any] | None = None,
+    label: str | None = None,
 ) -> QuantizeResult:
     """Quantize ``in_path`` to ``quant`` and write ``out_path`` (or ``<out_dir>/<default name>``).
 
@@ -211,8 +218,10 @@ def quantize(
     echoes llama.cpp's own log (otherwise only its tail appears, inside the error, on failure).
     ``imatrix``: {weight name: mean squared input per column, one block of columns per expert}
     (:meth:`edge_qwen.imatrix.Imatrix.quantizer_input`), which llama.cpp weighs its rounding by;
-    ``imatrix_source`` describes it in the manifest. Returns a :class:`QuantizeResult`; a
-    manifest JSON is written beside the output.
+    ``imatrix_source`` describes it in the manifest. ``overrides``: (regex, ggml type) pairs that
+    give matching tensors their own type (:mod:`edge_qwen.quant_mix`); ``extra_manifest`` adds keys
+    to the manifest; ``label`` names the result's type instead of ``quant`` (``"MIX"``). Returns a
+    :class:`QuantizeResult`; a manifest JSON is written beside the output.
     """
     qt = quant_type(quant)
     src = Path(in_path)
@@ -226,13 +235,17 @@ def quantize(
             "(allow_requantize=True) if you accept the quality loss."
         )
     native = _native_imatrix(imatrix) if imatrix else None
+    extra: dict[str, Any] = dict(extra_manifest or {})
+    if native is not None:
+        extra["imatrix"] = dict(imatrix_source or {})
     manifest = _run_quantizer(
-        src, out, qt, threads, bool(reasons), quiet, verbose, native, dict(imatrix_source or {})
+        src, out, qt, threads, bool(reasons), quiet, verbose, native, _native_overrides(overrides), extra,
+        label or qt.name,
     )
     digest, elapsed = manifest.sha256, manifest.elapsed_s or 0.0
     return QuantizeResult(
         path=out,
-        quant_type=qt.name,
+        quant_type=label or qt.name,
         source=src,
         size=manifest.size,
         sha256=digest,
@@ -285,6 +298,22 @@ def _native_imatrix(imatrix: Mapping[str, np.ndarray]) -> tuple[Any, list[Any]]:
     return entries, keep
 
 
+def _native_overrides(overrides: Sequence[tuple[str, int]]) -> tuple[Any, list[Any]] | None:
+    """``llama_model_tensor_override`` entries (ended by a null pattern), kept alive by the caller."""
+    if not overrides:
+        return None
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_tensor_override * (len(overrides) + 1))()
+    keep: list[Any] = []
+    for i, (pattern, ggml_type) in enumerate(overrides):
+        encoded = pattern.encode()
+        keep.append(encoded)
+        entries[i].pattern = encoded
+        entries[i].type = ggml_type
+    return entries, keep
+
+
 def _run_quantizer(
     src: Path,
     out: Path,
@@ -294,7 +323,9 @@ def _run_quantizer(
     quiet: bool,
     verbose: bool,
     imatrix: tuple[Any, list[Any]] | None = None,
-    imatrix_source: dict[str, Any] | None = None,
+    overrides: tuple[Any, list[Any]] | None = None,
+    extra: dict[str, Any] | None = None,
+    label: str | None = None,
 ) -> Manifest:
     """Call ``llama_model_quantize`` into a temporary sibling of ``out``; on success write the
     manifest, then rename. Returns the manifest.
@@ -312,6 +343,8 @@ def _run_quantizer(
     params.allow_requantize = requant
     if imatrix is not None:
         params.imatrix = ctypes.cast(imatrix[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if overrides is not None:
+        params.tt_overrides = ctypes.cast(overrides[0], ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     bar = _progress_bar(quiet, f"{src.name} -> {qt.name}")
     start = time.perf_counter()
     try:
@@ -327,10 +360,9 @@ def _run_quantizer(
                     )
             elapsed = time.perf_counter() - start
             out.unlink(missing_ok=True)
-            extra: dict[str, Any] = {"imatrix": imatrix_source} if imatrix is not None else {}
             return write_manifest(
-                out, measure=tmp, quant_type=qt.name, source=src, elapsed_s=elapsed, requantized=requant,
-                **extra,
+                out, measure=tmp, quant_type=label or qt.name, source=src, elapsed_s=elapsed,
+                requantized=requant, **(extra or {}),
             )
     finally:
         if bar is not None:

@@ -1,5 +1,9 @@
-"""``edge-qwen quantize IN.gguf -q q4_k_m[,q8_0…] [-o DIR] [--imatrix [FILE]] [--threads N]``
-``[--allow-requantize] [--eval] [--quiet] [--json]``
+"""``edge-qwen quantize IN.gguf (-q q4_k_m[,q8_0…] | --target-size SIZE | --target-bpw BITS) [-o DIR]``
+``[--imatrix [FILE]] [--threads N] [--allow-requantize] [--eval] [--quiet] [--json]``
+
+``--target-size`` / ``--target-bpw`` search each tensor's type for the least loss in that many
+bytes (:mod:`edge_qwen.quant_search`): one file, never larger, with its quality report and mix in
+the manifest.
 
 Quantizes in-process with llama.cpp (see :mod:`edge_qwen.quantize`); each output gets a manifest
 ``<output>.json``. ``--imatrix`` weighs the rounding by an importance matrix: computed in-process
@@ -24,15 +28,24 @@ import argparse
 import sys
 from typing import Any
 
+from ..errors import ConfigError
 from ..manifest import update_manifest
 from ..quantize import QUANT_TYPES, parse_quant_list, quantize
-from ._types import positive_int
+from ._types import positive_float, positive_int
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     types = ", ".join(f"{q.name} ({q.bits_per_weight:g} bpw)" for q in QUANT_TYPES.values())
     parser.add_argument("input", help="GGUF file to quantize (ideally the F16/BF16 original)")
-    parser.add_argument("-q", "--quants", required=True, help=f"comma-separated types: {types}")
+    parser.add_argument("-q", "--quants", help=f"comma-separated types: {types}")
+    parser.add_argument(
+        "--target-size", default=None, metavar="SIZE",
+        help="instead of -q: the best per-tensor mix of at most SIZE (bytes, or 469MiB, 0.5GB)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--target-bpw", type=positive_float, default=None, metavar="BITS",
+        help="instead of -q: the best per-tensor mix of at most BITS bits per weight (e.g. 4.5)",
+    )  # fmt: skip
     parser.add_argument("-o", "--outdir", help="output folder (default: next to the input)")
     parser.add_argument(
         "--threads", type=positive_int, help="quantizer/evaluation threads (default: all cores)"
@@ -53,6 +66,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     quiet = args.quiet or args.json
+    targeted = args.target_size is not None or args.target_bpw is not None
+    if bool(args.quants) == targeted:
+        raise ConfigError("give either -q TYPES or a target (--target-size SIZE or --target-bpw BITS)")
+    if targeted:
+        return _search(args, quiet)
     rows = parse_quant_list(args.quants)  # fail on a bad name before any work
     weights, source = _imatrix(args, quiet) if args.imatrix else (None, None)
     results = [
@@ -74,6 +92,27 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.eval:
         _evaluate(args, outputs, quiet)
     return {"input": args.input, "outputs": outputs, "evaluated": bool(args.eval), "imatrix": source}
+
+
+def _search(args: argparse.Namespace, quiet: bool) -> dict[str, Any]:
+    from ..quant_search import search, target_bytes
+    from ..sizing.device import parse_size
+
+    size = parse_size(args.target_size) if args.target_size is not None else None
+    if args.imatrix not in (None, "auto"):
+        raise ConfigError(
+            "--target-size/--target-bpw compute their own importance matrix; drop --imatrix FILE"
+        )
+    target = target_bytes(args.input, size, args.target_bpw)
+    found = search(args.input, target, out_dir=args.outdir, threads=args.threads, quiet=quiet)
+    out = found.as_dict()
+    if not args.json:
+        q = found.quality
+        size_mib, took = out["size"] / 2**20, found.elapsed_s
+        print(f"{out['quant_type']:>7}  {size_mib:9.1f} MiB  {took:6.1f} s  {out['path']}")
+        print(f"  types: {', '.join(f'{k} x{v}' for k, v in found.mix.counts().items())}")
+        print(f"  vs the input on held-out text: KL {q['mean_kl']:.5f}, top-1 {q['top1_pct']:.1f}%")
+    return {"input": args.input, "outputs": [out], "evaluated": True, "imatrix": None, "target_bytes": target}
 
 
 def _imatrix(args: argparse.Namespace, quiet: bool) -> tuple[dict[str, Any], dict[str, Any]]:
