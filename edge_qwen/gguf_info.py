@@ -12,7 +12,9 @@ All metadata keys come from gguf-py's ``gguf.Keys`` constants.
     gguf_version          int
     architecture          str    general.architecture, e.g. "qwen2"
     name, basename, size_label, finetune     str | null   general.* descriptive fields
-    file_type             str | null   e.g. "Q4_K_M", "F16" (general.file_type, llama_ftype name)
+    file_type             str | null   e.g. "Q4_K_M", "F16" (general.file_type, llama_ftype name);
+                                       "MIX" for a mix searched by ``quantize --target-size``
+    searched_mix          str | null   that mix in one line (edge_qwen.quant_mix)
     file_type_id          int | null
     quantization_version  int | null
     tensor_count          int
@@ -166,6 +168,7 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     params = sum(_n_elements(t) for t in header.tensors)
     tensor_bytes = sum(t.n_bytes for t in header.tensors)
     ftype = _get(header, K.General.FILE_TYPE)
+    mix = _get(header, "edge_qwen.quant_mix")
     template = _get(header, K.Tokenizer.CHAT_TEMPLATE)
     return {
         "path": str(p.resolve()),
@@ -176,7 +179,8 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "basename": _get(header, K.General.BASENAME),
         "size_label": _get(header, K.General.SIZE_LABEL),
         "finetune": _get(header, K.General.FINETUNE),
-        "file_type": file_type_name(ftype) if ftype is not None else None,
+        "file_type": "MIX" if mix else file_type_name(ftype) if ftype is not None else None,
+        "searched_mix": mix,  # edge-qwen's searched per-tensor mix, when the file is one
         "file_type_id": ftype,
         "quantization_version": _get(header, K.General.QUANTIZATION_VERSION),
         "tensor_count": len(header.tensors),

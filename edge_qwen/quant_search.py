@@ -32,6 +32,7 @@ from .manifest import update_manifest
 from .quality import compare_logits, evaluate_quality
 from .quantize import QuantizeResult, quantize
 
+MIX_KEY = "edge_qwen.quant_mix"  # in the GGUF: what the mix is (``info`` shows it)
 SEARCH_TOKENS = 512  # calibration tokens each candidate mix is scored on
 BASE = "q8_0"  # the ftype handed to llama.cpp; every searched tensor is overridden
 
@@ -120,6 +121,7 @@ def search(
     mix = best[1]
     result = quantize(
         src, BASE, final, quiet=quiet, threads=threads, imatrix=weights, imatrix_source=source, label="MIX",
+        metadata={MIX_KEY: describe(mix)},
         overrides=quant_mix.tensor_overrides(mix),
         extra_manifest={
             "mix": {"types": mix.types, "counts": mix.counts(), "weighting": mix.weighting,
@@ -131,6 +133,11 @@ def search(
     quality = evaluate_quality(src, [result.path], threads=threads)[0].as_dict()
     update_manifest(result.path, quality=quality)
     return SearchResult(result, mix, tried, quality, time.perf_counter() - started)
+
+
+def describe(mix: quant_mix.Mix) -> str:
+    """One line for the GGUF and ``info``: ``searched per-tensor mix: Q5_0 x133, Q6_K x12``."""
+    return ("searched per-tensor mix: " + ", ".join(f"{t} x{n}" for t, n in mix.counts().items()))[:127]
 
 
 def _distinct(stats: list[quant_mix.TensorStats], budget: int) -> list[quant_mix.Mix]:

@@ -211,6 +211,7 @@ def quantize(
     overrides: Sequence[tuple[str, int]] = (),
     extra_manifest: Mapping[str, Any] | None = None,
     label: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> QuantizeResult:
     """Quantize ``in_path`` to ``quant`` and write ``out_path`` (or ``<out_dir>/<default name>``).
 
@@ -220,7 +221,8 @@ def quantize(
     (:meth:`edge_qwen.imatrix.Imatrix.quantizer_input`), which llama.cpp weighs its rounding by;
     ``imatrix_source`` describes it in the manifest. ``overrides``: (regex, ggml type) pairs that
     give matching tensors their own type (:mod:`edge_qwen.quant_mix`); ``extra_manifest`` adds keys
-    to the manifest; ``label`` names the result's type instead of ``quant`` (``"MIX"``). Returns a
+    to the manifest; ``label`` names the result's type instead of ``quant`` (``"MIX"``);
+    ``metadata``: string keys written into the output GGUF (at most 127 bytes each). Returns a
     :class:`QuantizeResult`; a manifest JSON is written beside the output.
     """
     qt = quant_type(quant)
@@ -240,7 +242,7 @@ def quantize(
         extra["imatrix"] = dict(imatrix_source or {})
     manifest = _run_quantizer(
         src, out, qt, threads, bool(reasons), quiet, verbose, native, _native_overrides(overrides), extra,
-        label or qt.name,
+        label or qt.name, _native_metadata(metadata or {}),
     )
     digest, elapsed = manifest.sha256, manifest.elapsed_s or 0.0
     return QuantizeResult(
@@ -314,6 +316,23 @@ def _native_overrides(overrides: Sequence[tuple[str, int]]) -> tuple[Any, list[A
     return entries, keep
 
 
+def _native_metadata(metadata: Mapping[str, str]) -> Any:
+    """``llama_model_kv_override`` string entries (ended by an empty key), or None."""
+    if not metadata:
+        return None
+    import llama_cpp
+
+    entries = (llama_cpp.llama_model_kv_override * (len(metadata) + 1))()
+    for i, (key, value) in enumerate(metadata.items()):
+        raw = value.encode()
+        if len(key.encode()) >= 128 or len(raw) >= 128:
+            raise QuantizeError(f"metadata {key!r} is longer than llama.cpp's 127 bytes")
+        entries[i].key = key.encode()
+        entries[i].tag = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+        entries[i].value.val_str = raw  # type: ignore[union-attr]  # a ctypes union field
+    return entries
+
+
 def _run_quantizer(
     src: Path,
     out: Path,
@@ -326,6 +345,7 @@ def _run_quantizer(
     overrides: tuple[Any, list[Any]] | None = None,
     extra: dict[str, Any] | None = None,
     label: str | None = None,
+    metadata: Any = None,
 ) -> Manifest:
     """Call ``llama_model_quantize`` into a temporary sibling of ``out``; on success write the
     manifest, then rename. Returns the manifest.
@@ -343,6 +363,8 @@ def _run_quantizer(
     params.allow_requantize = requant
     if imatrix is not None:
         params.imatrix = ctypes.cast(imatrix[0], ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    if metadata is not None:
+        params.kv_overrides = ctypes.cast(metadata, ctypes.POINTER(llama_cpp.llama_model_kv_override))
     if overrides is not None:
         params.tt_overrides = ctypes.cast(overrides[0], ctypes.POINTER(llama_cpp.llama_model_tensor_override))
     bar = _progress_bar(quiet, f"{src.name} -> {qt.name}")

@@ -78,6 +78,9 @@ def test_a_search_fits_the_target_and_records_what_it_chose(
         manifest["imatrix"]["chunks"] >= 1 and manifest["search"]["calibration"] == "imatrix_calibration.txt"
     )
     assert manifest["quality"]["mean_kl"] == out["quality"]["mean_kl"]
+    assert main(["info", out["path"], "--json"]) == 0  # the file says what it is
+    info = json.loads(capsys.readouterr().out)
+    assert info["file_type"] == "MIX" and info["searched_mix"].startswith("searched per-tensor mix: ")
     # the library: the same inputs give the same mix
     again = search(model, standard.size, tmp_path / "again.gguf", quiet=True)
     assert again.mix.types == manifest["mix"]["types"] and again.result.size == out["size"]

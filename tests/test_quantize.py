@@ -178,7 +178,8 @@ def test_cli_json_lists_each_output_with_the_documented_keys(real_gguf: Path, tm
         ]
     )
     assert code == 0
-    assert set(data) == {"input", "outputs", "evaluated"} and data["evaluated"] is False
+    assert set(data) == {"input", "outputs", "evaluated", "imatrix"} and data["evaluated"] is False
+    assert data["imatrix"] is None  # no --imatrix
     (out,) = data["outputs"]
     assert set(out) == {
         "path",

@@ -47,7 +47,7 @@ def _format_projector(info: dict[str, Any]) -> str:
             f"{info['name'] or '?'} — {pr['kind']} mmproj, {pr['type']}, "
             f"{_params(info['parameter_count'])} params",
         ),
-        ("file type", f"{info['file_type'] or '?'} ({info['bits_per_weight']} bits/weight overall)"),
+        ("file type", _file_type(info)),
         ("encoder", f"{pr['blocks']} blocks, width {pr['width']}, {pr['heads']} heads{image}{deepstack}"),
         ("output", f"{pr['projection_dim']} values per token (the language model's hidden size)"),
     ]
@@ -71,7 +71,7 @@ def format_info(info: dict[str, Any]) -> str:
     lines = [
         ("file", f"{info['path']} ({_mib(info['file_size_bytes'])}, GGUF v{info['gguf_version']})"),
         ("model", f"{info['name'] or '?'} — {info['architecture']}, {params} params"),
-        ("file type", f"{info['file_type'] or '?'} ({info['bits_per_weight']} bits/weight overall)"),
+        ("file type", _file_type(info)),
         (
             "layers",
             f"{info['block_count']} blocks, hidden {info['embedding_length']}, "
@@ -116,3 +116,8 @@ def format_info(info: dict[str, Any]) -> str:
     sizes = ", ".join(f"{k} ≈{_mib(v)}" for k, v in info["estimated_file_sizes"].items())
     out.append(f"{'if quantized':>{width}}: {sizes}")
     return "\n".join(out)
+
+
+def _file_type(info: dict[str, Any]) -> str:
+    kind = f"{info['file_type'] or '?'} ({info['bits_per_weight']} bits/weight overall)"
+    return f"{kind}; {info['searched_mix']}" if info.get("searched_mix") else kind

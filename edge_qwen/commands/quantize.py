@@ -20,6 +20,10 @@ JSON keys (``--json``)::
                                    p99_kl, max_kl, perplexity, reference_perplexity}} ]
     evaluated  bool        whether --eval ran
     imatrix    null | {path, chunks, chunk_size, dataset, reused}
+
+With ``--target-size``/``--target-bpw``: one output, whose ``quant_type`` is ``MIX``, with
+``mix`` ({type: tensors}), ``weighting``, ``tried`` ([{weighting, bytes, search_kl, mix}]),
+``quality`` (always measured) and ``search_s``; and ``target_bytes`` at the top.
 """
 
 from __future__ import annotations
