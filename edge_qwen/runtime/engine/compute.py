@@ -36,14 +36,6 @@ class Steppable(Protocol):
     def fail_all(self, exc: BaseException) -> None: ...
 
 
-class RemoteSteppable(Steppable, Protocol):
-    """An engine whose steps wait on RPC workers."""
-
-    @property
-    def endpoints(self) -> frozenset[str]: ...
-    def abandon(self, exc: BaseException) -> None: ...
-
-
 _NONE: frozenset[str] = frozenset()
 
 
@@ -62,6 +54,7 @@ class _Task:
 
 
 def _endpoints(engine: Steppable) -> frozenset[str]:
+    """The RPC workers an engine's steps wait on (``BatchEngine.endpoints``; none for others)."""
     return getattr(engine, "endpoints", _NONE)
 
 
