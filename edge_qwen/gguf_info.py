@@ -192,7 +192,8 @@ def gguf_info(path: str | os.PathLike[str]) -> dict[str, Any]:
         "rope": _rope(header, arch),
         "tokenizer": _tokenizer(header),
         "chat_template": {"present": template is not None, "length": len(template or "")},
-        "estimated_file_sizes": estimated_file_sizes(header, p),
+        # llama.cpp's quantizer takes language models only (a dry run on an mmproj can abort it)
+        "estimated_file_sizes": estimated_file_sizes(header, None if arch == "clip" else p),
         "hybrid": _hybrid(header),
         "vision": _vision(header),
         "projector": _projector(header),

@@ -228,7 +228,13 @@ def quantize(
     qt = quant_type(quant)
     src = Path(in_path)
     out = _resolve_output(src, qt, out_path, out_dir)  # cheap checks before parsing the header
-    reasons = quantized_reasons(open_gguf(src))
+    header = open_gguf(src)
+    if header.architecture == "clip":
+        raise QuantizeError(
+            f"{src} is a vision/audio projector (mmproj); llama.cpp's quantizer takes language models "
+            "only. Convert the checkpoint again with --mmproj-type q8_0 for a smaller projector"
+        )
+    reasons = quantized_reasons(header)
     if reasons and not allow_requantize:
         raise RequantizeRefusedError(
             f"{src} is already quantized ({'; '.join(reasons)}). Re-quantizing compounds the rounding "

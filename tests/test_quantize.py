@@ -194,3 +194,11 @@ def test_cli_json_lists_each_output_with_the_documented_keys(real_gguf: Path, tm
     }
     assert Path(out["path"]).is_file() and Path(out["manifest_path"]).is_file()
     Path(out["path"]).unlink()  # 645 MiB; pytest keeps tmp folders of recent runs
+
+
+def test_a_projector_is_refused_with_the_way_out(tiny_vl_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    """llama.cpp's quantizer takes language models only (on an mmproj some types abort it)."""
+    _, mmproj = tiny_vl_pair
+    with pytest.raises(QuantizeError, match="projector .*--mmproj-type q8_0"):
+        quantize(mmproj, "iq4_nl", tmp_path / "p.gguf", quiet=True)
+    assert not (tmp_path / "p.gguf").exists()

@@ -192,13 +192,13 @@ def test_primitives_hot_swap_on_one_context_and_refuse_foreign_adapters(
             with pytest.raises(GGUFFileError, match="not a GGUF LoRA adapter"):
                 load_adapter(model, base_gguf("qwen2"))
             with (
-                L._context(model, log, n_ctx=len(tokens), n_batch=len(tokens), threads=2) as ctx,
-                L._batch(len(tokens)) as batch,
+                L.measuring_context(model, log, n_ctx=len(tokens), n_batch=len(tokens), threads=2) as ctx,
+                L.token_batch(len(tokens)) as batch,
             ):
                 for which in (None, files[0], files[1], None, files[0]):
                     apply_adapters(ctx, [] if which is None else [(adapters[which], 1.0)])
                     llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-                    L._fill(batch, tokens, 0)
+                    L.fill_batch(batch, tokens, 0)
                     assert llama_cpp.llama_decode(ctx, batch) == 0
                     rows = np.ctypeslib.as_array(llama_cpp.llama_get_logits(ctx), shape=fresh[None].shape)
                     np.testing.assert_array_equal(rows, fresh[which])

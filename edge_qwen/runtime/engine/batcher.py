@@ -303,8 +303,7 @@ class BatchEngine:
                 f"usable. If it repeats, reload the model (llama.cpp: {detail})"
             ))  # fmt: skip
 
-    def fail_all(self, exc: BaseException) -> None:
-        """A step raised: every request gets the error, every cache is dropped (its state is unknown)."""
+    def _fail_requests(self, exc: BaseException) -> None:
         while self.waiting:
             item = self.waiting.popleft()
             if isinstance(item, Sequence):
@@ -313,6 +312,10 @@ class BatchEngine:
                 item.sink(exc)
         for seq_id in list(self.running):
             self.table.release(seq_id).fail(exc)
+
+    def fail_all(self, exc: BaseException) -> None:
+        """A step raised: every request gets the error, every cache is dropped (its state is unknown)."""
+        self._fail_requests(exc)
         for slot in self.slots:
             self.table.clear(slot)
         if self.drafting.draft is not None:
@@ -322,14 +325,7 @@ class BatchEngine:
         """An RPC worker of this context died mid-step (the thread that stepped it will never come
         back): every request ends with ``exc``; nothing here touches llama.cpp again."""
         self.lost, self.closed = exc, True
-        while self.waiting:
-            item = self.waiting.popleft()
-            if isinstance(item, Sequence):
-                item.fail(exc)
-            elif item.claim():
-                item.sink(exc)
-        for seq_id in list(self.running):
-            self.table.release(seq_id).fail(exc)
+        self._fail_requests(exc)
 
     def close(self) -> None:
         """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""
