@@ -13,7 +13,8 @@ held-out text (edge_qwen/data/calibration.txt; the search never sees it):
 * edge-qwen's ``quantize --target-size`` at the byte size of each standard type.
 
 Prints one JSON object: size and mean KL of every file, the ratios the issue asks for, the search's
-time, and the machine. ``--png`` draws the size–KL curve.
+time, and the machine. ``--png`` draws the size–KL curve (it needs matplotlib, which edge-qwen does
+not depend on: ``.venv/bin/pip install matplotlib``).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from .imatrix import calibration_text, ensure_imatrix
 from .logits import token_logits, tokenize
 from .manifest import update_manifest
 from .quality import compare_logits, evaluate_quality
-from .quantize import QuantizeResult, quantize
+from .quantize import QuantizeResult, check_quantizable, quantize
 
 MIX_KEY = "edge_qwen.quant_mix"  # in the GGUF: what the mix is (``info`` shows it)
 SEARCH_TOKENS = 512  # calibration tokens each candidate mix is scored on
@@ -76,6 +76,7 @@ def search(
     (several targets for one model)."""
     started = time.perf_counter()
     src = Path(model)
+    check_quantizable(src, "a searched mix")  # before minutes of work: a projector, a quantized input
     say = _say(quiet)
     say("importance matrix …")
     im_path, matrix, reused = ensure_imatrix(src, threads=threads)
@@ -100,7 +101,8 @@ def search(
             trial = Path(name)
             try:
                 quantize(src, BASE, trial, quiet=True, threads=threads, imatrix=weights,
-                         overrides=quant_mix.tensor_overrides(mix))  # fmt: skip
+                         overrides=quant_mix.tensor_overrides(mix),
+                         metadata={MIX_KEY: describe(mix)})  # fmt: skip  # the final file's bytes
                 size = trial.stat().st_size
                 kl = compare_logits(reference, token_logits(trial, tokens, threads=threads), tokens)[
                     "mean_kl"
@@ -129,6 +131,10 @@ def search(
             "search": {"tried": tried, "calibration": "imatrix_calibration.txt", "tokens": len(tokens)},
         },
     )  # fmt: skip
+    if result.size > target:  # the trial of this very mix fitted; never hand out a larger file
+        result.path.unlink()
+        result.manifest_path.unlink(missing_ok=True)
+        raise QuantizeError(f"the mix came out at {result.size} bytes, over the {target} asked for")
     say("quality on the held-out text …")
     quality = evaluate_quality(src, [result.path], threads=threads)[0].as_dict()
     update_manifest(result.path, quality=quality)

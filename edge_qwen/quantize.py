@@ -141,6 +141,26 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
     return read_header(check_gguf_file(path))
 
 
+def check_quantizable(src: Path, target: str, allow_requantize: bool = False) -> list[str]:
+    """Refuse what llama.cpp's quantizer should not take: a projector, or (unless allowed) a file
+    already quantized. Returns why the file counts as quantized (empty: float weights)."""
+    header = open_gguf(src)
+    if header.architecture == "clip":
+        raise QuantizeError(
+            f"{src} is a vision/audio projector (mmproj); llama.cpp's quantizer takes language models "
+            "only. Convert the checkpoint again with --mmproj-type q8_0 for a smaller projector"
+        )
+    reasons = quantized_reasons(header)
+    if reasons and not allow_requantize:
+        raise RequantizeRefusedError(
+            f"{src} is already quantized ({'; '.join(reasons)}). Re-quantizing compounds the rounding "
+            f"error, so {target} made from it will be worse than {target} made from the F16/BF16 "
+            "original. Quantize the original GGUF instead, or opt in with --allow-requantize "
+            "(allow_requantize=True) if you accept the quality loss."
+        )
+    return reasons
+
+
 def quantized_reasons(header: GGUFHeader) -> list[str]:
     """Why the file counts as already quantized (empty list: it holds float weights)."""
     reasons = []
@@ -228,20 +248,7 @@ def quantize(
     qt = quant_type(quant)
     src = Path(in_path)
     out = _resolve_output(src, qt, out_path, out_dir)  # cheap checks before parsing the header
-    header = open_gguf(src)
-    if header.architecture == "clip":
-        raise QuantizeError(
-            f"{src} is a vision/audio projector (mmproj); llama.cpp's quantizer takes language models "
-            "only. Convert the checkpoint again with --mmproj-type q8_0 for a smaller projector"
-        )
-    reasons = quantized_reasons(header)
-    if reasons and not allow_requantize:
-        raise RequantizeRefusedError(
-            f"{src} is already quantized ({'; '.join(reasons)}). Re-quantizing compounds the rounding "
-            f"error, so {qt.name} made from it will be worse than {qt.name} made from the F16/BF16 "
-            "original. Quantize the original GGUF instead, or opt in with --allow-requantize "
-            "(allow_requantize=True) if you accept the quality loss."
-        )
+    reasons = check_quantizable(src, qt.name, allow_requantize)
     native = _native_imatrix(imatrix) if imatrix else None
     extra: dict[str, Any] = dict(extra_manifest or {})
     if native is not None:

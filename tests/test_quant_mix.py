@@ -14,7 +14,7 @@ import pytest
 
 from edge_qwen import quant_mix
 from edge_qwen.cli import main
-from edge_qwen.errors import QuantizeError
+from edge_qwen.errors import QuantizeError, RequantizeRefusedError
 from edge_qwen.quant_mix import QT, Option, TensorStats
 from edge_qwen.quant_search import search
 from edge_qwen.quantize import quantize
@@ -88,3 +88,12 @@ def test_a_search_fits_the_target_and_records_what_it_chose(
     assert "either -q TYPES or a target" in json.loads(capsys.readouterr().out)["error"]["message"]
     with pytest.raises(QuantizeError, match="too small"):
         search(model, standard.size // 3, tmp_path / "small.gguf", quiet=True)
+
+
+def test_a_quantized_input_is_refused_before_any_work(
+    hybrid_gguf: Callable[..., Path], tmp_path: Path
+) -> None:
+    quantized = hybrid_gguf("qwen35", quant="q4_0")
+    with pytest.raises(RequantizeRefusedError, match="already quantized.*F16/BF16 original"):
+        search(quantized, 10**9, tmp_path / "mix.gguf", quiet=True)
+    assert not quantized.with_name(quantized.name.removesuffix(".gguf") + ".imatrix.gguf").exists()
