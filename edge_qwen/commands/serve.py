@@ -119,6 +119,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--log-prompts", action="store_true", help="debug: log raw prompts (default: only a hash of them)"
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--allowed-hosts", default=None, metavar="NAME[,NAME...]",
+        help="Host names the server answers to (default: localhost, 127.0.0.1, ::1 and --host; any name "
+        "when --host is 0.0.0.0 or ::); others get 403, which stops DNS-rebinding pages",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allowed-origins", default=None, metavar="ORIGIN[,ORIGIN...]",
+        help="web pages of other sites that may call the server, e.g. http://localhost:3000 (default: none)",
+    )  # fmt: skip
 
 
 def parse_rate(text: str | None) -> tuple[float, int] | None:
@@ -269,7 +278,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     from ..registry.store import partner_mmproj
     from ..scheduler import Scheduler
-    from ..server import ServerConfig, create_app
+    from ..server import ServerConfig, create_app, security
     from ..server.provider import SchedulerProvider
     from ..sizing import parse_size
 
@@ -286,6 +295,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         max_concurrency=args.max_concurrency,
         log_prompts=args.log_prompts,
         media_policy=media_policy(args.allow_remote_media),
+        allowed_hosts=security.hosts_for(args.host, args.allowed_hosts),
+        allowed_origins=security.origins(args.allowed_origins),
     )
     _setup_logging(args.log_level)
     if not is_loopback(args.host) and api_key is None:

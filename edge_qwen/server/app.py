@@ -61,6 +61,10 @@ class ServerConfig:
     log_prompts: bool = False
     #: where images and audio may come from: no local files; remote URLs only with a ``fetch``
     media_policy: MediaPolicy = SERVER_POLICY
+    #: the ``Host`` names answered (``serve``: loopback and ``--host``); None answers any (embedding)
+    allowed_hosts: frozenset[str] | None = None
+    #: web pages of other origins that may call the server (a browser's ``Origin`` header)
+    allowed_origins: frozenset[str] = frozenset()
 
 
 # --- the app -------------------------------------------------------------------------------------
@@ -77,6 +81,16 @@ class _Server:
         self.admitted = 0
 
     # -- guards ---------------------------------------------------------------------------------
+
+    def check_site(self, request: Request) -> None:
+        """Refuse what only a web page of another site would send (403/415)."""
+        refused = security.site_refusal(
+            request.method, request.headers.get("host"), request.headers.get("origin"),
+            request.headers.get("content-type"), self.config.allowed_hosts, self.config.allowed_origins,
+        )  # fmt: skip
+        if refused is not None:
+            status, code, message = refused
+            raise APIError(status, message, code=code)
 
     def authorize(self, request: Request) -> str | None:
         """The presented key (checked when the server has one); raises 401."""

@@ -41,6 +41,7 @@ def endpoint(
         server.metrics.in_flight.inc()
         response: Response | None = None
         try:
+            server.check_site(request)
             response = await handler(request, ctx)
             response.headers.setdefault("X-Request-ID", ctx.request_id)
         except APIError as exc:

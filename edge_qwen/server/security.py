@@ -128,3 +128,68 @@ def _redacted_part(part: Any) -> Any:
 
 def _redacted(prefix: str, data: str) -> str:
     return f"{prefix}<redacted {len(data)} chars sha256={content_hash(data)}>"
+
+
+# --- cross-site requests ---------------------------------------------------------------------------
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(value: str | None) -> str:
+    """The host of a ``Host`` header or an origin's netloc, lower case, without port or brackets
+    (``"[::1]:8080"`` -> ``"::1"``)."""
+    text = (value or "").strip().lower()
+    if text.startswith("["):
+        return text[1:].split("]", 1)[0]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def hosts_for(bind: str, given: str | None = None) -> frozenset[str] | None:
+    """The Host names a server bound to ``bind`` answers: loopback, ``bind`` itself and the
+    comma-separated ``given`` ones; None (any name) for a wildcard bind without a list, whose
+    names cannot be known."""
+    names = {host_name(n) for n in (given or "").split(",") if n.strip()}
+    if bind in ("0.0.0.0", "::", ""):
+        return frozenset(LOOPBACK_HOSTS | names) if names else None
+    return frozenset(LOOPBACK_HOSTS | names | {host_name(f"[{bind}]" if ":" in bind else bind)})
+
+
+def origins(given: str | None) -> frozenset[str]:
+    """``--allowed-origins`` as exact origins (``http://localhost:3000``, no trailing slash)."""
+    return frozenset(o.strip().rstrip("/") for o in (given or "").split(",") if o.strip())
+
+
+def site_refusal(
+    method: str,
+    host: str | None,
+    origin: str | None,
+    content_type: str | None,
+    allowed_hosts: frozenset[str] | None,
+    allowed_origins: frozenset[str],
+) -> tuple[int, str, str] | None:
+    """Why a request that a web page could have made is refused, as (status, code, message), or
+    None. A page on another site can make the browser send a "simple" POST (``text/plain``) with no
+    preflight, and after DNS rebinding its requests carry a foreign ``Host``: both are refused."""
+    if allowed_hosts is not None and host_name(host) not in allowed_hosts:
+        names = ", ".join(sorted(allowed_hosts))
+        return 403, "host_not_allowed", (
+            f"Host {host_name(host)!r} is not a name this server answers to ({names}); a page on "
+            "another site may be trying to reach it. Start serve with --allowed-hosts NAME to add one"
+        )  # fmt: skip
+    if origin is not None:
+        from urllib.parse import urlsplit
+
+        own = allowed_hosts if allowed_hosts is not None else LOOPBACK_HOSTS
+        parts = urlsplit(origin.strip())
+        if origin.strip() not in allowed_origins and (parts.hostname or "") not in own:
+            return 403, "origin_not_allowed", (
+                f"a request from the web page at {origin.strip()!r} was refused: this server serves "
+                "other sites' pages only when started with --allowed-origins ORIGIN"
+            )  # fmt: skip
+    if method == "POST":
+        media = (content_type or "").split(";", 1)[0].strip().lower()
+        if media != "application/json":
+            return 415, "unsupported_media_type", (
+                f"Content-Type must be application/json (got {media or 'none'!r}); send the body as JSON"
+            )  # fmt: skip
+    return None

@@ -163,7 +163,8 @@ def test_metrics_count_the_requests_made(provider: SchedulerProvider) -> None:
         )
         usage = json.loads(streamed.text.split("data: ")[-2])["usage"]
         httpx.post(url + "/v1/chat/completions", json=chat_body())  # 401
-        httpx.post(url + "/v1/chat/completions", content=b"{", headers=auth)  # 400
+        raw = {**auth, "Content-Type": "application/json"}
+        httpx.post(url + "/v1/chat/completions", content=b"{", headers=raw)  # 400
         text = httpx.get(url + "/metrics", headers=auth).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value

@@ -10,11 +10,20 @@ import pytest
 from serverutil import MODEL, chat_body, running_server
 
 from edge_qwen.server import SchedulerProvider, ServerConfig
-from edge_qwen.server.security import RateLimiter, bearer_token, client_id, key_matches
+from edge_qwen.server.security import (
+    RateLimiter,
+    bearer_token,
+    client_id,
+    hosts_for,
+    key_matches,
+    origins,
+    site_refusal,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.real]
 KEY = "sk-local-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+RAW = {**AUTH, "Content-Type": "application/json"}  # for bodies sent as bytes
 LIMITS = ServerConfig(api_key=KEY, max_body_bytes=16 * 1024, max_messages=4, max_prompt_tokens=64)
 
 
@@ -93,7 +102,7 @@ def test_oversized_chunked_body_is_413(secured: str) -> None:
             yield b"y" * 1024
         yield b'"}]}'
 
-    response = httpx.post(secured + "/v1/chat/completions", content=body(), headers=AUTH)
+    response = httpx.post(secured + "/v1/chat/completions", content=body(), headers=RAW)
     assert response.status_code == 413
 
 
@@ -123,7 +132,7 @@ def test_too_many_prompt_tokens_is_400_naming_the_limit(secured: str) -> None:
     ],
 )
 def test_malformed_requests_are_400_with_the_reason(secured: str, body: bytes, fragment: str) -> None:
-    response = httpx.post(secured + "/v1/chat/completions", content=body, headers=AUTH)
+    response = httpx.post(secured + "/v1/chat/completions", content=body, headers=RAW)
     assert response.status_code == 400
     assert fragment in response.json()["error"]["message"]
 
@@ -184,3 +193,47 @@ def test_the_debug_flag_logs_raw_prompts(
     with running_server(provider, ServerConfig(log_prompts=True)) as url:
         httpx.post(url + "/v1/chat/completions", json=chat_body(SECRET), timeout=60)
     assert any(SECRET in r.getMessage() for r in caplog.records if r.name == "edge_qwen.server")
+
+
+# --- cross-site requests -------------------------------------------------------------------------
+
+
+def test_only_what_a_web_page_of_another_site_would_send_is_refused() -> None:
+    hosts = hosts_for("127.0.0.1")
+    assert hosts == {"localhost", "127.0.0.1", "::1"} and hosts_for("0.0.0.0") is None
+    assert hosts_for("0.0.0.0", "pi.lan") == {"localhost", "127.0.0.1", "::1", "pi.lan"}
+    assert "::1" in hosts_for("::1") and origins("http://localhost:3000/, ") == {"http://localhost:3000"}
+    ok = ("POST", "127.0.0.1:8080", None, "application/json; charset=utf-8", hosts, frozenset())
+    assert site_refusal(*ok) is None
+    assert site_refusal("GET", "[::1]:8080", "http://localhost:5173", None, hosts, frozenset()) is None
+    refused = {
+        "rebinding": ("GET", "attacker.example:8080", None, None, hosts, frozenset()),
+        "foreign page": ("GET", "localhost:8080", "http://attacker.example", None, hosts, frozenset()),
+        "opaque page": ("GET", "localhost:8080", "null", None, hosts, frozenset()),
+        "simple POST": ("POST", "localhost:8080", None, "text/plain", hosts, frozenset()),
+        "no type": ("POST", "localhost:8080", None, None, hosts, frozenset()),
+    }
+    codes = {name: (site_refusal(*args) or (0, "", ""))[:2] for name, args in refused.items()}
+    assert codes == {
+        "rebinding": (403, "host_not_allowed"), "foreign page": (403, "origin_not_allowed"),
+        "opaque page": (403, "origin_not_allowed"), "simple POST": (415, "unsupported_media_type"),
+        "no type": (415, "unsupported_media_type"),
+    }  # fmt: skip
+    allowed = frozenset({"http://app.example"})
+    assert site_refusal("GET", "localhost", "http://app.example", None, hosts, allowed) is None
+
+
+def test_the_server_refuses_rebinding_foreign_pages_and_simple_posts(provider: SchedulerProvider) -> None:
+    config = ServerConfig(allowed_hosts=hosts_for("127.0.0.1"), allowed_origins=origins("http://app.example"))
+    with running_server(provider, config) as url:
+        assert httpx.get(url + "/v1/models").status_code == 200
+        rebound = httpx.get(url + "/v1/models", headers={"Host": "attacker.example"})
+        assert rebound.status_code == 403 and "--allowed-hosts" in rebound.json()["error"]["message"]
+        page = httpx.get(url + "/v1/models", headers={"Origin": "http://attacker.example"})
+        assert page.status_code == 403 and page.json()["error"]["code"] == "origin_not_allowed"
+        assert httpx.get(url + "/v1/models", headers={"Origin": "http://app.example"}).status_code == 200
+        simple = httpx.post(url + "/v1/chat/completions", content=json.dumps(chat_body()),
+                            headers={"Content-Type": "text/plain"})  # fmt: skip
+        assert simple.status_code == 415 and "application/json" in simple.json()["error"]["message"]
+        assert "access-control-allow-origin" not in {k.lower() for k in page.headers}
+        assert httpx.post(url + "/v1/chat/completions", json=chat_body(max_tokens=2)).status_code == 200
