@@ -79,6 +79,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+MAX_STOPS, MAX_STOP_CHARS = 16, 512  # a request's stop strings: bounded work and memory per token
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "max_tokens": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer or None (no limit)"),
     "temperature": (lambda v: _is_number(v) and v >= 0, ">= 0 (0 = greedy)"),
@@ -89,7 +90,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "presence_penalty": (lambda v: _is_number(v) and -2 <= v <= 2, "in [-2, 2] (0 disables it)"),
     "frequency_penalty": (lambda v: _is_number(v) and -2 <= v <= 2, "in [-2, 2] (0 disables it)"),
     "seed": (lambda v: v is None or _is_int(v), "an integer or None (random)"),
-    "stop": (lambda v: all(isinstance(s, str) for s in v), "a string or a list of strings"),
+    "stop": (
+        lambda v: len(v) <= MAX_STOPS and all(isinstance(s, str) and len(s) <= MAX_STOP_CHARS for s in v),
+        f"a string or a list of at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS} characters each",
+    ),
     "grammar": (lambda v: v is None or isinstance(v, str), "GBNF source text (a string) or None"),
     "json_schema": (lambda v: v is None or isinstance(v, dict), "a JSON Schema object (a dict) or None"),
 }

@@ -85,3 +85,25 @@ def test_a_lone_string_is_one_stop_not_one_per_character() -> None:
 def test_overlapping_prefixes_find_the_stop() -> None:
     for cut in range(6):
         assert run(["aab"], ["xaaab"[:cut], "xaaab"[cut:]]) == ("xa", True)
+
+
+def test_a_long_stop_string_costs_its_length_not_its_square() -> None:
+    stop = "ab" * 256  # 512 characters, the longest a request may send
+    matcher = StopMatcher([stop])
+    assert not hasattr(matcher, "_prefixes")  # no table of its 511 prefixes (130k characters)
+    shown, stopped = matcher.push("x" + stop[:300])
+    assert (shown, stopped) == ("x", False)  # the start of the stop is held back
+    assert matcher.push(stop[300:] + "tail") == ("", True)
+    again = StopMatcher(["aab"])
+    assert again.push("aaa") == ("a", False) and again.push("b!") == ("", True)  # overlapping starts
+
+
+def test_requests_may_carry_a_bounded_number_and_length_of_stop_strings() -> None:
+    from edge_qwen.errors import ConfigError
+    from edge_qwen.runtime.presets import MAX_STOP_CHARS, MAX_STOPS, SamplingParams
+
+    SamplingParams(stop=tuple("x" * MAX_STOP_CHARS for _ in range(MAX_STOPS)))
+    with pytest.raises(ConfigError, match=f"at most {MAX_STOPS} strings of at most {MAX_STOP_CHARS}"):
+        SamplingParams(stop=("x",) * (MAX_STOPS + 1))
+    with pytest.raises(ConfigError, match="stop must be"):
+        SamplingParams(stop="a" * 90_000)

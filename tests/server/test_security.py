@@ -129,6 +129,10 @@ def test_too_many_prompt_tokens_is_400_naming_the_limit(secured: str) -> None:
         (b'{"model": "qwen-coder"}', "messages"),
         (b'{"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n=1"),
         (b'{"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "top_p": 3}', "top_p"),
+        (json.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}],
+                     "stop": ["x"] * 17}).encode(), "at most 16 strings"),
+        (json.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}],
+                     "stop": ["a" * 600]}).encode(), "at most 512 characters"),
     ],
 )
 def test_malformed_requests_are_400_with_the_reason(secured: str, body: bytes, fragment: str) -> None:

@@ -4,6 +4,8 @@ Text arrives in small chunks (one detokenized token at a time), and a stop strin
 ``"\\nUser:"`` may straddle several of them. :class:`StopMatcher` emits text as soon as it can no
 longer be part of a stop string and holds back only the suffix that still could be, so the caller
 streams with at most ``max(len(stop)) - 1`` characters of delay and never has to retract anything.
+Memory is the stop strings themselves and the held suffix: no table of prefixes, whose size grows
+with the square of a stop string's length.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ class StopMatcher:
         if isinstance(stops, str):  # a lone string is one stop, not one stop per character
             stops = [stops]
         self._stops = tuple(dict.fromkeys(stop for stop in stops if stop))
-        self._prefixes = frozenset(stop[:size] for stop in self._stops for size in range(1, len(stop)))
-        self._longest_prefix = max((len(stop) - 1 for stop in self._stops), default=0)
         self._held = ""
         self._stopped = False
         self._matched: str | None = None
@@ -84,8 +84,16 @@ class StopMatcher:
         return best, best_stop
 
     def _partial_suffix(self, buffer: str) -> int:
-        """Length of the longest suffix of ``buffer`` that begins some stop string."""
-        for size in range(min(len(buffer), self._longest_prefix), 0, -1):
-            if buffer[-size:] in self._prefixes:
-                return size
-        return 0
+        """Length of the longest suffix of ``buffer`` that begins some stop string: only the
+        positions in the last ``len(stop) - 1`` characters holding the stop's first character are
+        tried."""
+        longest = 0
+        for stop in self._stops:
+            start = max(0, len(buffer) - len(stop) + 1)
+            i = buffer.find(stop[0], start)
+            while i >= 0 and len(buffer) - i > longest:
+                if stop.startswith(buffer[i:]):
+                    longest = len(buffer) - i
+                    break
+                i = buffer.find(stop[0], i + 1)
+        return longest
