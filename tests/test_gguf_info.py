@@ -119,3 +119,13 @@ def test_human_summary_lists_the_key_facts(info: dict[str, Any]) -> None:
     text = format_info(info)
     for fact in ("qwen2", "24 blocks", "14 heads, 2 KV heads", "32768 tokens", "'<|im_end|>'", "Q5_0   ×133"):
         assert fact in text
+
+
+def test_metadata_cannot_send_terminal_escapes(info: dict[str, Any]) -> None:
+    """A name that retitles the window (OSC) and clears the screen is printed as escapes."""
+    from edge_qwen.commands.info import format_info, terminal_safe
+
+    hostile = {**info, "name": "Qwen\x1b]0;pwned\x07\x1b[2J\u202e"}
+    shown = terminal_safe(format_info(hostile))
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "Qwen\\x1b]0;pwned\\x07\\x1b[2J\\u202e" in shown and "\n" in shown

@@ -9,6 +9,7 @@ rope, tokenizer, chat_template, estimated_file_sizes, …).
 from __future__ import annotations
 
 import argparse
+import unicodedata
 from typing import Any
 
 from ..gguf_info import gguf_info
@@ -22,8 +23,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     info = gguf_info(resolve_model(args.file))
     if not args.json:
-        print(format_info(info))
+        print(terminal_safe(format_info(info)))
     return info
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control character but the newline shown as an escape (``\\x1b``), so a
+    file's metadata cannot retitle the window, clear the screen or move the cursor."""
+    return "".join(
+        c if c == "\n" or unicodedata.category(c) not in ("Cc", "Cf") else c.encode("unicode_escape").decode()
+        for c in text
+    )
 
 
 def _mib(n: int) -> str:
