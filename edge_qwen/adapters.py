@@ -21,6 +21,7 @@ measure them). llama.cpp's rules, which these functions make explicit:
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import Any
 
 import gguf
 import llama_cpp
+import numpy as np
 
 from ._llama import capture_log
 from .errors import AdapterBaseMismatchError, AdapterLoadError, GGUFFileError
@@ -76,6 +78,28 @@ def read_adapter_header(path: str | os.PathLike[str]) -> GGUFHeader:
     return header
 
 
+def check_adapter_values(path: str | os.PathLike[str], header: GGUFHeader) -> None:
+    """Refuse an adapter whose alpha or weights are NaN or infinite (it would load, then turn every
+    answer into garbage). Reads the tensors once, a block at a time.
+
+    Raises:
+        AdapterLoadError: naming the key or the tensor, and the way out.
+    """
+    alpha = header.metadata.get(gguf.Keys.Adapter.LORA_ALPHA)
+    if alpha is not None and not math.isfinite(float(alpha)):
+        raise AdapterLoadError(f"{path}: adapter.lora.alpha is {alpha}; convert the adapter again")
+    for tensor in gguf.GGUFReader(path).tensors:
+        raw = np.asarray(tensor.data)
+        rows = raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)
+        for start in range(0, rows.shape[0], 4096):
+            values = gguf.quants.dequantize(rows[start : start + 4096], tensor.tensor_type)
+            if not np.isfinite(values).all():
+                raise AdapterLoadError(
+                    f"{path}: tensor {tensor.name} holds NaN or infinite values; the adapter is corrupt "
+                    "or was trained into divergence: convert it again from a good checkpoint"
+                )
+
+
 def adapter_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes llama.cpp allocates for the adapter's tensors (its file minus the header), for budgets."""
     return sum(t.n_bytes for t in read_adapter_header(path).tensors)
@@ -97,6 +121,7 @@ def load_adapter(model: Any, path: str | os.PathLike[str]) -> Adapter:
             adapter belongs to another model of the same architecture).
     """
     header = read_adapter_header(path)
+    check_adapter_values(path, header)
     model_arch = _model_architecture(model)
     if model_arch and header.architecture != model_arch:
         raise AdapterBaseMismatchError(

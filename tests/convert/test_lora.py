@@ -228,3 +228,28 @@ def test_adapter_for_the_real_quantized_base(real_gguf: Path, tmp_path: Path) ->
     base = token_logits(real_gguf, prompt, threads=2)
     tuned = token_logits(real_gguf, prompt, threads=2, adapters=[(lora.gguf, 1.0)])
     assert np.isfinite(tuned).all() and np.abs(tuned - base).max() > 1.0
+
+
+def test_an_adapter_with_nan_or_infinite_weights_is_refused(
+    tiny_checkpoint, base_gguf, tmp_path: Path
+) -> None:
+    """It would load, then every answer would be garbage: refused, naming the tensor."""
+    import shutil
+
+    import gguf
+
+    from edge_qwen import logits as L
+    from edge_qwen._llama import capture_log
+
+    good = convert_lora(make_adapter(tmp_path / "a", tiny_checkpoint("qwen2", dtype="f32")), tmp_path / "out",
+                        outtype="f32").gguf  # fmt: skip
+    bad = tmp_path / "bad.gguf"
+    shutil.copy(good, bad)
+    reader = gguf.GGUFReader(bad, "r+")
+    victim = reader.tensors[1]
+    victim.data.reshape(-1)[3] = np.inf
+    del reader
+    with capture_log() as log, L.loaded_model(base_gguf("qwen2"), log) as model:
+        with pytest.raises(AdapterLoadError, match=f"{victim.name} holds NaN or infinite values"):
+            load_adapter(model, bad)
+        free_adapter(load_adapter(model, good))  # the intact one still loads
