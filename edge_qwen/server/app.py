@@ -134,6 +134,8 @@ class _Server:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise APIError(400, f"the body is not valid JSON ({exc}); send a JSON object") from None
+        except RecursionError:
+            raise APIError(400, "the body's JSON nests too deeply; send a flatter object") from None
         try:
             return schema.model_validate(data)
         except ValidationError as exc:

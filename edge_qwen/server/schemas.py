@@ -53,11 +53,52 @@ class InputAudioPart(_Lenient):
 ContentPart = Annotated[TextPart | ImageURLPart | InputAudioPart, Field(discriminator="type")]
 
 
+class FunctionDef(_Lenient):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    """One entry of ``tools``: ``{"type": "function", "function": {"name": ..., "parameters": {...}}}``."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class FunctionCall(_Lenient):
+    name: str = Field(min_length=1)
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCall(_Lenient):
+    """One entry of an assistant message's ``tool_calls``."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class JSONSchemaFormat(_Lenient):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    name: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
 class ChatMessage(_Lenient):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
 
     @property
     def has_media(self) -> bool:
@@ -119,6 +160,14 @@ class _SamplingRequest(_Lenient):
     stop: str | list[str] | None = None
     n: int = 1
     logprobs: bool | int | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise ValueError("logit_bias is not supported (it would change answers unseen); leave it unset")
+        return value
 
     @field_validator("n")
     @classmethod
@@ -160,11 +209,19 @@ class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
     # Qwen3 extras (also accepted the vLLM way, inside chat_template_kwargs)
     enable_thinking: bool | None = None
     thinking_budget: int | None = Field(default=None, ge=0)
     chat_template_kwargs: dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tool_shapes(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        """Each tool is checked as a :class:`ToolDef` and kept as the dict the template reads."""
+        if tools is None:
+            return None
+        return [ToolDef.model_validate(tool).model_dump(exclude_none=True) for tool in tools]
 
     def thinking(self) -> bool | None:
         if self.enable_thinking is not None:
@@ -198,20 +255,14 @@ class CompletionRequest(_SamplingRequest):
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
-def _schema_of(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+def _schema_of(response_format: ResponseFormat | None) -> dict[str, Any] | None:
     """The JSON Schema a ``response_format`` asks for (``json_object`` means any object)."""
-    if not response_format:
+    if response_format is None or response_format.type == "text":
         return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
+    if response_format.type == "json_object":
         return {"type": "object"}
-    if kind == "json_schema":
-        spec = response_format.get("json_schema") or {}
-        schema = spec.get("schema")
-        if isinstance(schema, dict):
-            return schema
+    if response_format.json_schema is not None:
+        return response_format.json_schema.json_schema
     raise ValueError(
         "response_format must be {'type': 'text'}, {'type': 'json_object'} or "
         "{'type': 'json_schema', 'json_schema': {'schema': {...}}}"

@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.real]
 KEY = "sk-local-test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 RAW = {**AUTH, "Content-Type": "application/json"}  # for bodies sent as bytes
+HI = {"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}]}
 LIMITS = ServerConfig(api_key=KEY, max_body_bytes=16 * 1024, max_messages=4, max_prompt_tokens=64)
 
 
@@ -129,10 +130,35 @@ def test_too_many_prompt_tokens_is_400_naming_the_limit(secured: str) -> None:
         (b'{"model": "qwen-coder"}', "messages"),
         (b'{"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n=1"),
         (b'{"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "top_p": 3}', "top_p"),
-        (json.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}],
-                     "stop": ["x"] * 17}).encode(), "at most 16 strings"),
-        (json.dumps({"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}],
-                     "stop": ["a" * 600]}).encode(), "at most 512 characters"),
+        (
+            json.dumps(
+                {"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "stop": ["x"] * 17}
+            ).encode(),
+            "at most 16 strings",
+        ),
+        (
+            json.dumps(
+                {"model": "qwen-coder", "messages": [{"role": "user", "content": "hi"}], "stop": ["a" * 600]}
+            ).encode(),
+            "at most 512 characters",
+        ),
+        # shapes that used to reach the code as the wrong type (a 500): each is named
+        (json.dumps({**HI, "tools": [{"function": "x"}]}).encode(), "tools.function"),
+        (
+            json.dumps(
+                {**HI, "messages": [{"role": "assistant", "tool_calls": ["x"]}, HI["messages"][0]]}
+            ).encode(),
+            "messages.0.tool_calls.0",
+        ),
+        (
+            json.dumps({**HI, "response_format": {"type": "json_schema", "json_schema": "x"}}).encode(),
+            "response_format.json_schema",
+        ),
+        (json.dumps({**HI, "logit_bias": {"1": 5}}).encode(), "logit_bias is not supported"),
+        (
+            b'{"model": "qwen-coder", "messages": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",
+            "nests too deeply",
+        ),
     ],
 )
 def test_malformed_requests_are_400_with_the_reason(secured: str, body: bytes, fragment: str) -> None:
