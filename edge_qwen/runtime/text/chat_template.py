@@ -34,9 +34,10 @@ from typing import Any, NoReturn
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from edge_qwen.errors import ChatTemplateError
+from edge_qwen.runtime.text.template_limits import BoundedSandbox, render_bounded
 from edge_qwen.runtime.text.thinking import reasoning_state
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class _GenerationBlock(jinja2.ext.Extension):
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = BoundedSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=[_GenerationBlock, jinja2.ext.loopcontrols],
@@ -273,7 +274,12 @@ def _compile(source: str) -> jinja2.Template:
 
 def _render(compiled: jinja2.Template, context: Mapping[str, Any]) -> str:
     try:
-        return compiled.render(**context)
+        return render_bounded(compiled, context)
+    except SecurityError as exc:
+        raise ChatTemplateError(
+            f"the chat template was stopped: {exc}; the model file's template is broken or hostile: "
+            "pass another template (--chat-template / template=...)"
+        ) from exc
     except jinja2.TemplateError as exc:
         raise ChatTemplateError(
             f"the chat template refused these messages: {exc}; fix the conversation "
@@ -283,6 +289,11 @@ def _render(compiled: jinja2.Template, context: Mapping[str, Any]) -> str:
         raise ChatTemplateError(
             f"the chat template failed on these messages ({exc}); check that every message has "
             "'role' and string 'content', or pass another template"
+        ) from exc
+    except (ArithmeticError, LookupError, RecursionError, ValueError, MemoryError) as exc:
+        raise ChatTemplateError(
+            f"the chat template raised {type(exc).__name__} ({exc}); it is broken for these messages: "
+            "pass another template"
         ) from exc
 
 
