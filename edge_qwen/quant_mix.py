@@ -134,14 +134,15 @@ def measure(
             fixed += int(tensor.n_bytes)
             continue
         k = int(tensor.shape[0])
-        raw = np.asarray(tensor.data).reshape(-1, k)  # still the file's type, memory-mapped
+        n_rows = int(tensor.n_elements) // k
+        raw = np.asarray(tensor.data).reshape(n_rows, -1)  # a row in the file's type (BF16: bytes), mmap
         n_mat = int(np.prod(tensor.shape[2:])) if len(tensor.shape) > 2 else 1  # experts
         per_mat = raw.shape[0] // n_mat
         imat = imatrix.get(tensor.name)
         weights = (
             np.ones((n_mat, k)) if imat is None else np.asarray(imat, dtype=np.float64).reshape(n_mat, k)
         )
-        entry = TensorStats(tensor.name, int(raw.size))
+        entry = TensorStats(tensor.name, int(tensor.n_elements))
         errors = {q: 0.0 for q in candidates if k % gguf.GGML_QUANT_SIZES[q][0] == 0}
         signal = 0.0
         for m in range(n_mat):

@@ -97,3 +97,22 @@ def test_a_quantized_input_is_refused_before_any_work(
     with pytest.raises(RequantizeRefusedError, match="already quantized.*F16/BF16 original"):
         search(quantized, 10**9, tmp_path / "mix.gguf", quiet=True)
     assert not quantized.with_name(quantized.name.removesuffix(".gguf") + ".imatrix.gguf").exists()
+
+
+@pytest.mark.slow
+def test_a_bf16_model_is_measured_like_its_f32_original(
+    hybrid_gguf: Callable[..., Path], tmp_path: Path
+) -> None:
+    """BF16 rows are bytes in gguf-py's view; the measurement reads them as weights all the same."""
+    f32 = hybrid_gguf("qwen35")
+    bf16 = quantize(f32, "bf16", tmp_path / "bf16.gguf", quiet=True).path
+    (a, _), (b, _) = quant_mix.measure(f32, {}), quant_mix.measure(bf16, {})
+    first, second = {s.name: s for s in a}, {s.name: s for s in b}
+    assert first.keys() == second.keys()
+    for name, x in first.items():
+        y = second[name]
+        assert x.n_params == y.n_params and [o.type for o in x.options] == [o.type for o in y.options]
+        q4 = [(o.error, p.error) for o, p in zip(x.options, y.options, strict=True) if o.type == QT.Q4_0]
+        assert all(
+            abs(e - f) <= 0.2 * e + 1e-9 for e, f in q4
+        )  # the same rounding error, give or take BF16's
