@@ -114,6 +114,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--drain-timeout", type=float, default=30.0, help="seconds to finish requests on stop"
     )
+    parser.add_argument(
+        "--max-connections", type=positive_int, default=256,
+        help="open connections at once (256); a client must send its request headers within 10 s",
+    )  # fmt: skip
     parser.add_argument("--no-preload", action="store_true", help="load models on their first request")
     parser.add_argument(
         "--log-prompts", action="store_true", help="debug: log raw prompts (default: only a hash of them)"
@@ -262,6 +266,9 @@ def media_policy(allow_remote: bool) -> Any:
     return dataclasses.replace(SERVER_POLICY, fetch=RemoteFetcher()) if allow_remote else SERVER_POLICY
 
 
+_FILES_BESIDE_CONNECTIONS = 256  # model files, RPC sockets, the listener, logs
+
+
 def serve_shape(parallel: int | None, n_ctx: int | None) -> tuple[int, int]:
     """``--parallel`` and ``--ctx``, or their defaults for this machine."""
     from .._llama import physical_cores
@@ -279,6 +286,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     from ..registry.store import partner_mmproj
     from ..scheduler import Scheduler
     from ..server import ServerConfig, create_app, security
+    from ..server.connections import ConnectionLimits, raise_open_file_limit, uvicorn_options
     from ..server.provider import SchedulerProvider
     from ..sizing import parse_size
 
@@ -332,6 +340,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             scheduler.load(next(iter(models)))
         app = create_app(provider, config)
         sock = listen(args.host, args.port)
+        limits = ConnectionLimits(max_connections=args.max_connections)
+        raise_open_file_limit(limits.max_connections + _FILES_BESIDE_CONNECTIONS)
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -340,6 +350,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 log_level=args.log_level,
                 timeout_graceful_shutdown=args.drain_timeout,
                 access_log=False,
+                **uvicorn_options(limits),
             )
         )
         if not args.json:

@@ -17,6 +17,7 @@ import llama_cpp.llama_cpp as L
 from .. import _llama
 from ..errors import ConfigError
 from .engine.sequence import Sequence
+from .grammar_cost import check_grammar
 from .presets import SamplingParams
 from .request import Request
 
@@ -99,18 +100,13 @@ def _value_samplers(params: SamplingParams) -> list[Any]:
     return out
 
 
-MAX_GRAMMAR_NESTING = 1024  # llama.cpp's grammar parser recurses per group: ~20k deep kills the process
-MAX_GRAMMAR_BYTES = 256 * 1024
-
-
 def grammar_text(params: SamplingParams) -> str | None:
     """GBNF from ``grammar``, or converted from ``json_schema`` (dict or JSON text), checked so that
     llama.cpp's parser can take it.
 
     Raises:
-        ConfigError: both given, a schema the converter cannot handle, or a grammar too large or
-            nested too deep (``maxItems: 20000`` becomes 20,000 nested groups, and llama.cpp's
-            recursive parser would overflow its stack and crash the process).
+        ConfigError: both given, a schema the converter cannot handle, or a grammar too large, too
+            deep or too costly to sample (:func:`grammar_cost.check_grammar`).
     """
     if params.grammar and params.json_schema:
         raise ConfigError("pass either grammar or json_schema, not both")
@@ -129,44 +125,8 @@ def grammar_text(params: SamplingParams) -> str | None:
         text = params.grammar or ""
     if not text:
         return None
-    check_grammar_size(text)
+    check_grammar(text)
     return text
-
-
-def check_grammar_size(text: str) -> None:
-    """Refuse a GBNF that is too large or whose groups nest deeper than llama.cpp's parser can recurse."""
-    if len(text) > MAX_GRAMMAR_BYTES:
-        raise ConfigError(
-            f"the grammar is {len(text):,} characters, above the limit of {MAX_GRAMMAR_BYTES:,}; "
-            "use a smaller schema (lower maxItems/maxLength) or a shorter grammar"
-        )
-    depth = deepest = 0
-    quote = False
-    in_class = False
-    escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif quote:
-            quote = ch != '"'
-        elif in_class:
-            in_class = ch != "]"
-        elif ch == '"':
-            quote = True
-        elif ch == "[":
-            in_class = True
-        elif ch == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch == ")":
-            depth -= 1
-    if deepest > MAX_GRAMMAR_NESTING:
-        raise ConfigError(
-            f"the grammar nests {deepest} groups deep, above the limit of {MAX_GRAMMAR_NESTING} "
-            "(a JSON schema's maxItems/maxLength of N becomes N nested groups); lower those bounds"
-        )
 
 
 def native_sequences(

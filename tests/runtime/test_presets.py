@@ -121,7 +121,8 @@ def test_bad_tables_raise_config_error_naming_the_problem(source: str, message: 
 
 
 def test_grammars_llama_cpp_cannot_parse_safely_are_refused_before_they_reach_it() -> None:
-    from edge_qwen.runtime.sampling import MAX_GRAMMAR_NESTING, grammar_text
+    from edge_qwen.runtime.grammar_cost import MAX_GRAMMAR_NESTING
+    from edge_qwen.runtime.sampling import grammar_text
 
     deep = {"type": "array", "items": {"type": "integer"}, "maxItems": MAX_GRAMMAR_NESTING + 10}
     with pytest.raises(ConfigError, match="nests .* groups deep"):

@@ -7,10 +7,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
 from edge_qwen.server import ModelProvider, ServerConfig, create_app
+from edge_qwen.server.connections import ConnectionLimits, uvicorn_options
 
 MODEL = "qwen-coder"
 
@@ -22,12 +24,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(provider: ModelProvider, config: ServerConfig) -> Iterator[str]:
-    """Serve ``provider`` on a free loopback port; yields the base URL (``http://127.0.0.1:PORT``)."""
+def running_server(
+    provider: ModelProvider, config: ServerConfig, limits: ConnectionLimits | None = None
+) -> Iterator[str]:
+    """Serve ``provider`` on a free loopback port as ``serve`` does (with its connection limits);
+    yields the base URL (``http://127.0.0.1:PORT``)."""
+    with running_app(create_app(provider, config), limits) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_app(app: Any, limits: ConnectionLimits | None = None) -> Iterator[str]:
+    """Serve an ASGI ``app`` on a free loopback port with ``serve``'s connection limits."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(provider, config), host="127.0.0.1", port=port, log_level="warning")
-    )
+    options = uvicorn_options(limits or ConnectionLimits())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
