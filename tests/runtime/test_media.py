@@ -11,6 +11,7 @@ import io
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
@@ -222,6 +223,16 @@ def test_audio_limits_and_formats() -> None:
         load_audio(b"RIFF\0\0\0\0WAVEjunk", "wav", sample_rate=RATE)
     with pytest.raises(MediaDecodeError, match="not a wav file"):
         load_audio(b"OggS" + b"\0" * 40, "wav", sample_rate=RATE)
+
+
+def test_a_wav_that_declares_an_absurd_rate_is_refused_before_resampling() -> None:
+    clip = wav_bytes(np.zeros(400_000), 2_000_000_000)  # 0.2 ms of audio at 2 GHz: a 2M-tap kernel
+    start = time.perf_counter()
+    with pytest.raises(UnsupportedMediaError, match="2,000,000,000 Hz, above the 192,000 Hz limit"):
+        load_audio(clip, "wav", sample_rate=RATE)
+    assert time.perf_counter() - start < 0.5
+    top = load_audio(wav_bytes(tone(1000, 0.5, 192_000), 192_000), "wav", sample_rate=RATE)
+    assert top.array.shape == (RATE // 2,)
 
 
 # --- conversations -----------------------------------------------------------------------------

@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 _PCM, _FLOAT, _EXTENSIBLE = 0x0001, 0x0003, 0xFFFE
 _SINC_HALF_WIDTH = 16  # zero crossings of the interpolation kernel on each side
-_BLOCK = 1 << 15  # output samples resampled per step (bounds the kernel matrix's memory)
+_BLOCK_TAPS = 1 << 22  # kernel entries computed per step (32 MB a matrix, whatever the rate ratio)
+MAX_WAV_RATE = 192_000  # the highest rate studio audio uses; 4 GHz would make a 4-million-tap kernel
 _MP3_MAX_BITRATE = 320_000 // 8  # bytes per second
 _MP3_TAG_SLACK = 1 << 20  # ID3 tags (cover art) before the audio frames
 
@@ -65,6 +66,11 @@ def decode_wav(data: bytes, *, sample_rate: int, max_seconds: float) -> np.ndarr
     if tag == _EXTENSIBLE and len(fmt) >= 26:
         tag = struct.unpack_from("<H", fmt, 24)[0]  # the sub-format GUID starts with the plain tag
     width = bits // 8
+    if rate > MAX_WAV_RATE:
+        raise UnsupportedMediaError(
+            f"the WAV file declares {rate:,} Hz, above the {MAX_WAV_RATE:,} Hz limit; "
+            "re-export it at 16-48 kHz (e.g. `ffmpeg -i in.wav -ar 16000 out.wav`)"
+        )
     if channels == 0 or rate == 0 or width == 0 or block_align != channels * width:
         raise MediaDecodeError(
             f"the WAV header is inconsistent ({channels} channels, {rate} Hz, {bits} bits, "
@@ -131,8 +137,9 @@ def resample(signal: np.ndarray, source_rate: int, target_rate: int) -> np.ndarr
     padded = np.concatenate([np.zeros(half), x, np.zeros(half + 1)])
     offsets = np.arange(-half + 1, half + 1)
     out = np.empty(n_out)
-    for start in range(0, n_out, _BLOCK):
-        t = np.arange(start, min(start + _BLOCK, n_out)) * (source_rate / target_rate)
+    block = max(1, _BLOCK_TAPS // offsets.size)
+    for start in range(0, n_out, block):
+        t = np.arange(start, min(start + block, n_out)) * (source_rate / target_rate)
         base = np.floor(t).astype(np.int64)
         taps = base[:, None] + offsets[None, :]  # input indices around each output time
         dist = t[:, None] - taps
