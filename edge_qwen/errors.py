@@ -72,11 +72,12 @@ class ModelLoadError(EdgeQwenError, RuntimeError):
 class ContextOverflowError(EdgeQwenError, ValueError):
     """The prompt does not fit in the context window."""
 
-    def __init__(self, prompt_tokens: int, n_ctx: int) -> None:
+    def __init__(self, prompt_tokens: int, n_ctx: int, *, at_least: bool = False) -> None:
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        size = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
         super().__init__(
-            f"prompt is {prompt_tokens} tokens but the context holds {n_ctx}; "
+            f"prompt is {size} tokens but the context holds {n_ctx}; "
             "load the model with a larger n_ctx, shorten the prompt, or pass truncate=True "
             "to keep the system prompt and the latest turns"
         )

@@ -91,6 +91,16 @@ class PieceCache:
         return buf.raw[: max(n, 0)]
 
 
+def longest_piece(vocab: Any) -> int:
+    """The most bytes any one token of ``vocab`` spells (control tokens included)."""
+    buf = ctypes.create_string_buffer(256)
+    longest = 1
+    for token in range(L.llama_vocab_n_tokens(vocab)):
+        n = L.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+        longest = max(longest, -n if n < 0 else n)  # negative: the piece needs -n bytes
+    return longest
+
+
 def control_tokens(vocab: Any) -> dict[int, str]:
     """Every CONTROL-type token of the vocabulary, id -> text (what a chat template may inject)."""
     piece = PieceCache(vocab, special=True)

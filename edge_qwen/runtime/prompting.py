@@ -72,6 +72,7 @@ class RequestBuilder:
         chosen = self._adapter_set(options)
         speculative = self._speculative(options.speculative)
         if isinstance(prompt, str):
+            self._check_text_fits(prompt)
             tokens = self.vocab.tokenize(prompt, add_special=True, parse_special=False)
         else:
             tokens = [int(t) for t in prompt]
@@ -107,10 +108,13 @@ class RequestBuilder:
         else:
             while True:
                 rendered = self.vocab.render(msgs, enable_thinking=enable_thinking, tools=tools)
-                tokens = self.vocab.prompt_tokens(rendered)
-                if len(tokens) < self.n_ctx_seq:
+                fewest = self.vocab.fewest_tokens(rendered.text)
+                tokens = self.vocab.prompt_tokens(rendered) if fewest < self.n_ctx_seq else []
+                if tokens and len(tokens) < self.n_ctx_seq:
                     break
                 if not truncate or not _drop_oldest_turn(msgs):
+                    if not tokens:  # too long to be worth tokenizing
+                        raise ContextOverflowError(fewest, self.n_ctx_seq, at_least=True)
                     raise ContextOverflowError(len(tokens), self.n_ctx_seq)
         return RequestSpec(
             tuple(tokens),
@@ -132,6 +136,7 @@ class RequestBuilder:
         assert self._media is not None
         extracted = self._media.extract(msgs, policy)
         rendered = self.vocab.render(extracted.messages, enable_thinking=enable_thinking, tools=tools)
+        self._check_text_fits(rendered.text)  # media items are arrays until mtmd tokenizes them
         prompt = tokenize_with_media(
             self._media.mtmd, rendered.segments, extracted.items,
             lambda text, special: self.vocab.tokenize(text, parse_special=special),
@@ -177,6 +182,12 @@ class RequestBuilder:
         params = resolve(preset, **{k: v for k, v in sampling.items() if v is not None})
         grammar_text(params)  # a schema or grammar llama.cpp cannot take fails here, before queueing
         return params
+
+    def _check_text_fits(self, text: str) -> None:
+        """Refuse text that cannot fit before it is tokenized (see :meth:`Vocabulary.fewest_tokens`)."""
+        fewest = self.vocab.fewest_tokens(text)
+        if fewest >= self.n_ctx_seq:
+            raise ContextOverflowError(fewest, self.n_ctx_seq, at_least=True)
 
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if len(tokens) >= self.n_ctx_seq:

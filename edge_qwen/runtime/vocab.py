@@ -29,6 +29,7 @@ class Vocabulary:
         self.piece = _native.PieceCache(self._vocab, special=False)  # a token's bytes, specials as ""
         self._special_piece = _native.PieceCache(self._vocab, special=True)
         self._control: dict[int, str] | None = None
+        self._longest_piece: int | None = None
 
     @property
     def native(self) -> Any:
@@ -55,6 +56,14 @@ class Vocabulary:
 
     def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
         return b"".join(self.token_piece(t, special=special) for t in tokens).decode("utf-8", "replace")
+
+    def fewest_tokens(self, text: str) -> int:
+        """A lower bound on the tokens ``text`` becomes, without tokenizing it: every token spells at most
+        the longest piece in the vocabulary, and every character is at least one byte. A prompt that
+        cannot fit is refused at this cost instead of after tokenizing (100 MB took 28 s and 6.5 GB)."""
+        if self._longest_piece is None:
+            self._longest_piece = _native.longest_piece(self._vocab)
+        return -(-len(text) // self._longest_piece)
 
     @property
     def control_tokens(self) -> dict[int, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -228,6 +229,19 @@ def test_prompt_longer_than_the_context_is_refused(model: Model) -> None:
     with pytest.raises(ContextOverflowError) as caught:
         model.chat(ask("hello " * 1100))
     assert caught.value.n_ctx == 1024 and caught.value.prompt_tokens > 1024
+
+
+def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(model: Model) -> None:
+    huge = "x" * 20_000_000  # 20 MB: tokenizing it would take seconds and gigabytes
+    start = time.perf_counter()
+    with pytest.raises(ContextOverflowError, match=r"at least 15625\d tokens"):  # 20M / the longest piece
+        model.chat(ask(huge))
+    with pytest.raises(ContextOverflowError, match="at least"):
+        model.generate(huge)
+    old_turn = [{"role": "user", "content": huge}, {"role": "assistant", "content": "ok"}]
+    answer = model.chat([*old_turn, *ask("Hi")], truncate=True, temperature=0, max_tokens=2)
+    assert answer.usage.prompt_tokens < 100  # the huge turn was dropped, never tokenized
+    assert time.perf_counter() - start < 5
 
 
 def test_truncate_keeps_the_system_prompt_and_the_latest_turn(model: Model) -> None:

@@ -5,7 +5,8 @@ internals and caps ``range()``, but a template can still loop for ever (``range(
 hundreds of megabytes, or build one huge value (``'a' * 2e9``, ``10 ** 10 ** 9``). So:
 
 * rendering streams (``Template.generate``), and every chunk and every call the template makes
-  checks a deadline (:data:`RENDER_SECONDS`) and the output so far (:data:`MAX_RENDER_CHARS`);
+  checks a deadline (:data:`RENDER_SECONDS`) and the output so far (:data:`MAX_RENDER_CHARS`, plus
+  twice the text the caller passed in: a long conversation is the caller's, not the template's);
 * ``*`` and ``**`` are checked before they run: no string or list longer than the output limit, no
   exponent above :data:`MAX_EXPONENT`.
 
@@ -30,6 +31,7 @@ MAX_EXPONENT = 4096
 
 class _Budget(threading.local):
     deadline = float("inf")
+    chars = MAX_RENDER_CHARS
 
 
 _BUDGET = _Budget()
@@ -66,10 +68,27 @@ def _check_time() -> None:
 def render_bounded(compiled: jinja2.Template, context: Mapping[str, Any]) -> str:
     """``compiled.render(**context)`` within the time and size limits."""
     _BUDGET.deadline = time.monotonic() + RENDER_SECONDS
+    _BUDGET.chars = MAX_RENDER_CHARS + 2 * _text_size(context)
     try:
         return _join(compiled.generate(**context))
     finally:
         _BUDGET.deadline = float("inf")
+        _BUDGET.chars = MAX_RENDER_CHARS
+
+
+def _text_size(value: Any) -> int:
+    """Characters of text in ``value`` (strings inside mappings and sequences, walked without recursion)."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return total
 
 
 def _join(chunks: Iterable[str]) -> str:
@@ -77,8 +96,8 @@ def _join(chunks: Iterable[str]) -> str:
     size = 0
     for chunk in chunks:
         size += len(chunk)
-        if size > MAX_RENDER_CHARS:
-            raise SecurityError(f"the template rendered more than {MAX_RENDER_CHARS:,} characters")
+        if size > _BUDGET.chars:
+            raise SecurityError(f"the template rendered more than {_BUDGET.chars:,} characters")
         _check_time()
         out.append(chunk)
     return "".join(out)
