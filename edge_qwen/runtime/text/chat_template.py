@@ -328,11 +328,11 @@ def _segments(
             protected.append(token)
             best = attempt
     unprotected = [token for token in found if token not in protected]
-    if unprotected:
-        log.warning(
-            "the chat template inspects user text containing %s, so these strings stay control tokens; "
-            "remove them from the messages if they should be plain text",
-            unprotected,
+    if unprotected:  # fail closed: such a string would become a real control token (a forged turn)
+        raise ChatTemplateError(
+            f"the messages contain {', '.join(map(repr, unprotected))}, and the chat template reads inside "
+            "the message text (it slices or searches it), so these strings cannot be kept as plain text "
+            "and would act as control tokens; remove them from the messages, or pass another template"
         )
     return best
 
