@@ -361,8 +361,25 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         with _sigterm_means_done(), sock:
             server.run(sockets=[sock])
     finally:
-        provider.close()
+        _stop(provider.close(timeout=args.drain_timeout), args.drain_timeout)
     return {"host": args.host, "port": args.port, "models": {n: str(p) for n, p in models.items()}}
+
+
+def _stop(busy: list[str], waited: float) -> None:
+    """After the models were closed: if some are still inside llama.cpp (a step that never returns,
+    e.g. on an RPC worker that stopped answering), end the process now instead of waiting on them
+    for ever: the operating system frees their memory, and exiting normally would run llama.cpp's
+    teardown under a thread that is still using it."""
+    if not busy:
+        return
+    print(
+        f"edge-qwen: {', '.join(busy)} still busy in llama.cpp {waited:g} s after the stop (a stuck "
+        "step, e.g. an RPC worker that stopped answering); exiting without waiting for it",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(0 if sys.exc_info()[0] is None else 1)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -365,8 +365,14 @@ class Scheduler:
                 self._drop_lost_locked(entry)
             return Snapshot.of(list(self._entries.values()), self.budget, self._peak_charged)
 
-    def close(self) -> None:
-        """Unload every model (waiting requests fail), then wait until their memory is freed."""
+    def close(self, timeout: float | None = None) -> list[str]:
+        """Unload every model (waiting requests fail), then wait until their memory is freed.
+
+        Returns the models still being freed after ``timeout`` seconds (none when it is None: wait for
+        all). A model stays busy when llama.cpp does not return from its step, e.g. waiting on an RPC
+        worker that stopped answering; its memory goes when the process ends.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             self._closed = True
             for entry in self._entries.values():
@@ -374,7 +380,11 @@ class Scheduler:
                     self._unload_locked(entry)
             self._cond.notify_all()
             while any(e.freeing for e in self._entries.values()):
-                self._cond.wait(0.5)
+                left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            return [name for name, e in self._entries.items() if e.freeing]
 
     def __enter__(self) -> Scheduler:
         return self

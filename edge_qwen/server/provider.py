@@ -89,8 +89,8 @@ class ModelProvider(Protocol):
         """The served models, the memory budget's use and the queue depth, now."""
         ...
 
-    def close(self) -> None:
-        """Free every model (server shutdown)."""
+    def close(self, timeout: float | None = None) -> list[str]:
+        """Free every model (server shutdown); the names of those still busy after ``timeout`` s."""
         ...
 
 
@@ -160,9 +160,10 @@ class StaticProvider:
         waiting = sum(max(0, n - 1) for n in self._in_flight.values())
         return ServerSnapshot(models, MemoryUse(), waiting)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> list[str]:
         for model in self._models.values():
             model.close()
+        return []
 
 
 class SchedulerProvider:
@@ -212,9 +213,9 @@ class SchedulerProvider:
         memory = MemoryUse(snap.budget_bytes, snap.used_bytes, snap.peak_used_bytes)
         return ServerSnapshot(models, memory, queue_depth=sum(m.waiting for m in snap.models))
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> list[str]:
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.scheduler.close()
+        return self.scheduler.close(timeout)
 
 
 def _release_late(future: asyncio.Future[Any], manager: contextlib.AbstractContextManager[Any]) -> None:

@@ -203,6 +203,33 @@ def test_an_image_question_to_a_split_qwen3_vl_is_answered_like_the_local_one(
     assert ask(",".join(workers)) == local and len(local) == 12
 
 
+def start_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """``edge-qwen serve`` with ``args`` on a free port, once /health answers; (process, base URL)."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", *args, "--ctx", "1024", "--parallel", "1"]
+    cmd += ["--threads", "1", "--port", str(port), "--log-level", "warning", "--drain-timeout", "10"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        assert server.poll() is None, server.communicate()[1][-2000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.3)
+
+
+def ask(model: str, stream: bool = False) -> dict:
+    return {
+        "model": model, "max_tokens": 400, "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": "Write a long story about a robot."}],
+    }  # fmt: skip
+
+
 def test_a_worker_killed_mid_answer_fails_that_model_and_the_server_serves_the_other(
     real_gguf: Path,
 ) -> None:
@@ -215,29 +242,10 @@ def test_a_worker_killed_mid_answer_fails_that_model_and_the_server_serves_the_o
     ports = [free_port(), free_port()]
     workers = [start_worker(p) for p in ports]
     endpoints = [f"127.0.0.1:{p}" for p in ports]
-    port = free_port()
-    cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"split={real_gguf},local={real_gguf}"]
-    cmd += ["--rpc", "split=" + ",".join(endpoints), "--ctx", "1024", "--parallel", "1", "--threads", "1"]
-    cmd += ["--port", str(port), "--log-level", "warning", "--drain-timeout", "10"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_serve(
+        "--models", f"split={real_gguf},local={real_gguf}", "--rpc", "split=" + ",".join(endpoints)
+    )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()[1][-2000:]
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.3)
-
-        def ask(model: str, stream: bool = False) -> dict:
-            return {
-                "model": model, "max_tokens": 400, "temperature": 0, "stream": stream,
-                "messages": [{"role": "user", "content": "Write a long story about a robot."}],
-            }  # fmt: skip
-
         events, errors = [], []
         started = time.monotonic()
         with httpx.stream("POST", url + "/v1/chat/completions", json=ask("split", True), timeout=60) as r:
@@ -263,6 +271,40 @@ def test_a_worker_killed_mid_answer_fails_that_model_and_the_server_serves_the_o
         assert server.wait(timeout=30) == 0, server.communicate()[1][-2000:]
     finally:
         for proc in [server, *workers]:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def test_sigterm_stops_the_server_while_a_step_is_stuck_on_a_frozen_worker(real_gguf: Path) -> None:
+    """A worker that stops answering without closing its socket (SIGSTOP: a frozen machine) leaves
+    llama.cpp waiting inside a step for good. SIGTERM still stops the server: the drain timeout
+    (10 s) for the stream, then as long again for the models, and it says which one it left."""
+    import httpx
+
+    port = free_port()
+    worker = start_worker(port)
+    server, url = start_serve("--models", f"split={real_gguf}", "--rpc", f"split=127.0.0.1:{port}")
+    try:
+        events = 0
+        with httpx.stream("POST", url + "/v1/chat/completions", json=ask("split", True), timeout=60) as r:
+            for line in r.iter_lines():
+                events += line.startswith("data: {")
+                if events == 3:
+                    break
+            worker.send_signal(signal.SIGSTOP)
+            time.sleep(1)
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            code = server.wait(timeout=60)
+        took = time.monotonic() - started
+        stderr = server.communicate()[1]
+        assert code == 0, stderr[-2000:]
+        assert took < 30, took
+        assert "split still busy in llama.cpp" in stderr, stderr[-2000:]
+    finally:
+        worker.send_signal(signal.SIGCONT)
+        for proc in [server, worker]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
