@@ -6,7 +6,8 @@
 
 Classes of input (each sent ``--rounds`` times, the burst once per round): malformed JSON, wrong
 types, unknown fields, ``max_tokens`` far above the context, ``n > 1``, a huge ``logit_bias``, a
-JSON schema built to explode a grammar, clients that dribble their request a few bytes at a time,
+JSON schema built to explode a grammar, schemas whose grammars are costly to sample, stop strings
+over the limits, idle and half-sent connections, clients that dribble their request a few bytes at a time,
 clients that disconnect mid-stream, and a burst of ``--concurrency`` simultaneous connections.
 
 It prints a table (JSON with ``--json``): per class the expected statuses (4xx/429/503; 200 where
@@ -160,6 +161,13 @@ GRAMMAR_KINDS: dict[str, dict[str, Any]] = {
 }
 DEEP_GRAMMARS = ("deep_array", "deep_string")
 BAD_PATTERNS = ["^[(]{3}\\\\)$", "(", "a)", "[a-", "x{2,1}"]
+# Schemas whose grammars are small but cost llama.cpp seconds to minutes a token (issue 25, row 1):
+# runs of optional items, and thousands of alternatives alive at once. Refused before sampling.
+COSTLY_SCHEMAS: list[dict[str, Any]] = [
+    {"type": "string", "pattern": "^(a?){1000}$"},
+    {"type": "string", "pattern": "^(a|b?){100}$"},
+    {"enum": ["a" * 30 + str(i) for i in range(2000)]},
+]
 
 
 def _exploding_schema(rng: random.Random, kinds: list[str]) -> dict[str, Any]:
@@ -243,6 +251,43 @@ def _dribblers(n: int, delay: float) -> Callable[[Target, random.Random], Awaita
     return run
 
 
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+
+def _long_stops(target: Target, rng: random.Random) -> bytes:
+    stop = rng.choice([["a" * 90_000], [f"stop-{i}" for i in range(17)], ["b" * 513]])
+    return chat(base(stop=stop), target)
+
+
+def _idle_connections(n: int, wait: float) -> Callable[[Target, random.Random], Awaitable[list[Outcome]]]:
+    """``n`` clients that connect and send nothing, or half a request line, and wait: the server must
+    close each within ``wait`` seconds (its header deadline) instead of holding the socket for good."""
+
+    async def one(target: Target, partial: bytes) -> Outcome:
+        try:
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+        except OSError as exc:
+            return Outcome(None, f"connect failed: {exc}")
+        try:
+            writer.write(partial)
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), wait)
+            return Outcome(None, "closed by the server")
+        except ConnectionResetError:
+            return Outcome(None, "closed by the server")
+        except asyncio.TimeoutError:
+            return Outcome(None, "still open")
+        finally:
+            writer.close()
+
+    async def run(target: Target, rng: random.Random) -> list[Outcome]:
+        partials = [b"", b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "]
+        return list(await asyncio.gather(*(one(target, partials[i % 2]) for i in range(n))))
+
+    return run
+
+
 def cases(concurrency: int, dribble_delay: float, grammar_kinds: list[str]) -> list[Case]:
     bad = frozenset({400, 413, 422})
     busy = frozenset({429, 503})
@@ -298,6 +343,13 @@ def cases(concurrency: int, dribble_delay: float, grammar_kinds: list[str]) -> l
                 )
             ),
         ),
+        Case(
+            "costly_grammar",
+            frozenset({400}),
+            _one(lambda t, r: chat(base(response_format=_schema(r.choice(COSTLY_SCHEMAS))), t)),
+        ),
+        Case("long_stop_strings", frozenset({400, 413}), _one(_long_stops)),
+        Case("idle_connections", frozenset({"closed by the server"}), _idle_connections(40, 20.0)),
         Case("slow_dribbling_clients", frozenset({200, 400, 408}) | busy, _dribblers(4, dribble_delay)),
         Case("disconnect_mid_stream", frozenset({"hung up"}) | busy, _disconnects(6)),
         Case(f"concurrent_{concurrency}", frozenset({200}) | busy, _burst(concurrency)),

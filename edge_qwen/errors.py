@@ -75,6 +75,7 @@ class ContextOverflowError(EdgeQwenError, ValueError):
     def __init__(self, prompt_tokens: int, n_ctx: int, *, at_least: bool = False) -> None:
         self.prompt_tokens = prompt_tokens
         self.n_ctx = n_ctx
+        self.at_least = at_least  # counted without tokenizing: a lower bound
         size = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
         super().__init__(
             f"prompt is {size} tokens but the context holds {n_ctx}; "

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -61,8 +62,9 @@ class ServerConfig:
     log_prompts: bool = False
     #: where images and audio may come from: no local files; remote URLs only with a ``fetch``
     media_policy: MediaPolicy = SERVER_POLICY
-    #: the ``Host`` names answered (``serve``: loopback and ``--host``); None answers any (embedding)
-    allowed_hosts: frozenset[str] | None = None
+    #: the ``Host`` names answered: loopback unless told (``serve`` adds ``--host`` and
+    #: ``--allowed-hosts``); None answers any name, which lets DNS-rebinding pages in
+    allowed_hosts: frozenset[str] | None = security.LOOPBACK_HOSTS
     #: web pages of other origins that may call the server (a browser's ``Origin`` header)
     allowed_origins: frozenset[str] = frozenset()
 
@@ -79,6 +81,9 @@ class _Server:
             security.RateLimiter(config.rate_per_min, config.rate_burst) if config.rate_per_min else None
         )
         self.admitted = 0
+        # one rendering thread per admitted request: a template that runs to its deadline (5 s) ties
+        # up its own thread, never the ones other requests (and other models) render on
+        self.renderers = ThreadPoolExecutor(config.max_concurrency, thread_name_prefix="edge-qwen-render")
 
     # -- guards ---------------------------------------------------------------------------------
 
@@ -256,7 +261,8 @@ class _Server:
             admitted.enter_context(self.admission())
             async with contextlib.AsyncExitStack() as held:
                 model = await held.enter_async_context(self.provider.lease(name))
-                gen = await asyncio.to_thread(start, model)  # renders and tokenizes: off the event loop
+                loop = asyncio.get_running_loop()
+                gen = await loop.run_in_executor(self.renderers, start, model)  # renders and tokenizes
                 held.push_async_callback(gen.aclose)
                 try:
                     if not stream:

@@ -98,7 +98,8 @@ def api_error(exc: Exception) -> APIError:
 
 def context_overflow_message(exc: ContextOverflowError) -> str:
     return (
-        f"the prompt is {exc.prompt_tokens} tokens but this model's context holds {exc.n_ctx} per "
+        f"the prompt is {'at least ' if exc.at_least else ''}{exc.prompt_tokens} tokens but this model's "
+        f"context holds {exc.n_ctx} per "
         "request; shorten the conversation (drop old turns), or restart the server with a larger "
         "context: edge-qwen serve --ctx N (N is shared by --parallel sequences)"
     )
