@@ -248,6 +248,11 @@ def remove(spec: str, registry: Registry | None = None) -> dict[str, Any]:
     """Delete every cached copy of ``name[:quant]`` (all quants for a bare name), converted ones too."""
     name, quant = parse_spec(spec)
     entry = (registry or load_registry()).get(name)
+    if quant is not None and quant not in entry.gguf and quant.upper() not in QUANT_TYPES:
+        raise UnknownModelError(
+            f"{entry.name}:{quant}: there is no such quant to remove ({_published(entry)}; edge-qwen "
+            f"makes {', '.join(q.lower() for q in QUANT_TYPES)}); `edge-qwen models` shows what is cached"
+        )
     if quant is None:
         quants = list(entry.gguf.values())
     elif quant in entry.gguf or not entry.hf_checkpoint:

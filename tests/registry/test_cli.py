@@ -52,6 +52,29 @@ def test_rm_removes_only_this_models_files(
     assert not victim.exists() and keep.exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("pull", "qwen2.5-0.5b-instruct:q9_z"), "does not make Q9_Z itself"),
+        (("rm", "qwen2.5-0.5b-instruct:../../x"), "no such quant to remove"),
+    ],
+)
+def test_an_unknown_quant_is_one_clear_error(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, data = run_json(capsys, *argv)
+    assert code == 2 and data["error"]["type"] == "UnknownModelError"
+    assert message in data["error"]["message"]
+
+
+def test_rm_of_something_not_cached_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_QWEN_CACHE", str(tmp_path))
+    assert main(["rm", "qwen3-4b"]) == 0
+    assert capsys.readouterr().out.strip() == "qwen3-4b: nothing cached"
+
+
 def test_recommend_explains_its_choice(capsys: pytest.CaptureFixture[str]) -> None:
     """On a Pi 4, Qwen3.5-2B fits but would crawl (~3.8 tok/s estimated): the current generation's
     usable model is chosen, and ``--min-speed`` moves the floor."""
