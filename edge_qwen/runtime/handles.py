@@ -15,6 +15,7 @@ from collections.abc import Callable
 from ..errors import QueueTimeoutError
 from .request import STARTED, Request
 from .results import GenerationChunk, GenerationResult, ResultBuilder
+from .text.tool_calls import Tools
 
 Submit = Callable[[Callable[[object], None]], Request]
 
@@ -62,8 +63,13 @@ class GenerationStream:
         return self._items.get()
 
     @property
+    def tools(self) -> Tools | None:
+        """The request's declared tools (their calls are read out of the answer), or None."""
+        return self._request.spec.tools
+
+    @property
     def result(self) -> GenerationResult:
-        return self._builder.result()
+        return self._builder.result(self.tools)
 
     def cancel(self) -> None:
         """Ask the worker to stop; the stream then ends with finish_reason "cancelled"."""
@@ -153,8 +159,13 @@ class AsyncGenerationStream:
             raise
 
     @property
+    def tools(self) -> Tools | None:
+        """The request's declared tools (their calls are read out of the answer), or None."""
+        return self._request.spec.tools if self._request is not None else None
+
+    @property
     def result(self) -> GenerationResult:
-        return self._builder.result()
+        return self._builder.result(self.tools)
 
     def cancel(self) -> None:
         if self._request is not None:

@@ -41,6 +41,7 @@ from .speculation.spec_cost import StepCost
 from .speculation.speculative import spec_config
 from .text.chat_template import RenderedPrompt
 from .text.thinking import THINK_CLOSE, template_thinks
+from .text.tool_calls import Tools
 from .vocab import Vocabulary
 
 MESSAGE_START = "<|im_start|>"  # ChatML: where a hybrid model's prompt is checkpointed
@@ -395,14 +396,24 @@ class Model:
         enable_thinking: bool | None = None,
         thinking_budget: int | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
+        tool_choice: str | Mapping[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         truncate: bool = False,
         **sampling: Any,
     ) -> RequestSpec:
         """The typed request for a chat, rendered and tokenized once (``len(spec.tokens)`` is its
-        prompt size); :meth:`stream_request` / :meth:`astream_request` run it."""
+        prompt size); :meth:`stream_request` / :meth:`astream_request` run it.
+
+        ``tools`` (OpenAI function entries) are shown to the model through its chat template, and the
+        answer's calls come back in ``result.tool_calls``. ``tool_choice`` is ``"auto"`` (the model
+        decides), ``"none"``, ``"required"`` or ``{"type": "function", "function": {"name": ...}}``;
+        the last two are enforced with a grammar built from the tools' parameter schemas.
+        """
+        template = self.vocab.chat_template
+        declared = Tools.of(tools, tool_choice, parallel=parallel_tool_calls, template=template)
         return self._requests.chat(
             messages, sampling, enable_thinking=enable_thinking, thinking_budget=thinking_budget,
-            tools=tools, truncate=truncate,
+            tools=declared, truncate=truncate,
         )  # fmt: skip
 
     def prepare_completion(self, prompt: str | Sequence[int], **sampling: Any) -> RequestSpec:

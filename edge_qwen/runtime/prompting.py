@@ -20,6 +20,7 @@ from .request import AdapterSet, RequestSpec
 from .sampling import grammar_text
 from .speculation.speculative import DRAFT, MTP, SpecConfig, spec_config
 from .text.chat_template import RenderedPrompt
+from .text.tool_calls import Tools
 from .vocab import Vocabulary
 
 Message = Mapping[str, Any]
@@ -89,10 +90,14 @@ class RequestBuilder:
         *,
         enable_thinking: bool | None,
         thinking_budget: int | None,
-        tools: Sequence[Mapping[str, Any]] | None,
+        tools: Tools | None,
         truncate: bool,
     ) -> RequestSpec:
         options, sampling = RequestOptions.split(keywords)
+        sampling = _with_tool_grammar(sampling, tools)
+        if "grammar" in sampling and tools is not None and tools.grammar() is not None:
+            enable_thinking = False  # the grammar starts the answer with the call: no reasoning block first
+        shown = tools.rendered if tools is not None else None  # what the template shows the model
         chosen = self._adapter_set(options)
         speculative = self._speculative(options.speculative)
         policy = options.media_policy
@@ -103,11 +108,11 @@ class RequestBuilder:
         if self._media is not None and has_media(msgs):
             if speculative is not None and speculative.mode == "draft":
                 speculative = None  # the draft model has no projector: it cannot read the image
-            rendered, media = self._media_prompt(msgs, policy, enable_thinking=enable_thinking, tools=tools)
+            rendered, media = self._media_prompt(msgs, policy, enable_thinking=enable_thinking, tools=shown)
             tokens = media.tokens
         else:
             while True:
-                rendered = self.vocab.render(msgs, enable_thinking=enable_thinking, tools=tools)
+                rendered = self.vocab.render(msgs, enable_thinking=enable_thinking, tools=shown)
                 fewest = self.vocab.fewest_tokens(rendered.text)
                 tokens = self.vocab.prompt_tokens(rendered) if fewest < self.n_ctx_seq else []
                 if tokens and len(tokens) < self.n_ctx_seq:
@@ -125,6 +130,7 @@ class RequestBuilder:
             speculative=speculative,
             media=media.spans if media is not None else (),
             media_owners=media.owners if media is not None else (),
+            tools=tools,
         )
 
     def _media_prompt(
@@ -192,6 +198,19 @@ class RequestBuilder:
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if len(tokens) >= self.n_ctx_seq:
             raise ContextOverflowError(len(tokens), self.n_ctx_seq)
+
+
+def _with_tool_grammar(sampling: dict[str, Any], tools: Tools | None) -> dict[str, Any]:
+    """A required or named ``tool_choice`` constrains the answer with the tools' grammar."""
+    grammar = tools.grammar() if tools is not None else None
+    if grammar is None:
+        return sampling
+    if sampling.get("grammar") or sampling.get("json_schema"):
+        raise ConfigError(
+            'tool_choice "required" or a named function constrains the answer with its own grammar; '
+            "drop response_format / grammar, or use tool_choice \"auto\""
+        )
+    return {**sampling, "grammar": grammar}
 
 
 def _drop_oldest_turn(messages: list[dict[str, Any]]) -> bool:

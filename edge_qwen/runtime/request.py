@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .presets import SamplingParams
 from .speculation.speculative import SpecConfig
+from .text.tool_calls import Tools
 
 if TYPE_CHECKING:  # annotations only: the spans are made by .multimodal on the caller's thread
     from .media.multimodal import MediaSpan
@@ -44,6 +45,7 @@ class RequestSpec:
     media: tuple[MediaSpan, ...] = ()  # images / audio standing in ``tokens`` as placeholders
     media_owners: tuple[Any, ...] = ()  # what keeps the spans' mtmd chunks alive (closed at the end)
     kind: RequestKind = "generate"
+    tools: Tools | None = None  # declared tools: the answer's calls are read out of its text
 
     @property
     def text_tokens(self) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:  # the text layer builds chunks: it imports this module, not the other way round
+    from .text.tool_calls import ToolCall, Tools
 
 Kind = Literal["reasoning", "content"]
-FinishReason = Literal["stop", "length", "cancelled"]
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class GenerationResult:
     usage: Usage = field(default_factory=Usage)
     timings: Timings = field(default_factory=Timings)
     token_ids: tuple[int, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()  # calls of the request's tools, taken out of ``text``
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -103,12 +107,16 @@ class ResultBuilder:
     def done(self) -> bool:
         return self._final is not None
 
-    def result(self) -> GenerationResult:
+    def result(self, tools: Tools | None = None) -> GenerationResult:
+        """The answer so far; with ``tools``, their calls are read out of the text (:class:`Tools`)."""
         final = self._final
+        text, calls = tools.parse("".join(self._text)) if tools is not None else ("".join(self._text), ())
+        finish = final.finish_reason if final and final.finish_reason else "cancelled"
         return GenerationResult(
-            text="".join(self._text),
+            text=text,
+            tool_calls=calls,
             reasoning="".join(self._reasoning),
-            finish_reason=final.finish_reason if final and final.finish_reason else "cancelled",
+            finish_reason="tool_calls" if calls and finish == "stop" else finish,
             usage=final.usage if final and final.usage else Usage(),
             timings=final.timings if final and final.timings else Timings(),
             token_ids=tuple(self._ids),

@@ -31,7 +31,7 @@ from ..runtime.media.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult
 from ..scheduler.snapshot import process_rss
 from . import security
-from .formats import ChatFormat, Format, TextFormat, tool_names
+from .formats import ChatFormat, Format, TextFormat
 from .http_errors import APIError, api_error, register_error, too_large
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .provider import ModelProvider
@@ -204,6 +204,11 @@ class _Server:
         kwargs: dict[str, Any] = {"enable_thinking": body.thinking(), "thinking_budget": body.thinking_budget}
         if body.tools:
             kwargs["tools"] = body.tools
+        if body.tool_choice is not None:
+            choice = body.tool_choice
+            kwargs["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+        if body.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = body.parallel_tool_calls
         media = any(m.has_media for m in body.messages)
         policy = self.config.media_policy
         if media:
@@ -217,7 +222,7 @@ class _Server:
             self.check_prompt_tokens(spec.text_tokens, model)  # the limit counts text, not media
             return model.astream_request(spec)
 
-        formatter = ChatFormat(ctx.request_id, body.model, tools=tool_names(body.tools))
+        formatter = ChatFormat(ctx.request_id, body.model)
         return await self.generate(
             request, ctx, body.model, body.stream, body.include_usage, start, formatter
         )
@@ -270,6 +275,7 @@ class _Server:
                         self.finish(ctx, result)
                         return JSONResponse(fmt.complete(result), headers={"X-Request-ID": ctx.request_id})
                     first = await until_disconnect(request, gen.__anext__())
+                    fmt.bind(gen)  # the request is submitted now: its tools are known
                 except ClientDisconnect:
                     self.finish(ctx, partial_result(gen.result))
                     raise

@@ -1,7 +1,7 @@
 """OpenAI JSON shapes: whole answers and stream chunks for chat and text completions.
 
-Qwen3 reasoning goes to ``reasoning_content`` (the field DeepSeek and vLLM use); Qwen tool calls
-become ``tool_calls`` (see :mod:`.tools`).
+Qwen3 reasoning goes to ``reasoning_content`` (the field DeepSeek and vLLM use); calls of the
+request's tools become ``tool_calls`` (read by :class:`~edge_qwen.runtime.text.tool_calls.Tools`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ..runtime.handles import AsyncGenerationStream
 from ..runtime.results import GenerationChunk, GenerationResult
-from .tools import parse_tool_calls
+from ..runtime.text.tool_calls import Tools
 
 
 def usage(result: GenerationResult) -> dict[str, Any]:
@@ -43,6 +44,9 @@ class Format:
             "choices": choices,
         }
 
+    def bind(self, gen: AsyncGenerationStream) -> None:
+        """Learn what the started request needs for its shapes (chat: its tools)."""
+
     def complete(self, result: GenerationResult) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -57,27 +61,28 @@ class Format:
 
 
 class ChatFormat(Format):
-    """Chat shapes. With ``tools``, streamed content is held back until the end, because a
-    ``<tool_call>`` block must become ``tool_calls`` rather than text."""
+    """Chat shapes. With tools, streamed content is held back until the end, because a call in the
+    text must become ``tool_calls`` rather than content; :meth:`bind` learns the request's tools."""
 
     prefix = "chatcmpl-"
     chunk_name = "chat.completion.chunk"
 
-    def __init__(self, request_id: str, model: str, *, tools: frozenset[str] | None = None) -> None:
+    def __init__(self, request_id: str, model: str) -> None:
         super().__init__(request_id, model)
-        self.tools = tools
+        self.tools: Tools | None = None
         self._held: list[str] = []
 
+    def bind(self, gen: AsyncGenerationStream) -> None:
+        self.tools = gen.tools
+
     def complete(self, result: GenerationResult) -> dict[str, Any]:
-        content, calls = parse_tool_calls(result.text, self.tools) if self.tools else (result.text, [])
-        message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+        calls = [c.to_openai() for c in result.tool_calls]
+        message: dict[str, Any] = {"role": "assistant", "content": result.text or (None if calls else "")}
         if result.reasoning:
             message["reasoning_content"] = result.reasoning
-        finish: str = result.finish_reason
         if calls:
             message["tool_calls"] = calls
-            finish = "tool_calls"
-        choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        choice = {"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}
         return {**self.envelope("chat.completion", [choice]), "usage": usage(result)}
 
     def _delta(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -90,19 +95,20 @@ class ChatFormat(Format):
         out = []
         if chunk.text and chunk.kind == "reasoning":
             out.append(self._delta({"reasoning_content": chunk.text}))
-        elif chunk.text and self.tools:
+        elif chunk.text and self.tools is not None:
             self._held.append(chunk.text)
         elif chunk.text:
             out.append(self._delta({"content": chunk.text}))
         if chunk.finish_reason is None:
             return out
         finish: str = chunk.finish_reason
-        if self.tools:
-            content, calls = parse_tool_calls("".join(self._held), self.tools)
+        if self.tools is not None:
+            content, calls = self.tools.parse("".join(self._held))
             if content:
                 out.append(self._delta({"content": content}))
-            if calls:
-                out.append(self._delta({"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
+            for i, call in enumerate(calls):  # one delta per call, as OpenAI streams them
+                out.append(self._delta({"tool_calls": [{"index": i, **call.to_openai()}]}))
+            if calls and finish == "stop":
                 finish = "tool_calls"
         out.append(self._delta({}, finish))
         return out
@@ -130,10 +136,3 @@ class TextFormat(Format):
         if not chunk.text and chunk.finish_reason is None:
             return []
         return [self.envelope(self.chunk_name, [self._choice(chunk.text, chunk.finish_reason)])]
-
-
-def tool_names(tools: list[dict[str, Any]] | None) -> frozenset[str] | None:
-    """Names of the request's function tools (None without tools: content is then streamed as is)."""
-    if not tools:
-        return None
-    return frozenset(str((t.get("function") or {}).get("name", t.get("name", ""))) for t in tools)

@@ -205,10 +205,23 @@ class _SamplingRequest(_Lenient):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+class _ChosenFunction(BaseModel):
+    name: str = Field(min_length=1, max_length=256)
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice`` naming one function: the answer is a call of it."""
+
+    type: Literal["function"] = "function"
+    function: _ChosenFunction
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     # Qwen3 extras (also accepted the vLLM way, inside chat_template_kwargs)
     enable_thinking: bool | None = None

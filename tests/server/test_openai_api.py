@@ -178,3 +178,57 @@ def test_tool_calls_come_back_as_openai_tool_calls(client: openai.OpenAI) -> Non
     streamed = [c.choices[0] for c in client.chat.completions.create(**kwargs, stream=True)]
     (delta_call,) = next(c.delta.tool_calls for c in streamed if c.delta.tool_calls)
     assert delta_call.function.name == "get_weather" and streamed[-1].finish_reason == "tool_calls"
+
+
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Current time in a timezone",
+        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("question", "choice", "name"),
+    [
+        ("Hello there!", "required", None),
+        ("What is the weather in Paris?", {"type": "function", "function": {"name": "get_time"}}, "get_time"),
+    ],
+)
+def test_a_required_or_named_tool_choice_is_always_a_call_streamed_or_not(
+    client: openai.OpenAI, question: str, choice: object, name: str | None
+) -> None:
+    import json
+
+    kwargs = {
+        "model": MODEL, "messages": [{"role": "user", "content": question}], "tool_choice": choice,
+        "tools": [WEATHER_TOOL, TIME_TOOL], "max_tokens": 60, "temperature": 0,
+    }  # fmt: skip
+    reply = client.chat.completions.create(**kwargs)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    calls = reply.choices[0].message.tool_calls
+    assert calls and all(name is None or c.function.name == name for c in calls)
+    for call in calls:
+        required = {"get_weather": {"city"}, "get_time": {"zone"}}[call.function.name]
+        assert set(json.loads(call.function.arguments)) == required
+    streamed = [c.choices[0] for c in client.chat.completions.create(**kwargs, stream=True) if c.choices]
+    deltas = [d for c in streamed for d in (c.delta.tool_calls or [])]
+    assert [(d.function.name, d.function.arguments) for d in deltas] == [
+        (c.function.name, c.function.arguments) for c in calls
+    ]
+    assert streamed[-1].finish_reason == "tool_calls"
+
+
+def test_tool_choice_none_answers_in_text_and_an_unknown_name_is_a_400(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "What is the weather in Paris right now?"}]
+    reply = client.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=16, temperature=0
+    )
+    assert reply.choices[0].message.tool_calls is None and reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        client.chat.completions.create(
+            model=MODEL, messages=messages, tools=[WEATHER_TOOL], max_tokens=4,
+            tool_choice={"type": "function", "function": {"name": "launch"}},
+        )  # fmt: skip
