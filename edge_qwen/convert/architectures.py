@@ -7,7 +7,6 @@ producing a model that computes something else.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import gguf
 
 from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedArchitectureError
+from .config_bounds import check_config, read_object
 from .hf_config import normalize
 from .hybrid_config import Hybrid, read_hybrid
 from .vision import mrope_sections
@@ -206,7 +206,8 @@ def load_hparams(folder: Path) -> HParams:
     """Read and validate ``config.json``.
 
     Raises:
-        CheckpointError: config.json missing or lacking a required key.
+        CheckpointError: config.json missing, not a JSON object, lacking a required key, or holding a
+            value of the wrong kind or out of :mod:`.config_bounds`' bounds (naming the field).
         UnsupportedArchitectureError: not one of :data:`ARCHITECTURES`.
     """
     path = folder / "config.json"
@@ -215,8 +216,9 @@ def load_hparams(folder: Path) -> HParams:
             f"{folder}: no config.json; point edge-qwen at a Hugging Face checkpoint folder "
             "(config.json, *.safetensors, tokenizer.json) or a hub repo id like Qwen/Qwen2.5-0.5B-Instruct"
         )
-    cfg = json.loads(path.read_text())
-    names = cfg.get("architectures") or [cfg.get("model_type", "unknown")]
+    cfg = read_object(path)
+    check_config(cfg, path)  # before any value sizes anything
+    names = [str(n) for n in cfg.get("architectures") or [cfg.get("model_type", "unknown")]]
     arch = ARCHITECTURES.get(names[0])
     if names[0] in NOT_YET_SUPPORTED:
         raise MultimodalNotSupportedError(names[0], list(ARCHITECTURES))
@@ -302,7 +304,7 @@ def _check_moe(path: Path, hp: HParams) -> None:
             f"{path}: norm_topk_prob={norm}, but llama.cpp's {hp.arch.gguf_name} always uses "
             f"{hp.arch.llama_norm_topk}; the converted model would compute different outputs"
         )
-    if cfg.get("mlp_only_layers") or int(cfg.get("decoder_sparse_step", 1)) != 1:
+    if cfg.get("mlp_only_layers") or (cfg.get("decoder_sparse_step") or 1) != 1:
         raise CheckpointError(
             f"{path}: mixes dense and MoE layers (mlp_only_layers / decoder_sparse_step), "
             "which llama.cpp's Qwen MoE graph does not support"

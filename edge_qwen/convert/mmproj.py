@@ -28,6 +28,7 @@ from ..errors import CheckpointError
 from ..manifest import Manifest, write_manifest
 from . import audio, vision_qwen3
 from ._io import HashingFile, write_hashed
+from .config_bounds import read_object
 from .metadata import Source
 from .mmproj_tensor import (
     MMPROJ_TYPES,
@@ -175,9 +176,7 @@ def prepare_mmproj(
     Raises:
         CheckpointError: see :func:`~.vision.load_vision_config` and :func:`plan_mmproj`.
     """
-    import json
-
-    raw = json.loads((source.folder / "config.json").read_text())
+    raw = read_object(source.folder / "config.json")  # checked by load_hparams already
     path = outdir / f"mmproj-{source.name.lower()}-{mmproj_type}.gguf"
     if "audio_config" in raw:
         ac = audio.load_audio_config(source.folder, raw, n_embd_text)

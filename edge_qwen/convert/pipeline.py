@@ -14,6 +14,7 @@ from .._atomic import atomic_path
 from ..manifest import Manifest, read_manifest, update_manifest, write_manifest
 from ._io import HashingFile, write_hashed
 from .architectures import HParams, load_hparams
+from .config_bounds import check_weights
 from .families import MTP_MODES, MtpMode, family_of
 from .metadata import Source, add_general, add_hparams
 from .mmproj import MMPROJ_TYPES, MmprojPlan, default_mmproj_type, finish_mmproj, prepare_mmproj
@@ -96,8 +97,11 @@ def convert(
     started = time.perf_counter()
     source = resolve_source(src, revision)
     hp = load_hparams(source.folder)
-    vocab = load_vocab(source.folder, hp.n_vocab)
     refs = open_checkpoint(source.folder)
+    # config.json's sizes held to the real tensors before the vocabulary is padded to vocab_size
+    shapes = {name: ref.shape for name, ref in refs.items()}
+    check_weights(source.folder / "config.json", shapes, hp.n_vocab, hp.n_embd, hp.n_layer)
+    vocab = load_vocab(source.folder, hp.n_vocab)
     hp = prepare(hp, refs, mtp)
     mmproj: MmprojPlan | None = None
     if hp.arch.multimodal:  # checked before anything is written

@@ -8,14 +8,17 @@ few tens of MB (memory-mapping would leave every touched page counted in the pro
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TypeGuard
 
 import numpy as np
 
 from ..errors import CheckpointError, SafetensorsError
+from .config_bounds import read_object
 
 # safetensors dtype -> (numpy storage dtype, bytes per element). BF16 is stored as raw uint16.
 DTYPES: dict[str, tuple[np.dtype, int]] = {
@@ -24,6 +27,7 @@ DTYPES: dict[str, tuple[np.dtype, int]] = {
     "F32": (np.dtype("<f4"), 4),
 }
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
+MAX_DIMS = 8  # the most a checkpoint tensor has is 5 (a Qwen-VL patch embedding)
 CHUNK_BYTES = 8 * 2**20  # small blocks keep peak memory low; larger ones are no faster
 
 
@@ -103,8 +107,13 @@ def read_header(path: Path) -> dict[str, TensorRef]:
             )
         try:
             header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, or a 5000-digit number
             raise SafetensorsError(f"{path}: header is not valid JSON ({exc}); download it again") from exc
+    if not isinstance(header, dict):
+        raise SafetensorsError(
+            f"{path}: header is a JSON {type(header).__name__}, not an object of tensors; the file is "
+            "corrupt or not safetensors. Download it again."
+        )
     data_start, data_len = 8 + header_len, size - 8 - header_len
     refs = {
         name: _tensor_ref(path, name, info, data_start, data_len)
@@ -115,16 +124,25 @@ def read_header(path: Path) -> dict[str, TensorRef]:
     return refs
 
 
-def _tensor_ref(path: Path, name: str, info: dict, data_start: int, data_len: int) -> TensorRef:
+def _tensor_ref(path: Path, name: str, info: object, data_start: int, data_len: int) -> TensorRef:
+    if not isinstance(info, dict):
+        raise SafetensorsError(
+            f"{path}: tensor {name!r} has header entry {str(info)[:40]!r}, not an object with dtype, "
+            "shape and data_offsets; the file is corrupt. Download it again."
+        )
     dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise SafetensorsError(
             f"{path}: tensor {name!r} has dtype {dtype!r}; edge-qwen reads {', '.join(DTYPES)} checkpoints"
         )
-    if not (isinstance(shape, list) and isinstance(offsets, list) and len(offsets) == 2):
-        raise SafetensorsError(f"{path}: tensor {name!r} has a malformed header entry; download it again")
-    begin, end = int(offsets[0]), int(offsets[1])
-    expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+    if not (_naturals(shape) and len(shape) <= MAX_DIMS and _naturals(offsets) and len(offsets) == 2):
+        raise SafetensorsError(
+            f"{path}: tensor {name!r} has shape {str(shape)[:40]} and data_offsets {str(offsets)[:40]}; "
+            f"they must list at most {MAX_DIMS} sizes and two offsets, all whole numbers. The file is "
+            "corrupt; download it again."
+        )
+    begin, end = offsets
+    expected = math.prod(shape) * DTYPES[dtype][1]  # Python ints: a hostile shape cannot overflow
     if not 0 <= begin <= end:
         raise SafetensorsError(f"{path}: tensor {name!r} has invalid offsets {offsets}")
     if end > data_len:
@@ -136,7 +154,12 @@ def _tensor_ref(path: Path, name: str, info: dict, data_start: int, data_len: in
         raise SafetensorsError(
             f"{path}: tensor {name!r} spans {end - begin} bytes but shape {shape} × {dtype} needs {expected}"
         )
-    return TensorRef(name, path, dtype, tuple(int(d) for d in shape), data_start + begin, end - begin)
+    return TensorRef(name, path, dtype, tuple(shape), data_start + begin, end - begin)
+
+
+def _naturals(value: object) -> TypeGuard[list[int]]:
+    """A JSON list of non-negative integers (``true`` is not one)."""
+    return isinstance(value, list) and all(type(v) is int and v >= 0 for v in value)
 
 
 def _check_no_overlap(path: Path, refs) -> None:
@@ -158,7 +181,7 @@ def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
     """
     index_file = folder / "model.safetensors.index.json"
     if index_file.is_file():
-        weight_map: dict[str, str] = json.loads(index_file.read_text())["weight_map"]
+        weight_map = _weight_map(index_file)
         refs: dict[str, TensorRef] = {}
         for shard in sorted(set(weight_map.values())):
             if not (folder / shard).is_file():
@@ -181,3 +204,25 @@ def open_checkpoint(folder: Path) -> dict[str, TensorRef]:
     for file in files:
         refs.update(read_header(file))
     return refs
+
+
+def _weight_map(index_file: Path) -> dict[str, str]:
+    """The index's ``weight_map``: tensor name -> shard file, each a path inside the folder.
+
+    Raises:
+        CheckpointError: the index is not a JSON object, has no ``weight_map`` object of strings,
+            or names a shard outside the checkpoint folder.
+    """
+    weight_map = read_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(
+            f"{index_file}: no weight_map object (tensor name -> shard file); the index is corrupt. "
+            "Download it again, or delete it to read every *.safetensors in the folder."
+        )
+    for shard in set(weight_map.values()):
+        if not shard or PurePosixPath(shard).is_absolute() or ".." in PurePosixPath(shard).parts:
+            raise CheckpointError(
+                f"{index_file}: weight_map names shard {shard!r}, which is not a file inside the "
+                "checkpoint folder; the index is corrupt or hostile"
+            )
+    return weight_map

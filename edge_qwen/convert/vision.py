@@ -12,7 +12,6 @@ differs is refused here rather than converted into a model that computes somethi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 import gguf
 
 from ..errors import CheckpointError
+from .config_bounds import read_object
 from .safetensors import TensorRef
 
 # Hugging Face vision families -> (projector type, activation of the ViT MLP)
@@ -106,9 +106,11 @@ def preprocessor_stats(folder: Path) -> tuple[tuple[float, ...], tuple[float, ..
             f"{folder}: no preprocessor_config.json; a Qwen-VL checkpoint ships one (image mean/std). "
             "Download it with the weights."
         )
-    pre = json.loads(path.read_text())
+    pre = read_object(path)
     mean, std = pre.get("image_mean"), pre.get("image_std")
-    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in mean + std
+    ):
         raise CheckpointError(f"{path}: image_mean and image_std must be lists of 3 numbers")
     return tuple(map(float, mean)), tuple(map(float, std))
 

@@ -8,6 +8,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from make_tiny_checkpoints import make_checkpoint
 
 from edge_qwen import cli
 from edge_qwen.convert import convert
@@ -86,9 +87,12 @@ def test_tensor_shape_not_matching_config(checkpoint: Path, tmp_path: Path) -> N
     convert_fails(checkpoint, tmp_path, ShapeMismatchError, "config.json implies")
 
 
-def test_tokenizer_larger_than_vocab_size(checkpoint: Path, tmp_path: Path) -> None:
-    edit_config(checkpoint, vocab_size=151000)
-    convert_fails(checkpoint, tmp_path, TokenizerError, "does not fit vocab_size 151000")
+def test_tokenizer_larger_than_vocab_size(tmp_path: Path, qwen3_tokenizer_dir: Path) -> None:
+    """config.json and the weights agree on 151,000 tokens, but the tokenizer has ids above them."""
+    small = make_checkpoint(
+        tmp_path / "ckpt", arch="qwen2", dtype="f16", tokenizer_dir=qwen3_tokenizer_dir, vocab_size=151000
+    )
+    convert_fails(small, tmp_path, TokenizerError, "does not fit vocab_size 151000")
 
 
 def test_failure_while_writing_leaves_no_file(checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
