@@ -57,6 +57,9 @@ class ModelSettings:
     ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
     (:mod:`~edge_qwen.runtime.engine.prompt_cache`): with more conversations than slots, a returning one
     is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
+    ``prompt_cache_dir`` keeps those caches on disk too, and each slot's when the model closes, so
+    that they survive a restart (:mod:`~edge_qwen.runtime.engine.prompt_store`; at most
+    ``prompt_cache_disk`` bytes there); with a directory and no memory budget, 128 MiB is used.
 
     Hybrid models (Qwen3.5, Qwen3-Next) keep a recurrent state that cannot be cut back to a shared
     prefix: ``ctx_checkpoints`` is how many state checkpoints each slot keeps (taken at message
@@ -92,6 +95,8 @@ class ModelSettings:
     speculative: str | None = None
     mmproj: str | None = None
     prompt_cache: int = 0
+    prompt_cache_dir: str | None = None
+    prompt_cache_disk: int = 2 << 30
     ctx_checkpoints: int = 4
     recurrent_snapshots: int = 0
     rpc: tuple[str, ...] = ()
@@ -116,14 +121,19 @@ def parse_tensor_split(value: Any) -> tuple[float, ...]:
     return shares
 
 
+DEFAULT_PROMPT_CACHE = 128 << 20  # host memory for the prompt cache when only its directory is given
+
+
 def settings_from(caller: str, settings: dict[str, Any]) -> ModelSettings:
     """:class:`ModelSettings` from keyword arguments, with ``adapters`` as a mapping or pairs;
     an unknown keyword is a ConfigError that lists the accepted ones."""
     given = dict(settings)
     given["adapters"] = adapter_files(given.get("adapters"))
-    for name in ("draft", "mmproj"):
+    for name in ("draft", "mmproj", "prompt_cache_dir"):
         if given.get(name) is not None:
             given[name] = os.fspath(given[name])
+    if given.get("prompt_cache_dir") and not given.get("prompt_cache"):
+        given["prompt_cache"] = DEFAULT_PROMPT_CACHE
     if given.get("rpc"):
         from .rpc import parse_endpoints
 
@@ -159,5 +169,6 @@ def draft_settings(settings: ModelSettings) -> ModelSettings:
     the target prefills them), no adapters, no projector, no recurrent snapshots (it drafts one
     token per decode, and llama.cpp's snapshots roll back within one decode only)."""
     return dataclasses.replace(
-        settings, adapters=(), draft=None, mtp=False, mmproj=None, recurrent_snapshots=0
-    )
+        settings, adapters=(), draft=None, mtp=False, mmproj=None, recurrent_snapshots=0,
+        prompt_cache=0, prompt_cache_dir=None,
+    )  # fmt: skip

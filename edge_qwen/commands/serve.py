@@ -61,6 +61,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(default 128MiB; 0 turns it off; charged to the budget)",
     )  # fmt: skip
     parser.add_argument(
+        "--prompt-cache-dir", default=None, metavar="DIR",
+        help="also keep those caches (and each slot's at shutdown) in DIR, so conversations survive a "
+        "restart; a file of another model or llama.cpp build is never loaded",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prompt-cache-disk", default="2GiB", metavar="SIZE", help="the most --prompt-cache-dir holds (2GiB)"
+    )
+    parser.add_argument(
         "--lora", action="append", default=[], metavar="[BASE:]NAME=FILE[:SCALE]",
         help="serve a GGUF LoRA adapter on a model as BASE:NAME (BASE may be left out with one model)",
     )  # fmt: skip
@@ -334,6 +342,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 draft=drafts.get(name), speculative="lookup" if args.lookup and name not in drafts else None,
                 mtp=args.mtp and name not in drafts and has_mtp_head(path),
                 mmproj=projectors.get(name), prompt_cache=prompt_cache, rpc=workers.get(name, ()),
+                prompt_cache_dir=args.prompt_cache_dir, prompt_cache_disk=parse_size(args.prompt_cache_disk),
                 tensor_split=args.tensor_split if name in workers else None,
             )  # fmt: skip
         if not args.no_preload:

@@ -28,6 +28,7 @@ from .engine.decoder import NativeDecoder
 from .engine.draft import DraftModel
 from .engine.mtp import MtpHead, check_staging
 from .engine.prompt_cache import PromptCache
+from .engine.prompt_store import PromptStore, open_store
 from .engine.threads import ThreadGovernor
 from .handles import AsyncGenerationStream, GenerationStream, Submit, adrain, drain
 from .loader import load_draft, load_media, load_mtp, load_native
@@ -112,7 +113,7 @@ class Model:
             draft=drafter,
             media=self._media,
             cost=StepCost(),
-            prompt_cache=PromptCache(settings.prompt_cache),
+            prompt_cache=self._prompt_cache(path, settings),
             checkpoints=settings.ctx_checkpoints,
             boundary=self.vocab.special_token(MESSAGE_START),
             endpoints=frozenset(settings.rpc),
@@ -199,11 +200,24 @@ class Model:
         """Why this model stopped for good (an RPC worker it uses died mid-computation), else None."""
         return self._engine.lost
 
+    def _prompt_cache(self, path: Path, settings: ModelSettings) -> PromptCache:
+        """The host-memory prompt cache, read back from and written to ``prompt_cache_dir`` if given."""
+        self._store: PromptStore | None = None
+        if not settings.prompt_cache_dir or settings.prompt_cache <= 0:
+            return PromptCache(settings.prompt_cache)
+        types = f"{settings.cache_type_k}/{settings.cache_type_v}/fa={settings.flash_attn}"
+        self._store = open_store(path, settings.prompt_cache_dir, settings.prompt_cache_disk, types)
+        saved = self._store.load(settings.prompt_cache)
+        return PromptCache(settings.prompt_cache, entries=saved, on_save=self._store.put)
+
     def _free(self, on_freed: Callable[[], None] | None) -> None:
         """On the compute thread: end every request, drop the engine, free the context and weights."""
         if self._engine.lost is not None:
             return self._leave(on_freed)
         try:
+            if self._store is not None:  # what the slots hold outlives the process
+                self._engine.keep_slot_caches()
+                self._store.flush()
             self._engine.close()
             self._compute.unregister(self._engine)
             self._decoder.free()

@@ -193,3 +193,53 @@ def test_draft_options_pair_a_draft_with_its_model(real_gguf: Path, tmp_path: Pa
         parse_drafts([str(real_gguf)], two)  # which model? say it
     with pytest.raises(ConfigError, match="neither a .gguf file"):
         parse_drafts([str(tmp_path / "missing.gguf")], one)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_a_restarted_server_restores_a_conversation_from_its_prompt_cache_dir(
+    real_gguf: Path, tmp_path: Path
+) -> None:
+    """``serve --prompt-cache-dir``: stop the server after a conversation, start it again, and the
+    next turn of that conversation is restored (cached_tokens), not prefilled."""
+    openai = pytest.importorskip("openai")
+    system = {"role": "system", "content": "You answer questions about a notes app, briefly. " * 12}
+    question = {"role": "user", "content": "How do I pin a note?"}
+
+    def serving() -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        cmd = [sys.executable, "-m", "edge_qwen.cli", "serve", "--models", f"qwen={real_gguf}"]
+        cmd += ["--ctx", "2048", "--parallel", "1", "--threads", "2", "--port", str(port)]
+        cmd += ["--log-level", "warning", "--prompt-cache-dir", str(tmp_path)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    return proc, url
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.2)
+
+    def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+    proc, url = serving()
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        first = client.chat.completions.create(
+            model="qwen", messages=[system, question], max_tokens=16, temperature=0
+        )
+    finally:
+        stop(proc)
+    turn = [system, question, {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "And how do I unpin it?"}]  # fmt: skip
+    proc, url = serving()
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        again = client.chat.completions.create(model="qwen", messages=turn, max_tokens=8, temperature=0)
+    finally:
+        stop(proc)
+    assert again.usage.prompt_tokens_details.cached_tokens >= 0.9 * first.usage.prompt_tokens

@@ -327,6 +327,11 @@ class BatchEngine:
         self.lost, self.closed = exc, True
         self._fail_requests(exc)
 
+    def keep_slot_caches(self) -> None:
+        """Copy every slot's cache into the prompt cache (before the context goes, to outlive it)."""
+        for slot in self.table.slots:
+            self.table.save(slot)
+
     def close(self) -> None:
         """End everything: queued requests fail with ModelClosedError, running ones are cancelled."""
         self.closed = True

@@ -65,10 +65,19 @@ class PromptCacheStats:
 class PromptCache:
     """Saved sequence states under a byte budget (0: off)."""
 
-    def __init__(self, budget_bytes: int, min_tokens: int = MIN_TOKENS) -> None:
+    def __init__(
+        self,
+        budget_bytes: int,
+        min_tokens: int = MIN_TOKENS,
+        *,
+        entries: Sequence[SavedPrompt] = (),
+        on_save: Callable[[SavedPrompt], None] | None = None,
+    ) -> None:
+        """``entries`` start the cache (read back from disk); ``on_save`` sees each one kept (to write it)."""
         self.budget = max(0, int(budget_bytes))
         self.min_tokens = min_tokens
-        self.entries: list[SavedPrompt] = []
+        self.entries: list[SavedPrompt] = list(entries)
+        self.on_save = on_save
         self.stats = PromptCacheStats()
 
     @property
@@ -115,6 +124,8 @@ class PromptCache:
             self.stats.evicted += 1
         self.entries.append(entry)
         self.stats.saved += 1
+        if self.on_save is not None:
+            self.on_save(entry)
         return True
 
     def best(self, prompt: Sequence[int], key: AdapterSet, limit: int) -> tuple[SavedPrompt | None, int]:
