@@ -57,6 +57,9 @@ class ModelSettings:
     ``prompt_cache`` is how many bytes of host memory may hold K/V the slots had to give up
     (:mod:`~edge_qwen.runtime.engine.prompt_cache`): with more conversations than slots, a returning one
     is restored instead of prefilled. 0 (the default) turns it off; the estimate charges it whole.
+    ``pooling`` makes the model embed instead of generate: ``"last"`` (the last token's hidden state,
+    as Qwen3-Embedding pools) or ``"rank"`` (a reranker's scores); None takes the GGUF's own pooling
+    (an embedding or reranker GGUF sets it; a chat model has none and generates).
     ``prompt_cache_dir`` keeps those caches on disk too, and each slot's when the model closes, so
     that they survive a restart (:mod:`~edge_qwen.runtime.engine.prompt_store`; at most
     ``prompt_cache_disk`` bytes there); with a directory and no memory budget, 128 MiB is used.
@@ -101,6 +104,7 @@ class ModelSettings:
     recurrent_snapshots: int = 0
     rpc: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    pooling: str | None = None
 
 
 def parse_tensor_split(value: Any) -> tuple[float, ...]:
@@ -170,5 +174,5 @@ def draft_settings(settings: ModelSettings) -> ModelSettings:
     token per decode, and llama.cpp's snapshots roll back within one decode only)."""
     return dataclasses.replace(
         settings, adapters=(), draft=None, mtp=False, mmproj=None, recurrent_snapshots=0,
-        prompt_cache=0, prompt_cache_dir=None,
+        prompt_cache=0, prompt_cache_dir=None, pooling=None,
     )  # fmt: skip

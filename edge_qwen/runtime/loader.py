@@ -57,6 +57,13 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
         )
     if L.llama_model_is_recurrent(model) or L.llama_model_is_hybrid(model):
         cparams.n_rs_seq = settings.recurrent_snapshots  # rollback of rejected drafts
+    try:
+        pooling = pooling_of(model, settings)
+    except ConfigError:
+        L.llama_model_free(model)
+        raise
+    if pooling != L.LLAMA_POOLING_TYPE_NONE:
+        cparams.embeddings, cparams.pooling_type = True, pooling
     ctx = L.llama_init_from_model(model, cparams)
     if not ctx:
         reason = _llama.take_recent_errors() or "llama.cpp gave no reason"
@@ -65,6 +72,33 @@ def load_native(path: Path, settings: ModelSettings) -> tuple[Any, Any]:
             f"cannot create a context for {path}: {reason}. Try a smaller n_ctx, n_batch, or an f16 KV cache"
         )
     return model, ctx
+
+
+POOLING = {"last": L.LLAMA_POOLING_TYPE_LAST, "rank": L.LLAMA_POOLING_TYPE_RANK}
+_POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def pooling_of(model: Any, settings: ModelSettings) -> int:
+    """The pooling the context runs: ``settings.pooling``, else the GGUF's; NONE for a chat model.
+
+    Raises:
+        ConfigError: a pooling the step loop cannot serve (mean, cls: they need the whole prompt in
+            one batch and no reused prefix), or an unknown name.
+    """
+    if settings.pooling is not None:
+        if settings.pooling not in POOLING:
+            raise ConfigError(f"pooling {settings.pooling!r}: use 'last' (embeddings) or 'rank' (a reranker)")
+        return POOLING[settings.pooling]
+    arch = _native.meta_value(model, "general.architecture") or ""
+    value = _native.meta_value(model, f"{arch}.pooling_type")
+    kind = int(value) if value is not None and value.isdigit() else L.LLAMA_POOLING_TYPE_NONE
+    if kind in (L.LLAMA_POOLING_TYPE_MEAN, L.LLAMA_POOLING_TYPE_CLS):
+        raise ConfigError(
+            f"this GGUF pools its embeddings by {_POOLING_NAMES[kind]}, which edge-qwen does not serve; it "
+            "embeds with last-token pooling (Qwen3-Embedding) and ranks with a reranker's head"
+        )
+    pools = kind in (L.LLAMA_POOLING_TYPE_LAST, L.LLAMA_POOLING_TYPE_RANK)
+    return kind if pools else L.LLAMA_POOLING_TYPE_NONE
 
 
 def load_mtp(settings: ModelSettings, model: Any, ctx: Any) -> Any:

@@ -9,6 +9,7 @@ and exceptions travel the same way, re-raised on the caller's side.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -17,11 +18,13 @@ from types import TracebackType
 from typing import Any
 
 import llama_cpp.llama_cpp as L
+import numpy as np
 
 from ..errors import ConfigError, ModelClosedError
 from ..registry import resolve_model
 from ..settings import ModelSettings, settings_from
 from . import _native
+from .embedding import RERANK_TEMPLATE_KEY, as_matrix, embedding_spec, rerank_spec
 from .engine.batcher import BatchEngine
 from .engine.compute import ComputeThread
 from .engine.decoder import NativeDecoder
@@ -81,6 +84,10 @@ class Model:
         self.n_ctx = int(L.llama_n_ctx(ctx))
         self.n_batch = int(L.llama_n_batch(ctx))
         self.architecture = _native.meta_value(model, "general.architecture") or "unknown"
+        #: "last" (an embedding model), "rank" (a reranker) or None (a model that generates)
+        self.pooling: str | None = {L.LLAMA_POOLING_TYPE_LAST: "last", L.LLAMA_POOLING_TYPE_RANK: "rank"}.get(
+            int(L.llama_pooling_type(ctx))
+        )
         self._think_close = self.vocab.tokenize(THINK_CLOSE, parse_special=True)
         self.parallel = int(L.llama_n_seq_max(ctx))
         governor = ThreadGovernor(int(L.llama_n_threads(ctx)), pinned=settings.n_threads)
@@ -401,6 +408,54 @@ class Model:
     async def agenerate(self, prompt: str | Sequence[int], **sampling: Any) -> GenerationResult:
         return await adrain(self.astream(prompt, **sampling))
 
+    # -- public API: embeddings and reranking ------------------------------------------------------
+
+    def embed(self, texts: str | Sequence[str], *, normalize: bool = True) -> np.ndarray:
+        """One row per text: its embedding (L2-normalised unless ``normalize=False``); the texts are
+        prefilled together across the slots. Needs a pooling model (``self.pooling == "last"``)."""
+        streams = [self._stream(s) for s in self.prepare_embeddings(texts)]  # all queued, then read
+        return as_matrix([drain(s).embedding for s in streams], normalize)
+
+    async def aembed(self, texts: str | Sequence[str], *, normalize: bool = True) -> np.ndarray:
+        specs = self.prepare_embeddings(texts)
+        results = await asyncio.gather(*(adrain(self.astream_request(s)) for s in specs))
+        return as_matrix([r.embedding for r in results], normalize)
+
+    def rerank(self, query: str, documents: Sequence[str]) -> list[float]:
+        """How relevant each document is to ``query`` (a reranker's P(yes), 0..1), in their order."""
+        streams = [self._stream(s) for s in self.prepare_rerank(query, documents)]
+        return [float(v) for v in as_matrix([drain(s).embedding for s in streams], False)[:, 0]]
+
+    async def arerank(self, query: str, documents: Sequence[str]) -> list[float]:
+        specs = self.prepare_rerank(query, documents)
+        results = await asyncio.gather(*(adrain(self.astream_request(s)) for s in specs))
+        return [float(v) for v in as_matrix([r.embedding for r in results], False)[:, 0]]
+
+    def prepare_embeddings(self, texts: str | Sequence[str]) -> list[RequestSpec]:
+        """The typed requests that embed ``texts`` (run them with :meth:`astream_request`)."""
+        return [embedding_spec(self.vocab, t, self.n_ctx_seq) for t in self._pooled("last", texts)]
+
+    def prepare_rerank(self, query: str, documents: Sequence[str]) -> list[RequestSpec]:
+        """The typed requests that score each document for ``query``."""
+        docs = self._pooled("rank", documents)
+        template = _native.meta_value(self._model, RERANK_TEMPLATE_KEY)
+        return [rerank_spec(self.vocab, template, query, d, self.n_ctx_seq) for d in docs]
+
+    def _pooled(self, kind: str, texts: str | Sequence[str]) -> list[str]:
+        if self.pooling != kind:
+            what = {"last": "an embedding model (Qwen3-Embedding) or load with pooling='last'",
+                    "rank": "a reranker (Qwen3-Reranker) or load with pooling='rank'"}[kind]  # fmt: skip
+            verb = "embed" if kind == "last" else "rank"
+            raise ConfigError(f"{self.path.name} does not {verb}: use {what}")
+        return [texts] if isinstance(texts, str) else list(texts)
+
+    def _check_generates(self) -> None:
+        if self.pooling is not None:
+            raise ConfigError(
+                f"{self.path.name} is loaded to {'embed' if self.pooling == 'last' else 'rank'} (pooling "
+                f"{self.pooling!r}), not to generate: use embed()/rerank(), or load it without pooling"
+            )
+
     # -- public API: chat ---------------------------------------------------------------------------
 
     def prepare_chat(
@@ -423,6 +478,7 @@ class Model:
         decides), ``"none"``, ``"required"`` or ``{"type": "function", "function": {"name": ...}}``;
         the last two are enforced with a grammar built from the tools' parameter schemas.
         """
+        self._check_generates()
         template = self.vocab.chat_template
         declared = Tools.of(tools, tool_choice, parallel=parallel_tool_calls, template=template)
         return self._requests.chat(
@@ -432,6 +488,7 @@ class Model:
 
     def prepare_completion(self, prompt: str | Sequence[int], **sampling: Any) -> RequestSpec:
         """The typed request for a plain completion (no chat template)."""
+        self._check_generates()
         return self._requests.plain(prompt, sampling)
 
     def stream_request(self, spec: RequestSpec) -> GenerationStream:

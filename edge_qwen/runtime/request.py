@@ -28,7 +28,7 @@ STARTED = object()  # worker -> caller: the request left the queue and holds a s
 AdapterSet = tuple[tuple[str, float], ...]  # (adapter name, scale), sorted by name; () is the base model
 
 
-RequestKind = Literal["generate"]  # llama.cpp's server tags its tasks so; embed and rerank come next
+RequestKind = Literal["generate", "embed"]  # embed: the prompt's pooled output (a vector, or rank scores)
 
 
 @dataclass(frozen=True)

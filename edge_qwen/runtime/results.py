@@ -63,6 +63,7 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     timings: Timings | None = None
+    embedding: tuple[float, ...] | None = None  # an embedding request's vector (or rank scores), last chunk
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class GenerationResult:
     timings: Timings = field(default_factory=Timings)
     token_ids: tuple[int, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()  # calls of the request's tools, taken out of ``text``
+    embedding: tuple[float, ...] | None = None  # an embedding request's pooled vector (or rank scores)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -120,4 +122,5 @@ class ResultBuilder:
             usage=final.usage if final and final.usage else Usage(),
             timings=final.timings if final and final.timings else Timings(),
             token_ids=tuple(self._ids),
+            embedding=final.embedding if final else None,
         )

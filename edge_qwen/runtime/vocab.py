@@ -62,6 +62,7 @@ class Vocabulary:
         the longest piece in the vocabulary, and every character is at least one byte. A prompt that
         cannot fit is refused at this cost instead of after tokenizing (100 MB took 28 s and 6.5 GB)."""
         if self._longest_piece is None:
+            self._check_open()  # the vocabulary is the model's: freed with it
             self._longest_piece = _native.longest_piece(self._vocab)
         return -(-len(text) // self._longest_piece)
 

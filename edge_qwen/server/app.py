@@ -30,7 +30,7 @@ from ..runtime.media.content import SERVER_POLICY, MediaPolicy
 from ..runtime.media.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult
 from ..scheduler.snapshot import process_rss
-from . import security
+from . import retrieval, security
 from .formats import ChatFormat, Format, TextFormat
 from .http_errors import APIError, api_error, register_error, too_large
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -355,9 +355,18 @@ class _Server:
 def create_app(provider: ModelProvider, config: ServerConfig | None = None) -> Starlette:
     """The ASGI app serving ``provider``'s models under ``config``'s security and limits."""
     server = _Server(provider, config or ServerConfig())
+
+    async def embeddings(request: Request, ctx: RequestContext) -> Response:
+        return await retrieval.embeddings(server, request, ctx)
+
+    async def rerank(request: Request, ctx: RequestContext) -> Response:
+        return await retrieval.rerank(server, request, ctx)
+
     routes = [
         Route("/v1/chat/completions", endpoint(server, "chat", server.chat_completions), methods=["POST"]),
         Route("/v1/completions", endpoint(server, "completions", server.completions), methods=["POST"]),
+        Route("/v1/embeddings", endpoint(server, "embeddings", embeddings), methods=["POST"]),
+        Route("/v1/rerank", endpoint(server, "rerank", rerank), methods=["POST"]),
         Route("/v1/models", endpoint(server, "models", server.list_models), methods=["GET"]),
         Route("/health", endpoint(server, "health", server.health), methods=["GET"]),
         Route("/metrics", endpoint(server, "metrics", server.prometheus), methods=["GET"]),
@@ -371,7 +380,10 @@ async def _no_route(request: Request, exc: Exception) -> Response:
     """An unknown path or method, answered like every other error: OpenAI-shaped JSON."""
     status = getattr(exc, "status_code", 404)
     what = "no such route" if status == 404 else f"method {request.method} is not allowed here"
-    known = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics"
+    known = (
+        "POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, POST /v1/rerank, "
+        "GET /v1/models, GET /health, GET /metrics"
+    )
     error = APIError(status, f"{what}: {request.method} {request.url.path}; this server has {known}",
                      code="not_found" if status == 404 else "method_not_allowed")  # fmt: skip
     return JSONResponse(error.body(), status)

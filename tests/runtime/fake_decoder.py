@@ -194,6 +194,9 @@ class FakeDecoder:
         self.loaded.append(seq_id)
         return True
 
+    def seq_embedding(self, seq_id: int) -> tuple[float, ...] | None:
+        return None
+
     def seq_partial_state(self, seq_id: int) -> bytes | None:
         assert self.recurrent, "a checkpoint taken on an attention-only model"
         return json.dumps(self.states.get(seq_id, [])).encode()

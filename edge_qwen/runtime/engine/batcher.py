@@ -244,6 +244,10 @@ class BatchEngine:
                 continue
             if seq.prefilling:
                 seq.prefilled()
+            if seq.request.spec.kind == "embed":  # its answer is the pooled output, not a token
+                seq.embedding = self.decoder.seq_embedding(entry.seq_id)
+                self._finish(entry.seq_id, "stop")
+                continue
             self.drafting.take_tokens(seq, slot, entry)
             if seq.finish is not None:
                 self._finish(entry.seq_id)

@@ -99,6 +99,20 @@ class NativeDecoder:
     def logits(self, row: int) -> np.ndarray:
         return np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, row), shape=(self.n_vocab,))
 
+    def seq_embedding(self, seq_id: int) -> tuple[float, ...] | None:
+        """The pooled output of a sequence after its last prompt token: its embedding (last-token
+        pooling) or its rank scores (rank pooling); None when the context does not pool."""
+        pooling = int(L.llama_pooling_type(self.ctx))
+        model = L.llama_get_model(self.ctx)
+        if pooling == L.LLAMA_POOLING_TYPE_RANK:
+            n = int(L.llama_model_n_cls_out(model))
+        elif pooling == L.LLAMA_POOLING_TYPE_LAST:
+            n = int(L.llama_model_n_embd(model))
+        else:
+            return None
+        ptr = L.llama_get_embeddings_seq(self.ctx, seq_id)
+        return tuple(float(x) for x in np.ctypeslib.as_array(ptr, shape=(n,))) if ptr else None
+
     def is_eog(self, token: int) -> bool:
         return bool(L.llama_vocab_is_eog(self.vocab, token))
 

@@ -57,6 +57,7 @@ class Sequence:
         self.queue_ms = 0.0
         config = spec.speculative
         self.drafter = make_drafter(config)
+        self.embedding: tuple[float, ...] | None = None  # an embed request's result, read after its prefill
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class Sequence:
                 finish_reason=reason,
                 usage=usage,
                 timings=self._timings(usage),
+                embedding=self.embedding,
             )
         )
         self.release()
