@@ -31,7 +31,10 @@ class SamplingParams:
     ``temperature=0`` means greedy decoding (top_p/top_k/min_p are then irrelevant); ``top_k=0``
     and ``min_p=0`` disable those filters; ``repeat_penalty=1`` disables it. ``max_tokens=None``
     generates until end-of-generation or a full context; ``seed=None`` picks a random seed.
-    ``grammar`` (GBNF) and ``json_schema`` constrain the output; use at most one.
+    ``grammar`` (GBNF) and ``json_schema`` constrain the output; use at most one. With
+    ``grammar_triggers`` (texts that are one token each, such as ``<tool_call>``) the grammar waits:
+    it constrains the output from the first of those tokens on (a tool call once the model starts
+    one); without such a token in the vocabulary the output stays free.
     """
 
     max_tokens: int | None = None
@@ -46,6 +49,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None
     json_schema: dict[str, Any] | None = field(default=None, hash=False)
+    grammar_triggers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
@@ -96,6 +100,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "grammar": (lambda v: v is None or isinstance(v, str), "GBNF source text (a string) or None"),
     "json_schema": (lambda v: v is None or isinstance(v, dict), "a JSON Schema object (a dict) or None"),
+    "grammar_triggers": (
+        lambda v: isinstance(v, tuple) and len(v) <= MAX_STOPS and all(isinstance(s, str) for s in v),
+        f"a tuple of at most {MAX_STOPS} strings",
+    ),
 }
 
 

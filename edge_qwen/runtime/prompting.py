@@ -201,14 +201,22 @@ class RequestBuilder:
 
 
 def _with_tool_grammar(sampling: dict[str, Any], tools: Tools | None) -> dict[str, Any]:
-    """A required or named ``tool_choice`` constrains the answer with the tools' grammar."""
+    """A required or named ``tool_choice`` constrains the answer with the tools' grammar; ``auto``
+    with it lazily, from the moment the model opens a call (unless the caller has a grammar)."""
+    if (
+        tools is not None
+        and tools.mode == "auto"
+        and not (sampling.get("grammar") or sampling.get("json_schema"))
+    ):
+        lazy = tools.grammar(lazy=True)
+        return {**sampling, "grammar": lazy, "grammar_triggers": (tools.trigger,)} if lazy else sampling
     grammar = tools.grammar() if tools is not None else None
     if grammar is None:
         return sampling
     if sampling.get("grammar") or sampling.get("json_schema"):
         raise ConfigError(
             'tool_choice "required" or a named function constrains the answer with its own grammar; '
-            "drop response_format / grammar, or use tool_choice \"auto\""
+            'drop response_format / grammar, or use tool_choice "auto"'
         )
     return {**sampling, "grammar": grammar}
 

@@ -16,6 +16,7 @@ import llama_cpp.llama_cpp as L
 
 from .. import _llama
 from ..errors import ConfigError
+from . import _native
 from .engine.sequence import Sequence
 from .grammar_cost import check_grammar
 from .presets import SamplingParams
@@ -45,13 +46,36 @@ def _grammar_samplers(params: SamplingParams, vocab: Any) -> list[Any]:
     grammar = grammar_text(params)
     if not grammar:
         return []
-    sampler = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+    if params.grammar_triggers:  # lazy: free text until a trigger token, then the grammar
+        triggers = _trigger_tokens(vocab, params.grammar_triggers)
+        if not triggers:
+            return []  # no single token opens a call in this vocabulary: the answer stays free
+        tokens = (L.llama_token * len(triggers))(*triggers)
+        sampler = L.llama_sampler_init_grammar_lazy_patterns(
+            vocab, grammar.encode("utf-8"), b"root", None, 0, tokens, len(triggers)
+        )
+    else:
+        sampler = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not sampler:
         raise ConfigError(
             "the grammar does not parse as GBNF (llama.cpp: "
             f"{_llama.take_recent_errors() or 'no details'}); fix the grammar or the JSON schema"
         )
     return [sampler]
+
+
+def _trigger_tokens(vocab: Any, triggers: Seq[str]) -> list[int]:
+    """The tokens that spell each trigger whole (``<tool_call>`` is one in Qwen's vocabularies).
+
+    Tokens, not text patterns: llama.cpp replays a matched pattern's text into the grammar from the
+    match on, and a piece that runs past the trigger (``>{``) would fail the grammar inside llama.cpp,
+    which aborts the process."""
+    out = []
+    for text in triggers:
+        ids = _native.tokenize(vocab, text, add_special=False, parse_special=True)
+        if len(ids) == 1:
+            out.append(ids[0])
+    return out
 
 
 def _penalty_samplers(params: SamplingParams, vocab: Any) -> list[Any]:

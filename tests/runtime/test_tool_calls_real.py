@@ -111,3 +111,41 @@ def test_the_qwen35_xml_shape_is_enforced_and_read_back(model: Model) -> None:
     finally:
         model.chat_template = own
     assert_valid(result)
+
+
+def test_auto_constrains_a_call_once_the_model_opens_one(model: Model) -> None:
+    """``auto`` leaves the model free until it emits ``<tool_call>`` (one token in Qwen's vocabulary);
+    from that token on the lazy grammar holds the call to the schema. Checked on the request's own
+    sampler chain: before the trigger any token may follow; after it, only the call's text."""
+    import ctypes
+
+    import llama_cpp.llama_cpp as L
+
+    from edge_qwen.runtime.sampling import build_sampler
+
+    messages = [{"role": "user", "content": "Weather in Kuala Lumpur?"}]
+    spec = model.prepare_chat(messages, tools=[WEATHER], tool_choice="auto", temperature=0)
+    assert spec.params.grammar_triggers == ("<tool_call>",)
+    vocab = model.vocab.native
+    sampler = build_sampler(spec.params, vocab)
+
+    def allowed() -> set[int]:
+        n = model.vocab.n_tokens
+        data = (L.llama_token_data * n)(*[L.llama_token_data(i, 0.0, 0.0) for i in range(n)])
+        candidates = L.llama_token_data_array(data, n, -1, False)
+        L.llama_sampler_apply(sampler, ctypes.byref(candidates))
+        return {data[i].id for i in range(n) if data[i].logit != float("-inf")}
+
+    (sure,) = model.tokenize("Sure")
+    (brace,) = model.tokenize("{")
+    try:
+        assert len(allowed()) == model.vocab.n_tokens  # free text: the model may answer in words
+        (trigger,) = model.tokenize("<tool_call>", parse_special=True)
+        L.llama_sampler_accept(sampler, trigger)
+        after = allowed()
+        assert brace in after and sure not in after and len(after) < 1000  # whitespace, then "{"
+    finally:
+        L.llama_sampler_free(sampler)
+    free = model.chat([{"role": "user", "content": "Write a haiku about rain."}], tools=[WEATHER],
+                      temperature=0, max_tokens=24)  # fmt: skip
+    assert free.tool_calls == () and free.text

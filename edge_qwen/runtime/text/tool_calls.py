@@ -197,9 +197,13 @@ class Tools:
 
     # -- enforcing a call -------------------------------------------------------------------------
 
-    def grammar(self) -> str | None:
-        """GBNF that admits only calls of the allowed functions (``required`` or named), else None."""
-        if self.mode != "required":
+    #: where a call starts, for ``auto``'s lazy grammar (the same tag opens both shapes)
+    trigger = "<tool_call>"
+
+    def grammar(self, *, lazy: bool = False) -> str | None:
+        """GBNF that admits only calls of the allowed functions: for ``required`` or named, or with
+        ``lazy`` for ``auto`` too (applied from :attr:`trigger` on); else None."""
+        if self.mode == "none" or (self.mode == "auto" and not lazy):
             return None
         allowed = [self.name] if self.name else self.names
         call = (
@@ -250,7 +254,7 @@ def _json_call_grammar(tools: Tools, allowed: list[str]) -> str:
             'simplify them or use tool_choice "auto"'
         ) from None
     body = re.sub(r"^root ::=", "call-object ::=", body, count=1, flags=re.M)
-    return f'call ::= "<tool_call>\\n" call-object "\\n</tool_call>"\n{body}'
+    return f'call ::= "<tool_call>" [ \\t\\n]* call-object [ \\t\\n]* "</tool_call>"\n{body}'
 
 
 _XML_VALUES = {
@@ -280,5 +284,6 @@ def _xml_call_grammar(tools: Tools, allowed: list[str]) -> str:
             parts.append(f"p{i}-{j}" if prop in required else f"p{i}-{j}?")
         rules.append(f"f{i} ::= {_literal(name + '>' + chr(10))} {' '.join(parts)}")
         functions.append(f"f{i}")
-    call = f'call ::= "<tool_call>\\n<function=" ({" | ".join(functions)}) "</function>\\n</tool_call>"'
+    body = " | ".join(functions)
+    call = f'call ::= "<tool_call>" [ \\t\\n]* "<function=" ({body}) "</function>" [ \\t\\n]* "</tool_call>"'
     return "\n".join([call, *rules])
