@@ -7,29 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tool_defs import QWEN35_TEMPLATE, weather
 
 from edge_qwen.errors import ConfigError
 from edge_qwen.runtime.grammar_cost import check_grammar
 from edge_qwen.runtime.text.chat_template import render_chat, template_from_config
 from edge_qwen.runtime.text.tool_calls import Tools, tool_format
 
-QWEN35_TEMPLATE = (Path(__file__).parent / "data" / "qwen3.5-4b.jinja").read_text("utf-8")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "days": {"type": "integer"},
-                "unit": {"type": "string", "enum": ["c", "f"]},
-            },
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = weather()
 TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
 
 

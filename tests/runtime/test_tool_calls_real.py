@@ -9,27 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tool_defs import QWEN35_TEMPLATE, weather
 
 from edge_qwen.runtime import GenerationResult, Model
 
 pytestmark = [pytest.mark.real]
-QWEN35_TEMPLATE = (Path(__file__).parent / "data" / "qwen3.5-4b.jinja").read_text("utf-8")
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "days": {"type": "integer"},
-                "unit": {"type": "string", "enum": ["c", "f"]},
-            },  # fmt: skip
-            "required": ["city", "days"],
-        },
-    },
-}
+WEATHER = weather(("city", "days"))
 TIME = {
     "type": "function",
     "function": {
