@@ -8,7 +8,8 @@ import pytest
 
 pytest.importorskip("starlette")
 
-from edge_qwen.runtime.results import GenerationChunk, GenerationResult, Usage  # noqa: E402
+from edge_qwen.runtime.results import GenerationChunk, GenerationResult, ResultBuilder, Usage  # noqa: E402
+from edge_qwen.runtime.text.tool_calls import Tools  # noqa: E402
 from edge_qwen.server.formats import ChatFormat  # noqa: E402
 
 
@@ -42,10 +43,25 @@ def test_streamed_reasoning_and_content_are_separate_deltas() -> None:
     assert [d["finish_reason"] for d in deltas] == [None, None, "stop"]
 
 
+TOOLS = Tools.of([{"type": "function", "function": {"name": n}} for n in ("get_weather", "f")])
+
+
+def answered(text: str) -> GenerationResult:
+    """The result the runtime hands over: the request's tools read out of the text."""
+    builder = ResultBuilder()
+    builder.add(GenerationChunk(text, finish_reason="stop"))
+    return builder.result(TOOLS)
+
+
+def with_tools() -> ChatFormat:
+    fmt = chat_format()
+    fmt.tools = TOOLS  # what bind() takes from the started request
+    return fmt
+
+
 def test_qwen_tool_call_blocks_become_openai_tool_calls() -> None:
-    fmt = ChatFormat("abc", "qwen", tools=frozenset({"get_weather", "f"}))
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    choice = fmt.complete(GenerationResult(text, finish_reason="stop"))["choices"][0]
+    choice = with_tools().complete(answered(text))["choices"][0]
     (call,) = choice["message"]["tool_calls"]
     assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
     assert call["type"] == "function" and call["function"]["name"] == "get_weather"
@@ -53,7 +69,7 @@ def test_qwen_tool_call_blocks_become_openai_tool_calls() -> None:
 
 
 def test_streamed_tool_calls_arrive_whole_at_the_end() -> None:
-    fmt = ChatFormat("abc", "qwen", tools=frozenset({"get_weather", "f"}))
+    fmt = with_tools()
     pieces = ["<tool_call>\n", '{"name": "f", ', '"arguments": {}}', "\n</tool_call>"]
     events = [e for p in pieces for e in fmt.chunk(GenerationChunk(p))]
     events += fmt.chunk(GenerationChunk("", finish_reason="stop"))
@@ -72,10 +88,9 @@ def test_assistant_tool_calls_go_back_to_the_template_as_objects() -> None:
 
 def test_bare_json_calls_of_known_tools_are_tool_calls() -> None:
     # <tool_call> is a special token that detokenizing drops: the model's text is just the JSON
-    fmt = ChatFormat("abc", "qwen", tools=frozenset({"get_weather"}))
-    text = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
-    choice = fmt.complete(GenerationResult(text))["choices"][0]
+    bare = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    choice = with_tools().complete(answered(bare))["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
     other = '{"name": "unknown_tool", "arguments": {}}'  # not a tool of this request: plain content
-    assert fmt.complete(GenerationResult(other))["choices"][0]["message"]["content"] == other
+    assert with_tools().complete(answered(other))["choices"][0]["message"]["content"] == other
