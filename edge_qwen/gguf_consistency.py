@@ -175,6 +175,8 @@ def _tensor_problems(header: GGUFHeader, arch: gguf.MODEL_ARCH) -> list[Problem]
     for k in gguf.MODEL_TENSORS[arch]:
         for bid in range(d["blocks"]) if "{bid}" in gguf.TENSOR_NAMES[k] else [0]:
             kinds[gguf.TENSOR_NAMES[k].format(bid=bid)] = k
+    if _first(header.arch_value(K.LLM.POOLING_TYPE)) == gguf.PoolingType.RANK:  # a reranker's head
+        kinds[gguf.TENSOR_NAMES[T.CLS_OUT]] = T.CLS_OUT  # llama.cpp loads it on qwen3; gguf-py omits it
     problems: list[Problem] = []
     weights = {t.name: t for t in header.tensors}
     for t in header.tensors:

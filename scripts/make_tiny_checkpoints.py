@@ -2,11 +2,19 @@
 """Tiny random-weight Hugging Face Qwen checkpoints, for converter tests and benchmarks.
 
 Each checkpoint has the exact tensor names and config.json keys of the real model family
-(Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen2-MoE), the real Qwen tokenizer files, and weights drawn from a
-fixed seed at a scale that gives varied, non-degenerate logits. Only numpy is needed: the
+(Qwen2/2.5, Qwen3, Qwen3-MoE, Qwen2-MoE, and Qwen3's embedding and reranker releases), the real Qwen
+tokenizer files, and weights drawn from a fixed seed at a scale that gives varied, non-degenerate
+logits.
+
+* ``qwen3-embedding``: the bare ``Qwen3Model`` sentence-transformers saves (no ``model.`` prefix, no
+  lm_head) with ``modules.json`` and ``1_Pooling/config.json`` (last-token pooling), as
+  Qwen3-Embedding ships; the same weights as ``qwen3`` of the same seed.
+* ``qwen3-reranker``: a ``qwen3`` checkpoint whose ``_name_or_path`` names a Qwen3-Reranker (what
+  converters recognise it by). Only numpy is needed: the
 safetensors files are written by hand (8-byte little-endian header length, JSON header, raw data).
 
     python scripts/make_tiny_checkpoints.py OUT --arch qwen3 --dtype bf16 --shards 2
+    python scripts/make_tiny_checkpoints.py tiny-qwen3-embedding --arch qwen3-embedding --dtype f32
     python scripts/make_tiny_checkpoints.py BIG --arch qwen2 --hidden 1024 --layers 8 --intermediate 2816
 
 >>> make_checkpoint(tmp / "tiny-qwen3", arch="qwen3", dtype="f32")       # doctest: +SKIP
@@ -28,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen2moe")
+ARCHS = ("qwen2", "qwen3", "qwen3moe", "qwen2moe", "qwen3-embedding", "qwen3-reranker")
 DTYPES = {"bf16": "BF16", "f16": "F16", "f32": "F32"}
 TORCH_DTYPES = {"bf16": "bfloat16", "f16": "float16", "f32": "float32"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -98,6 +106,23 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "num_experts_per_tok": 3,
     },
 }
+CONFIGS["qwen3-embedding"] = {**CONFIGS["qwen3"], "architectures": ["Qwen3Model"]}
+CONFIGS["qwen3-reranker"] = {**CONFIGS["qwen3"], "_name_or_path": "Qwen/Qwen3-Reranker-0.6B"}
+# sentence-transformers' files of an embedding checkpoint (Qwen3-Embedding's, hidden size aside)
+ST_MODULES = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+]
+POOLING_MODES = (
+    "cls_token",
+    "mean_tokens",
+    "max_tokens",
+    "mean_sqrt_len_tokens",
+    "weightedmean_tokens",
+    "lasttoken",
+)
+SENTENCE_TRANSFORMERS: dict[str, str] = {"qwen3-embedding": "lasttoken"}  # arch -> pooling mode
 
 
 @dataclass(frozen=True)
@@ -108,6 +133,7 @@ class Family:
     qk_norm: bool
     moe: bool
     shared_expert: bool
+    bare: bool = False  # the bare model: no ``model.`` prefix, no lm_head (sentence-transformers)
 
 
 FAMILIES = {
@@ -115,6 +141,8 @@ FAMILIES = {
     "qwen3": Family(qkv_bias=False, qk_norm=True, moe=False, shared_expert=False),
     "qwen3moe": Family(qkv_bias=False, qk_norm=True, moe=True, shared_expert=False),
     "qwen2moe": Family(qkv_bias=True, qk_norm=False, moe=True, shared_expert=True),
+    "qwen3-embedding": Family(qkv_bias=False, qk_norm=True, moe=False, shared_expert=False, bare=True),
+    "qwen3-reranker": Family(qkv_bias=False, qk_norm=True, moe=False, shared_expert=False),
 }
 
 
@@ -287,8 +315,12 @@ def init_tensor(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> 
 
 
 def make_tensors(arch: str, config: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """The causal LM's tensors; a bare family's (see :class:`Family`) under the bare model's names."""
     rng = np.random.default_rng(seed)
-    return {name: init_tensor(name, shape, rng) for name, shape in tensor_shapes(arch, config)}
+    tensors = {name: init_tensor(name, shape, rng) for name, shape in tensor_shapes(arch, config)}
+    if FAMILIES[arch].bare:
+        tensors = {n.removeprefix("model."): t for n, t in tensors.items() if n != "lm_head.weight"}
+    return tensors
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -337,6 +369,7 @@ def _write_folder(
     dtype: str,
     shards: int,
     tokenizer_dir: Path,
+    pooling: str | None = None,
 ) -> None:
     folder.mkdir(parents=True)
     _write_json(folder / "config.json", config)
@@ -347,6 +380,8 @@ def _write_folder(
     )
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, folder / name)
+    if pooling is not None:
+        _write_sentence_transformers(folder, config["hidden_size"], pooling)
     groups = split_shards(tensors, shards)
     total = 0
     weight_map: dict[str, str] = {}
@@ -361,6 +396,18 @@ def _write_folder(
         )
 
 
+def _write_sentence_transformers(folder: Path, hidden: int, mode: str) -> None:
+    """modules.json and 1_Pooling/config.json pooling by ``mode`` (one of :data:`POOLING_MODES`)."""
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}; use one of {', '.join(POOLING_MODES)}")
+    _write_json(folder / "modules.json", ST_MODULES)
+    (folder / "1_Pooling").mkdir()
+    pooling: dict[str, Any] = {"word_embedding_dimension": hidden}
+    pooling.update({f"pooling_mode_{m}": m == mode for m in POOLING_MODES})
+    pooling["include_prompt"] = True
+    _write_json(folder / "1_Pooling" / "config.json", pooling)
+
+
 def make_checkpoint(
     out_dir: str | os.PathLike[str],
     arch: str = "qwen2",
@@ -371,13 +418,16 @@ def make_checkpoint(
     *,
     tokenizer_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    pooling: str | None = None,
     **overrides: Any,
 ) -> Path:
     """Write a tiny random ``arch`` checkpoint to ``out_dir`` and return its path.
 
     ``tied`` None keeps the family's real default (dense: tied, MoE: untied); ``overrides`` replace
-    config.json keys (``hidden_size=1024``, ``num_hidden_layers=8`` …). The folder appears
-    complete or not at all: it is written under a temporary name and renamed.
+    config.json keys (``hidden_size=1024``, ``num_hidden_layers=8`` …). ``pooling``: the
+    sentence-transformers pooling mode written (``lasttoken``, ``mean_tokens`` …; default: the
+    family's, see :data:`SENTENCE_TRANSFORMERS`; ``""``: none). The folder appears complete or not
+    at all: it is written under a temporary name and renamed.
     """
     final = Path(out_dir)
     if final.exists() and not overwrite:
@@ -388,7 +438,8 @@ def make_checkpoint(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.incomplete")
     try:
-        _write_folder(tmp, config, tensors, dtype, shards, tok_dir)
+        mode = SENTENCE_TRANSFORMERS.get(arch) if pooling is None else pooling or None
+        _write_folder(tmp, config, tensors, dtype, shards, tok_dir, mode)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -436,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         **overrides,
     )
-    size = sum(f.stat().st_size for f in path.iterdir())
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     print(f"{path}: {args.arch} {args.dtype}, {args.shards} shard(s), {size / 2**20:.1f} MiB")
     return 0
 

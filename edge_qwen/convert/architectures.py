@@ -7,9 +7,10 @@ producing a model that computes something else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gguf
 
@@ -17,6 +18,7 @@ from ..errors import CheckpointError, MultimodalNotSupportedError, UnsupportedAr
 from .config_bounds import check_config, read_object
 from .hf_config import normalize
 from .hybrid_config import Hybrid, read_hybrid
+from .pooling import Pooling, read_pooling
 from .vision import mrope_sections
 
 # transformers' Qwen2Config defaults: Qwen2-Audio's text_config leaves most keys to them (the rope
@@ -69,6 +71,15 @@ class Architecture:
     # Qwen3-VL-MoE: each layer's experts packed in ``experts.gate_up_proj`` / ``down_proj``,
     # stored [E, d_in, d_out] (see .families.transformer)
     packed_experts: bool = False
+    # The bare model (``Qwen3Model``, a Qwen3-Embedding checkpoint): tensors saved without the
+    # ``model.`` prefix (``embed_tokens.*``, ``layers.N.*``, ``norm.*``) and no lm_head; read as the
+    # causal LM's ``model.*`` ones, as llama.cpp's converter does (see :func:`as_causal_lm`, which
+    # also takes the bare tensors of a ``pooling`` architecture).
+    bare: bool = False
+    # Reads sentence-transformers pooling (modules.json), as llama.cpp's converter does for this
+    # architecture; ``rerank``: a Qwen3-Reranker of it converts to a RANK model (see .pooling).
+    pooling: bool = False
+    rerank: bool = False
 
     @property
     def multimodal(self) -> bool:
@@ -82,8 +93,9 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     a.hf_name: a
     for a in (
-        Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2),
-        Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3),
+        Architecture("Qwen2ForCausalLM", gguf.MODEL_ARCH.QWEN2, pooling=True),
+        Architecture("Qwen3ForCausalLM", gguf.MODEL_ARCH.QWEN3, pooling=True, rerank=True),
+        Architecture("Qwen3Model", gguf.MODEL_ARCH.QWEN3, bare=True, pooling=True, rerank=True),
         Architecture(
             "Qwen3MoeForCausalLM",
             gguf.MODEL_ARCH.QWEN3MOE,
@@ -195,6 +207,7 @@ class HParams:
     mrope_sections: tuple[int, ...] = ()  # Qwen-VL: rotary frequencies per (t, h, w, -) position
     n_deepstack: int = 0  # Qwen3-VL: layers that add a DeepStack image embedding
     hybrid: Hybrid | None = None  # layer kinds, linear attention, MTP (hybrid families only)
+    pooling: Pooling | None = None  # an embedding model's or a reranker's (see .pooling)
 
     @property
     def n_block(self) -> int:
@@ -202,12 +215,15 @@ class HParams:
         return self.n_layer + (self.hybrid.n_mtp if self.hybrid is not None else 0)
 
 
-def load_hparams(folder: Path) -> HParams:
-    """Read and validate ``config.json``.
+def load_hparams(folder: Path, aliases: Sequence[str] = ()) -> HParams:
+    """Read and validate ``config.json`` (and an embedding / reranker checkpoint's pooling).
+
+    ``aliases``: more names the checkpoint goes by (its hub repo's), for recognising a reranker.
 
     Raises:
         CheckpointError: config.json missing, not a JSON object, lacking a required key, or holding a
             value of the wrong kind or out of :mod:`.config_bounds`' bounds (naming the field).
+        CheckpointError: a sentence-transformers pooling llama.cpp cannot run (see .pooling).
         UnsupportedArchitectureError: not one of :data:`ARCHITECTURES`.
     """
     path = folder / "config.json"
@@ -275,7 +291,25 @@ def load_hparams(folder: Path) -> HParams:
         needs_sections = arch.gguf_arch in (gguf.MODEL_ARCH.QWEN35, gguf.MODEL_ARCH.QWEN35MOE)
         hybrid = read_hybrid(cfg, path, hp.n_layer, hp.head_dim, needs_sections)
         hp = replace(hp, hybrid=hybrid, mrope_sections=hybrid.mrope_sections)
+    if arch.pooling:
+        pooling = read_pooling(folder, cfg, arch.hf_name, rerank=arch.rerank, aliases=aliases)
+        hp = replace(hp, pooling=pooling)
     return hp
+
+
+R = TypeVar("R")
+BARE_EMBEDDING = "embed_tokens.weight"  # a bare model's token embedding (the causal LM's model.*)
+
+
+def as_causal_lm(refs: dict[str, R], arch: Architecture) -> dict[str, R]:
+    """A bare model's tensors under the causal LM's names (``layers.0.…`` -> ``model.layers.0.…``);
+    any other checkpoint's as they are.
+
+    Bare: a ``Qwen3Model``, or a causal LM that sentence-transformers saved as its bare model (the
+    Qwen3-Embedding releases: config.json says ``Qwen3ForCausalLM``, the tensors have no prefix)."""
+    if not (arch.bare or (arch.pooling and BARE_EMBEDDING in refs and f"model.{BARE_EMBEDDING}" not in refs)):
+        return refs
+    return {(name if name.startswith("model.") else f"model.{name}"): ref for name, ref in refs.items()}
 
 
 def _deepstack_layers(path: Path, cfg: dict[str, Any], n_layer: int) -> int:

@@ -22,6 +22,7 @@ from ..errors import CheckpointError
 ROPE_THETA_DEFAULTS: dict[str, float] = {
     "Qwen2ForCausalLM": 10000.0,
     "Qwen3ForCausalLM": 10000.0,
+    "Qwen3Model": 10000.0,  # the same Qwen3Config (Qwen3-Embedding)
     "Qwen2MoeForCausalLM": 10000.0,
     "Qwen3MoeForCausalLM": 10000.0,
     "Qwen2VLForConditionalGeneration": 1000000.0,

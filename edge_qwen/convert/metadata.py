@@ -1,4 +1,4 @@
-"""GGUF metadata for a converted checkpoint: hyper-parameters, rope scaling and ``general.*``.
+"""GGUF metadata for a converted checkpoint: hyper-parameters, pooling, rope scaling and ``general.*``.
 
 Every key is written through gguf-py's ``GGUFWriter.add_*`` helpers, which spell the keys from
 ``gguf.Keys``; nothing here types a key by hand.
@@ -13,6 +13,7 @@ import gguf
 
 from ..errors import CheckpointError
 from .architectures import HParams
+from .pooling import add_pooling
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ def add_hparams(writer: gguf.GGUFWriter, hp: HParams, ctx: int | None) -> int:
         writer.add_expert_feed_forward_length(hp.n_ff_exp)
         if hp.n_ff_shexp:
             writer.add_expert_shared_feed_forward_length(hp.n_ff_shexp)
+    if hp.pooling is not None:
+        add_pooling(writer, hp.pooling)
     n_ctx = _add_rope_scaling(writer, hp, ctx)
     writer.add_context_length(n_ctx)
     return n_ctx

@@ -13,11 +13,12 @@ import gguf
 from .._atomic import atomic_path
 from ..manifest import Manifest, read_manifest, update_manifest, write_manifest
 from ._io import HashingFile, write_hashed
-from .architectures import HParams, load_hparams
+from .architectures import HParams, as_causal_lm, load_hparams
 from .config_bounds import check_weights
 from .families import MTP_MODES, MtpMode, family_of
 from .metadata import Source, add_general, add_hparams
 from .mmproj import MMPROJ_TYPES, MmprojPlan, default_mmproj_type, finish_mmproj, prepare_mmproj
+from .pooling import with_label_ids
 from .safetensors import open_checkpoint
 from .source import resolve_source
 from .tensors import OUTTYPES, PlannedTensor, describe, parameter_count, plan_tensors, prepare
@@ -96,12 +97,13 @@ def convert(
         raise ValueError(f"mtp must be one of {', '.join(MTP_MODES)}, got {mtp!r}")
     started = time.perf_counter()
     source = resolve_source(src, revision)
-    hp = load_hparams(source.folder)
-    refs = open_checkpoint(source.folder)
+    hp = load_hparams(source.folder, aliases=[source.name])
+    refs = as_causal_lm(open_checkpoint(source.folder), hp.arch)
     # config.json's sizes held to the real tensors before the vocabulary is padded to vocab_size
     shapes = {name: ref.shape for name, ref in refs.items()}
     check_weights(source.folder / "config.json", shapes, hp.n_vocab, hp.n_embd, hp.n_layer)
     vocab = load_vocab(source.folder, hp.n_vocab)
+    hp = with_label_ids(hp, vocab.tokens)  # a reranker's "yes" / "no" rows
     hp = prepare(hp, refs, mtp)
     mmproj: MmprojPlan | None = None
     if hp.arch.multimodal:  # checked before anything is written

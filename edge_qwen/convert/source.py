@@ -24,6 +24,8 @@ HUB_FILES = [
     "chat_template.json",
     "preprocessor_config.json",
     "README.md",
+    "modules.json",  # sentence-transformers: the pooling of an embedding model (see .pooling)
+    "*Pooling/config.json",
     "LICENSE",
 ]
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

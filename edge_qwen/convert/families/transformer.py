@@ -1,16 +1,19 @@
 """Qwen2, Qwen2.5, Qwen3, their MoE variants and the Qwen-VL / Qwen2-Audio language models:
 every layer is the same attention + MLP block, so names come straight from gguf-py's
-``TensorNameMap`` and no tensor is reshaped."""
+``TensorNameMap`` and no tensor is reshaped. A Qwen3-Reranker adds ``cls.output``: the output
+head's rows of its labels (see ..pooling)."""
 
 from __future__ import annotations
 
 import re
 
 import gguf
+import numpy as np
 
+from ...errors import CheckpointError
 from ..architectures import HParams, expected_shape
 from ..safetensors import TensorRef
-from ..views import ExpertColumns
+from ..views import ExpertColumns, TensorView
 from .base import (
     IGNORED,
     MtpMode,
@@ -41,11 +44,16 @@ def name_tensors(refs: dict[str, TensorRef], hp: HParams, mtp: MtpMode) -> list[
     allowed = set(gguf.MODEL_TENSORS[arch])
     kept = {name: ref for name, ref in refs.items() if not IGNORED.match(name)}
     named: list[Named] = []
+    rank = hp.pooling is not None and hp.pooling.rank
+    if rank:
+        named.append(_rank_head(kept, hp))
     if hp.arch.packed_experts:
         named += _packed_experts(kept, hp)
     for hf_name, sources in group_experts(kept, hp, EXPERT).items():
-        if hp.tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reuses token_embd when output.weight is absent
+        if (hp.tied or rank) and hf_name == "lm_head.weight":
+            # llama.cpp reuses token_embd when output.weight is absent; its converter writes a
+            # reranker's untied head only as cls.output (a reranker never generates)
+            continue
         mapped = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
         if mapped is None or mapped[0] not in allowed:
             raise no_place(hf_name, hp)
@@ -54,6 +62,23 @@ def name_tensors(refs: dict[str, TensorRef], hp: HParams, mtp: MtpMode) -> list[
         check_shape(hf_name, shape, expected_shape(kind, hp, bias=hf_name.endswith(".bias")))
         named.append(Named(hf_name, kind, name, shape, list[Source](sources)))
     return named
+
+
+def _rank_head(refs: dict[str, TensorRef], hp: HParams) -> Named:
+    """``cls.output`` [labels, n_embd]: the rows of the output head (the token embeddings when
+    tied) of each label's token, in label order."""
+    assert hp.pooling is not None and len(hp.pooling.label_ids) == len(hp.pooling.labels)
+    hf_name = "model.embed_tokens.weight" if hp.tied else "lm_head.weight"
+    if hf_name not in refs:
+        raise CheckpointError(
+            f"a Qwen3-Reranker scores with its output head, but the checkpoint has no {hf_name}; "
+            "it is incomplete (or set tie_word_embeddings if the head is the token embeddings)"
+        )
+    ref = refs[hf_name]
+    check_shape(hf_name, tuple(ref.shape), expected_shape(T.OUTPUT, hp, bias=False))
+    shape = (len(hp.pooling.label_ids), hp.n_embd)
+    view = TensorView(ref, shape, rows=np.asarray(hp.pooling.label_ids, dtype=np.int64))
+    return Named(hf_name, T.CLS_OUT, gguf_name(T.CLS_OUT), shape, [view])
 
 
 def _packed_experts(refs: dict[str, TensorRef], hp: HParams) -> list[Named]:
@@ -80,6 +105,8 @@ def check_complete(names: set[str], hp: HParams, mtp: MtpMode) -> None:
     """Every tensor a block needs is present (a missing one would fail later inside llama.cpp)."""
     for kind in (T.TOKEN_EMBD, T.OUTPUT_NORM):
         require(names, gguf_name(kind))
+    if hp.pooling is not None and hp.pooling.rank:
+        require(names, gguf_name(T.CLS_OUT))
     for kind in PER_LAYER:
         for bid in range(hp.n_layer):
             require(names, gguf_name(kind, bid))
