@@ -48,3 +48,11 @@ if [ "$have_backend" != "$EQ_BACKEND" ] || [ "$have_args" != "$want_args" ]; the
 fi
 .venv/bin/python scripts/build_report.py >&2
 .venv/bin/python scripts/fetch_assets.py >&2
+# The chat page's test drives a real headless Chromium; install Debian's where we may (root, apt).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Chromium for the chat page's browser test" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+        || echo "setup: could not install Chromium; the chat page's browser test will be skipped" >&2
+fi

@@ -42,6 +42,8 @@ class ModelStatus:
     loads: int
     slots: SlotUsage
     load_error: str | None = None  # why the last load failed (e.g. its RPC worker is down)
+    media: bool = False  # loaded with a projector: chat messages may carry images and audio
+    pooling: str | None = None  # "last"/"rank": an embedding model or a reranker, not a chat model
 
     @property
     def available(self) -> bool:
@@ -61,7 +63,8 @@ class ModelStatus:
             idle_s=round(now - entry.last_used, 3) if resident else None,
             adjustments=tuple(entry.adjustments), loads=entry.loads,
             slots=usage() if resident and usage is not None else SlotUsage(),
-            load_error=entry.load_error,
+            load_error=entry.load_error, media=settings.mmproj is not None,
+            pooling=getattr(entry.model, "pooling", None) if resident else settings.pooling,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:

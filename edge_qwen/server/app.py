@@ -30,7 +30,7 @@ from ..runtime.media.content import SERVER_POLICY, MediaPolicy
 from ..runtime.media.media_fetch import fetch_remote_parts
 from ..runtime.results import GenerationChunk, GenerationResult
 from ..scheduler.snapshot import process_rss
-from . import retrieval, security
+from . import page, retrieval, security
 from .formats import ChatFormat, Format, TextFormat
 from .http_errors import APIError, api_error, register_error, too_large
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -362,6 +362,9 @@ def create_app(provider: ModelProvider, config: ServerConfig | None = None) -> S
     async def rerank(request: Request, ctx: RequestContext) -> Response:
         return await retrieval.rerank(server, request, ctx)
 
+    async def page_file(request: Request, ctx: RequestContext) -> Response:
+        return await page.serve_file(request)
+
     routes = [
         Route("/v1/chat/completions", endpoint(server, "chat", server.chat_completions), methods=["POST"]),
         Route("/v1/completions", endpoint(server, "completions", server.completions), methods=["POST"]),
@@ -369,6 +372,7 @@ def create_app(provider: ModelProvider, config: ServerConfig | None = None) -> S
         Route("/v1/rerank", endpoint(server, "rerank", rerank), methods=["POST"]),
         Route("/v1/models", endpoint(server, "models", server.list_models), methods=["GET"]),
         Route("/health", endpoint(server, "health", server.health), methods=["GET"]),
+        *(Route(path, endpoint(server, "page", page_file), methods=["GET"]) for path in page.FILES),
         Route("/metrics", endpoint(server, "metrics", server.prometheus), methods=["GET"]),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _no_route, 405: _no_route})

@@ -43,11 +43,14 @@ class ServedModel:
     in_flight: int
     slots: SlotUsage
     status: ModelStatus | None = None
+    media: bool = False
+    pooling: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         if self.status is not None:
             return {**self.status.to_dict(), "in_flight": self.in_flight}
-        facts = {"name": self.name, "path": self.path, "resident": self.resident, "n_ctx": self.n_ctx}
+        facts = {"name": self.name, "path": self.path, "resident": self.resident, "n_ctx": self.n_ctx,
+                 "media": self.media, "pooling": self.pooling}  # fmt: skip
         return {**facts, "in_flight": self.in_flight, **asdict(self.slots)}
 
 
@@ -154,6 +157,7 @@ class StaticProvider:
             ServedModel(
                 name=name, path=str(model.path), resident=not model.closed, n_ctx=model.n_ctx,
                 in_flight=self._in_flight[name], slots=SlotUsage() if model.closed else model.slot_usage(),
+                media=bool(model.mmproj), pooling=model.pooling,
             )  # fmt: skip
             for name, model in self._models.items()
         )
