@@ -1,6 +1,7 @@
 """The chat page at ``/``, driven in a real headless Chromium: a question typed into the page is
-answered by the real model, streamed into the page; the API key is asked for and used; model text
-that looks like HTML stays text.
+answered by the real model, streamed into the page; the API key is asked for and used; Stop aborts
+the stream; thinking is folded and attachments become content parts (against a stand-in server in
+the page); model text that looks like HTML stays text.
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: JSON messages
 ended by a NUL byte on file descriptors 3 and 4), so no driver or extra package is needed.
@@ -8,13 +9,16 @@ ended by a NUL byte on file descriptors 3 and 4), so no driver or extra package 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +29,15 @@ from edge_qwen.server import SchedulerProvider, ServerConfig
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+# run before the page's own script, outside its CSP: what the page got wrong, for the tests to check
+PROBLEMS = """
+window.pageProblems = [];
+addEventListener("error", (e) => pageProblems.push("error: " + e.message));
+addEventListener("unhandledrejection", (e) => pageProblems.push("rejection: " + e.reason));
+document.addEventListener("securitypolicyviolation", (e) => pageProblems.push("CSP: " + e.violatedDirective));
+"""
 
 
 class Browser:
@@ -52,6 +65,8 @@ class Browser:
         self._buffer = b""
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self._session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+        self.call("Page.enable", self._session)
+        self.call("Page.addScriptToEvaluateOnNewDocument", self._session, source=PROBLEMS)
 
     def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
         self._id += 1
@@ -80,9 +95,24 @@ class Browser:
             raise AssertionError(result["exceptionDetails"])
         return result["result"].get("value")
 
-    def open(self, url: str) -> None:
+    def open(self, url: str, ready: str = "document.querySelector('#model option') !== null") -> None:
         self.call("Page.navigate", self._session, url=url)
-        self.wait("document.readyState === 'complete' && document.querySelector('#model option') !== null")
+        self.wait(f"document.readyState === 'complete' && {ready}", timeout=20)
+
+    def attach(self, selector: str, path: Path) -> None:
+        """Choose ``path`` in the file input ``selector`` (as the file picker would)."""
+        found = self.call(
+            "Runtime.evaluate", self._session, expression=f"document.querySelector('{selector}')"
+        )
+        self.call(
+            "DOM.setFileInputFiles", self._session, files=[str(path)], objectId=found["result"]["objectId"]
+        )
+
+    def problems(self) -> list[str]:
+        """Script errors and Content-Security-Policy violations on the page so far."""
+        problems = self.js("window.pageProblems")
+        assert isinstance(problems, list), "the problem recorder did not run"
+        return problems
 
     def wait(self, condition: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -110,42 +140,166 @@ def browser() -> Iterator[Browser]:
 
 
 LAST_ANSWER = "[...document.querySelectorAll('.msg.assistant')].pop()"
+DONE = f"{LAST_ANSWER} && {LAST_ANSWER}.dataset.done === '1'"
+HIDDEN = "document.getElementById({!r}).hidden"
+
+
+def test_the_page_is_static_self_contained_and_locked_down(provider: SchedulerProvider) -> None:
+    with running_server(provider, ServerConfig(api_key="k")) as url:
+        page = httpx.get(url + "/")  # the page needs no key; every API call it makes does
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        csp = page.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
+        assert "<script>" not in page.text and "style=" not in page.text  # nothing inline
+        assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere
+        for path, kind in (("/page/page.js", "javascript"), ("/page/page.css", "css")):
+            asset = httpx.get(url + path)
+            assert asset.status_code == 200 and kind in asset.headers["content-type"]
+            assert "http://" not in asset.text and "https://" not in asset.text
+        assert httpx.get(url + "/v1/models").status_code == 401
 
 
 def test_a_question_typed_into_the_page_is_answered_there(
     browser: Browser, provider: SchedulerProvider
 ) -> None:
     with running_server(provider, ServerConfig()) as url:
-        page = httpx.get(url + "/")
-        assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
         browser.open(url + "/")
-        assert browser.js("document.getElementById('model').value") == "qwen-coder"
+        assert browser.js("[...document.querySelectorAll('#model option')].map((o) => o.value)") == [
+            "qwen-coder"
+        ]
+        assert browser.js(HIDDEN.format("key")) and browser.js(HIDDEN.format("attach-image"))  # text-only
         browser.ask("Write a Python function that adds two numbers.")
-        browser.wait(f"{LAST_ANSWER} && {LAST_ANSWER}.dataset.done === '1'", timeout=120)
+        browser.wait(DONE, timeout=60)
         text = browser.js(f"{LAST_ANSWER}.innerText")
-        assert "def " in text, text
+        outside_code = browser.js(
+            f"(() => {{ const c = {LAST_ANSWER}.cloneNode(true);"
+            " c.querySelectorAll('pre').forEach((e) => e.remove()); return c.textContent; })()"
+        )
+        assert "def " in text and "```" not in outside_code, text  # every fence became a code block
         assert browser.js(f"{LAST_ANSWER}.querySelectorAll('pre code').length") >= 1  # a rendered code block
+        assert browser.js(f"{LAST_ANSWER}.querySelector('pre > button.copy').textContent") == "Copy"
+        assert browser.js(HIDDEN.format("stop"))
+        assert browser.problems() == []
 
 
-def test_the_page_asks_for_the_api_key_and_then_answers(
+def test_the_page_asks_for_the_api_key_and_stop_aborts_the_answer(
     browser: Browser, provider: SchedulerProvider
 ) -> None:
     with running_server(provider, ServerConfig(api_key="k")) as url:
-        browser.open(url + "/")
+        browser.open(url + "/", ready="true")
         browser.js("sessionStorage.clear()")
-        browser.ask("Say hello.")
-        browser.wait("!document.getElementById('key').hidden")
-        assert "API key" in browser.js("document.querySelector('.msg.error').innerText")
+        browser.open(url + "/", ready="!document.getElementById('key').hidden")  # asked at once
+        assert "401" in browser.js("document.querySelector('.msg.error').innerText")
         browser.js("document.getElementById('key-value').value = 'k'")
         browser.js("document.querySelector('#key button').click()")
-        browser.js("document.getElementById('send').click()")  # the question went back into the box
-        browser.wait(f"{LAST_ANSWER} && {LAST_ANSWER}.dataset.done === '1' && {LAST_ANSWER}.innerText", 120)
+        browser.wait("document.querySelector('#model option') !== null")
+        assert browser.js("sessionStorage.getItem('edge-qwen-key')") == "k" and browser.js(
+            HIDDEN.format("key")
+        )
+        browser.ask("Write a long Python module with ten functions, each with a docstring and a test.")
+        browser.wait(f"{LAST_ANSWER} && {LAST_ANSWER}.innerText.trim()", timeout=30)  # streaming in
+        browser.js("document.getElementById('stop').click()")
+        browser.wait(DONE, timeout=10)
+        assert browser.js("document.getElementById('status').textContent") == "stopped"
+        assert browser.js(HIDDEN.format("stop"))
+        deadline = time.monotonic() + 10  # the server saw the fetch go and let the generation go
+        while httpx.get(url + "/health").json()["requests_in_flight"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert browser.problems() == []
+
+
+HOSTILE = (
+    'Hi <img src=x onerror="window.pwned=1"> and <script>window.pwned=2</script>\n\n'
+    "**bold** and *it* and `<b>code</b>` and [link](javascript:window.pwned=3) and "
+    "[ok](https://example.org/a)\n\n"
+    "# Title <i>x</i>\n\n- one\n- <u>two</u>\n\n1. first\n   ```\n   x = 1\n   ```\n\n"
+    "```python\nprint('<script>')\n```\n"
+)
 
 
 def test_model_text_that_looks_like_html_stays_text(browser: Browser, provider: SchedulerProvider) -> None:
     with running_server(provider, ServerConfig()) as url:
         browser.open(url + "/")
-        hostile = "<img src=x onerror=alert(1)> **bold** <script>alert(2)</script>\n```\n<b>code</b>\n```"
-        html = browser.js(f"window.edgeQwenRender({json.dumps(hostile)}).innerHTML")
-    assert "<img" not in html and "<script" not in html and "&lt;img src=x" in html
-    assert "<strong>bold</strong>" in html and "&lt;b&gt;code&lt;/b&gt;" in html
+        shown = browser.js(
+            f"(() => {{ const div = window.edgeQwenRender({json.dumps(HOSTILE)}); document.body.append(div);"
+            " return {html: div.innerHTML, text: div.textContent,"
+            " tags: [...div.querySelectorAll('*')].map((e) => e.tagName.toLowerCase()),"
+            " hrefs: [...div.querySelectorAll('a')].map((a) => a.getAttribute('href')),"
+            " codes: [...div.querySelectorAll('pre > code')].map((c) => c.textContent)}; })()"
+        )
+        assert browser.js("window.pwned === undefined")
+    tags = set(shown["tags"])
+    assert not {"img", "script", "i", "u", "b"} & tags
+    assert {"p", "strong", "em", "code", "pre", "ul", "ol", "li", "a"} <= tags and tags & {"h3", "h1"}
+    assert "&lt;img src=x onerror=" in shown["html"] and "&lt;script&gt;" in shown["html"]
+    assert "<img src=x" in shown["text"] and "print('<script>')" in shown["text"]
+    assert shown["codes"] == ["x = 1", "print('<script>')"] and "```" not in shown["text"]
+    assert shown["hrefs"] == ["https://example.org/a"]  # a javascript: link stays text
+
+
+# A stand-in for the server's answers, in the page itself: a model with a projector on /health and
+# a chat stream that thinks first, cut into pieces that split its events mid-line.
+FAKE_SERVER = """
+window.sent = [];
+const real = window.fetch;
+window.fetch = async (path, options) => {
+  if (path === "/health") return new Response(JSON.stringify({models: [{name: "qwen-coder", media: true}]}));
+  if (path !== "/v1/chat/completions") return real(path, options);
+  window.sent.push(JSON.parse(options.body));
+  const deltas = [{reasoning_content: "Let me "}, {reasoning_content: "think <b>."},
+                  {content: "Done <img src=x>."}];
+  const events = deltas.map((delta) => "data: " + JSON.stringify({choices: [{index: 0, delta}]}) + "\\n\\n");
+  const bytes = new TextEncoder().encode(events.join("") + "data: [DONE]\\n\\n");
+  const body = new ReadableStream({start(c) {
+    for (let i = 0; i < bytes.length; i += 7) c.enqueue(bytes.slice(i, i + 7));
+    c.close();
+  }});
+  return new Response(body, {headers: {"Content-Type": "text/event-stream"}});
+};
+start();
+"""
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f80f0000010101001827a9d80000000049454e44ae426082"
+)
+
+
+def test_thinking_is_folded_and_attachments_become_parts(
+    browser: Browser, provider: SchedulerProvider, tmp_path: Path
+) -> None:
+    image, clip = tmp_path / "dot.png", tmp_path / "beep.wav"
+    image.write_bytes(PNG)
+    with wave.open(str(clip), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(b"\0\1" * 160)
+    with running_server(provider, ServerConfig()) as url:
+        browser.open(url + "/")
+        browser.js(FAKE_SERVER)
+        browser.wait("!" + HIDDEN.format("attach-image") + " && !" + HIDDEN.format("attach-audio"))
+        browser.attach("#image", image)
+        browser.wait("document.getElementById('attached').textContent.includes('dot.png')")
+        browser.attach("#audio", clip)
+        browser.wait("document.getElementById('attached').textContent.startsWith('2 attachment')")
+        browser.ask("What is this?")
+        browser.wait(DONE)
+        thinking = f"{LAST_ANSWER}.querySelector('details.thinking')"
+        assert browser.js(f"{thinking}.textContent") == "ThinkingLet me think <b>."
+        assert not browser.js(f"{thinking}.open") and not browser.js(f"{thinking}.hidden")  # folded, shown
+        assert browser.js(f"{LAST_ANSWER}.querySelector('p').textContent") == "Done <img src=x>."
+        browser.ask("And again?")  # the conversation goes on: the next request carries both turns
+        browser.wait("document.querySelectorAll('.msg.assistant[data-done]').length === 2")
+        first, second = browser.js("window.sent")
+        assert browser.problems() == []
+    parts = first["messages"][0]["content"]
+    head, _, data = parts[0]["image_url"]["url"].partition(",")
+    assert (
+        parts[0]["type"] == "image_url" and head == "data:image/png;base64" and base64.b64decode(data) == PNG
+    )
+    audio = {"data": base64.b64encode(clip.read_bytes()).decode(), "format": "wav"}
+    assert parts[1] == {"type": "input_audio", "input_audio": audio}
+    assert parts[2] == {"type": "text", "text": "What is this?"} and first["stream"] is True
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "user"]
+    assert second["messages"][1:] == [
+        {"role": "assistant", "content": "Done <img src=x>."},
+        {"role": "user", "content": "And again?"},
+    ]

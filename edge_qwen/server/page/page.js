@@ -51,10 +51,14 @@ function renderMarkdown(text) {
   };
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i];
-    if (line.startsWith("```")) {  // a fence: up to the closing one (or the end, while streaming)
+    const fence = /^(\s*)```/.exec(line);  // a fence (indented in a list item too): up to the closing one
+    if (fence) {  // (or the end, while streaming)
       flush();
-      const body = [];
-      for (i++; i < lines.length && !lines[i].startsWith("```"); i++) body.push(lines[i]);
+      const body = [], indent = fence[1].length;
+      for (i++; i < lines.length && !/^\s*```/.test(lines[i]); i++) {
+        const cut = lines[i].length - lines[i].trimStart().length;
+        body.push(lines[i].slice(Math.min(indent, cut)));
+      }
       out.append(codeBlock(body.join("\n")));
       continue;
     }
@@ -82,20 +86,46 @@ window.edgeQwenRender = (text) => { const div = document.createElement("div"); d
 
 // --- the server --------------------------------------------------------------------------------
 
+const KEY = "edge-qwen-key";
+
 function headers() {
   const h = { "Content-Type": "application/json" };
-  const key = sessionStorage.getItem("edge-qwen-key");
+  const key = sessionStorage.getItem(KEY);
   if (key) h.Authorization = "Bearer " + key;
   return h;
 }
 
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  // every API call carries the key (when one was given); a 401 asks for it (again)
+  const response = await fetch(path, { ...options, headers: headers() });
+  if (response.status === 401) {
+    const had = sessionStorage.getItem(KEY) !== null;
+    sessionStorage.removeItem(KEY);
+    $("key").hidden = false; $("key-value").focus();
+    throw new Unauthorized(had ? "401: that API key was refused; enter the server's key again"
+                               : "401: this server needs its API key (serve --api-key); enter it above");
+  }
+  if (!response.ok) {
+    let message = response.status + " " + response.statusText;
+    try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new Error(message);
+  }
+  return response;
+}
+
 async function loadModels() {
-  const health = await (await fetch("/health")).json();
-  state.models = health.models.filter((m) => !m.pooling);  // embedding models and rerankers do not chat
+  const names = (await (await api("/v1/models")).json()).data.map((m) => m.id);
+  const health = await (await api("/health")).json();
+  const facts = new Map(health.models.map((m) => [m.name, m]));
+  const of = (name) => facts.get(name) || facts.get(name.split(":")[0]) || {};  // BASE:ADAPTER
+  state.models = names.map((name) => ({ ...of(name), name })).filter((m) => !m.pooling);  // no embedders
   const select = $("model");
   select.replaceChildren(...state.models.map((m) => new Option(m.name, m.name)));
   select.onchange = showAttachments;
   showAttachments();
+  $("status").textContent = "";
 }
 
 function showAttachments() {
@@ -148,12 +178,10 @@ async function send(event) {
   state.controller = new AbortController();
   $("stop").hidden = false; $("status").textContent = "answering…";
   try {
-    const response = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), signal: state.controller.signal,
+    const response = await api("/v1/chat/completions", {
+      method: "POST", signal: state.controller.signal,
       body: JSON.stringify({ model: $("model").value, messages: state.messages, stream: true }),
     });
-    if (response.status === 401) { $("key").hidden = false; throw new Error("this server needs its API key"); }
-    if (!response.ok) throw new Error((await response.json()).error.message);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffered = "";
@@ -171,7 +199,6 @@ async function send(event) {
         const delta = (chunk.choices[0] || {}).delta || {};
         if (delta.reasoning_content) { reasoning += delta.reasoning_content; thought.textContent = reasoning; thinking.hidden = false; }
         if (delta.content) { reply += delta.content; body.replaceChildren(renderMarkdown(reply)); }
-        if (delta.tool_calls) reply += JSON.stringify(delta.tool_calls);
       }
       answer.scrollIntoView({ block: "end" });
     }
@@ -190,6 +217,11 @@ async function send(event) {
   }
 }
 
+function start() {
+  loadModels().catch((error) => say("error", (error instanceof Unauthorized ? "" : "cannot list the models: ")
+                                              + (error.message || error)));
+}
+
 window.addEventListener("DOMContentLoaded", () => {
   $("ask").onsubmit = send;
   $("prompt").onkeydown = (e) => { if (e.key === "Enter" && !e.shiftKey) send(e); };
@@ -199,8 +231,10 @@ window.addEventListener("DOMContentLoaded", () => {
   $("audio").onchange = () => readFile($("audio"), "audio");
   $("key").onsubmit = (e) => {
     e.preventDefault();
-    sessionStorage.setItem("edge-qwen-key", $("key-value").value);
-    $("key").hidden = true; $("status").textContent = "key saved for this tab; send again";
+    sessionStorage.setItem(KEY, $("key-value").value);
+    $("key-value").value = ""; $("key").hidden = true;
+    $("status").textContent = "key kept for this tab";
+    start();
   };
-  loadModels().catch((error) => say("error", "cannot list the models: " + error));
+  start();
 });
