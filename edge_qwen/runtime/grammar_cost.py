@@ -13,6 +13,7 @@ a thousand strings narrows after a character or two); only items that may match 
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from dataclasses import dataclass, field
@@ -53,11 +54,29 @@ def check_grammar(text: str) -> None:
     """Refuse a GBNF grammar whose size, nesting or width would stall llama.cpp (see the module doc).
 
     A grammar this reader cannot parse is left for llama.cpp's own parser to refuse with its message.
+    The verdict is remembered by text: a request's grammar is checked when it is prepared and again
+    when its sampler is built on the compute thread, which must not parse it a second time.
 
     Raises:
         ConfigError: the grammar is too large, nests too deeply or is too wide; the message names the
             limit and what to lower.
     """
+    refusal = _refusal(text)
+    if refusal is not None:
+        raise ConfigError(refusal)
+
+
+@functools.lru_cache(maxsize=64)
+def _refusal(text: str) -> str | None:
+    """Why ``text`` is refused (:func:`check_grammar`), or None."""
+    try:
+        _check(text)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def _check(text: str) -> None:
     if len(text) > MAX_GRAMMAR_BYTES:
         raise ConfigError(
             f"the grammar is {len(text):,} characters, above the limit of {MAX_GRAMMAR_BYTES:,}; "

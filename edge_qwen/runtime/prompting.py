@@ -95,7 +95,7 @@ class RequestBuilder:
     ) -> RequestSpec:
         options, sampling = RequestOptions.split(keywords)
         sampling = _with_tool_grammar(sampling, tools)
-        if "grammar" in sampling and tools is not None and tools.grammar() is not None:
+        if tools is not None and tools.mode == "required":  # _with_tool_grammar set its grammar
             enable_thinking = False  # the grammar starts the answer with the call: no reasoning block first
         shown = tools.rendered if tools is not None else None  # what the template shows the model
         chosen = self._adapter_set(options)

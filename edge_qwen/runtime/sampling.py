@@ -7,6 +7,7 @@ over the logits row instead.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
@@ -27,12 +28,13 @@ _PENALTY_LAST_N = 64
 
 def build_sampler(params: SamplingParams, vocab: Any) -> Any:
     """The llama.cpp sampler chain for these parameters (the caller frees it); None for plain argmax."""
-    plain_greedy = (params.temperature or 0.0) <= 0.0 and not grammar_text(params)
+    grammar = grammar_text(params)
+    plain_greedy = (params.temperature or 0.0) <= 0.0 and not grammar
     if plain_greedy and not _penalty_samplers_needed(params):
         return None
     chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
     try:
-        for sampler in _grammar_samplers(params, vocab) + _penalty_samplers(params, vocab):
+        for sampler in _grammar_samplers(params, grammar, vocab) + _penalty_samplers(params, vocab):
             L.llama_sampler_chain_add(chain, sampler)
         for sampler in _value_samplers(params):
             L.llama_sampler_chain_add(chain, sampler)
@@ -42,8 +44,7 @@ def build_sampler(params: SamplingParams, vocab: Any) -> Any:
     return chain
 
 
-def _grammar_samplers(params: SamplingParams, vocab: Any) -> list[Any]:
-    grammar = grammar_text(params)
+def _grammar_samplers(params: SamplingParams, grammar: str | None, vocab: Any) -> list[Any]:
     if not grammar:
         return []
     if params.grammar_triggers:  # lazy: free text until a trigger token, then the grammar
@@ -135,11 +136,9 @@ def grammar_text(params: SamplingParams) -> str | None:
     if params.grammar and params.json_schema:
         raise ConfigError("pass either grammar or json_schema, not both")
     if params.json_schema:
-        from llama_cpp.llama_grammar import json_schema_to_gbnf
-
         schema = params.json_schema
         try:
-            text = str(json_schema_to_gbnf(schema if isinstance(schema, str) else json.dumps(schema)))
+            text = _schema_gbnf(schema if isinstance(schema, str) else json.dumps(schema))
         except (AssertionError, ValueError, TypeError, KeyError, RecursionError, NotImplementedError) as exc:
             raise ConfigError(
                 f"the JSON schema cannot be turned into a grammar ({type(exc).__name__}: {exc}); "
@@ -151,6 +150,14 @@ def grammar_text(params: SamplingParams) -> str | None:
         return None
     check_grammar(text)
     return text
+
+
+@functools.lru_cache(maxsize=32)
+def _schema_gbnf(schema: str) -> str:
+    """llama-cpp-python's GBNF for a JSON schema, converted once per schema (checked, then sampled)."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    return str(json_schema_to_gbnf(schema))
 
 
 def native_sequences(

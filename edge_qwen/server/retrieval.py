@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..runtime.embedding import as_matrix
 from ..runtime.handles import adrain
+from .http_errors import APIError
 from .request_log import RequestContext
 
 if TYPE_CHECKING:
@@ -61,8 +62,6 @@ async def embeddings(server: _Server, request: Request, ctx: RequestContext) -> 
     try:
         texts = body.texts()
     except ValueError as exc:
-        from .http_errors import APIError
-
         raise APIError(400, str(exc), param="input") from None
     ctx.model = body.model
 
