@@ -417,9 +417,7 @@ class Model:
         return as_matrix([drain(s).embedding for s in streams], normalize)
 
     async def aembed(self, texts: str | Sequence[str], *, normalize: bool = True) -> np.ndarray:
-        specs = self.prepare_embeddings(texts)
-        results = await asyncio.gather(*(adrain(self.astream_request(s)) for s in specs))
-        return as_matrix([r.embedding for r in results], normalize)
+        return await self.apooled(self.prepare_embeddings(texts), normalize=normalize)
 
     def rerank(self, query: str, documents: Sequence[str]) -> list[float]:
         """How relevant each document is to ``query`` (a reranker's P(yes), 0..1), in their order."""
@@ -427,9 +425,12 @@ class Model:
         return [float(v) for v in as_matrix([drain(s).embedding for s in streams], False)[:, 0]]
 
     async def arerank(self, query: str, documents: Sequence[str]) -> list[float]:
-        specs = self.prepare_rerank(query, documents)
+        return [float(v) for v in (await self.apooled(self.prepare_rerank(query, documents)))[:, 0]]
+
+    async def apooled(self, specs: Sequence[RequestSpec], *, normalize: bool = False) -> np.ndarray:
+        """Run prepared embed requests together; their pooled outputs as rows (L2-normalised if asked)."""
         results = await asyncio.gather(*(adrain(self.astream_request(s)) for s in specs))
-        return [float(v) for v in as_matrix([r.embedding for r in results], False)[:, 0]]
+        return as_matrix([r.embedding for r in results], normalize)
 
     def prepare_embeddings(self, texts: str | Sequence[str]) -> list[RequestSpec]:
         """The typed requests that embed ``texts`` (run them with :meth:`astream_request`)."""

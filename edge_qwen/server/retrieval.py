@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..runtime.embedding import as_matrix
-from ..runtime.handles import adrain
 from .http_errors import APIError
 from .request_log import RequestContext
 
@@ -69,8 +68,7 @@ async def embeddings(server: _Server, request: Request, ctx: RequestContext) -> 
         specs = await asyncio.get_running_loop().run_in_executor(
             server.renderers, model.prepare_embeddings, texts
         )
-        results = await asyncio.gather(*(adrain(model.astream_request(s)) for s in specs))
-        return as_matrix([r.embedding for r in results], True), sum(len(s.tokens) for s in specs)
+        return await model.apooled(specs, normalize=True), sum(len(s.tokens) for s in specs)
 
     vectors, n_tokens = await _leased(server, body.model, run)
     if body.dimensions is not None and body.dimensions < vectors.shape[1]:  # Matryoshka: cut, renormalise
@@ -92,8 +90,7 @@ async def rerank(server: _Server, request: Request, ctx: RequestContext) -> Resp
     async def run(model: Model) -> tuple[list[float], int]:
         loop = asyncio.get_running_loop()
         specs = await loop.run_in_executor(server.renderers, model.prepare_rerank, body.query, body.documents)
-        results = await asyncio.gather(*(adrain(model.astream_request(s)) for s in specs))
-        scores = [float(v) for v in as_matrix([r.embedding for r in results], False)[:, 0]]
+        scores = [float(v) for v in (await model.apooled(specs))[:, 0]]
         return scores, sum(len(s.tokens) for s in specs)
 
     scores, n_tokens = await _leased(server, body.model, run)
